@@ -1,0 +1,47 @@
+# One target directory for everything; components are built for wasm32-wasip2 with the
+# size-optimised `component` profile, the host in the default dev profile.
+CARGO ?= cargo
+WASM_TARGET := wasm32-wasip2
+COMPONENT_DIR := $(CURDIR)/target/$(WASM_TARGET)/component
+FIXTURES := spin-loop memory-hog panic call-flood sandbox-escape forbidden-write wrong-world unknown-import future-major
+COMPONENT_PACKAGES := -p fulfillment $(foreach f,$(FIXTURES),-p fixture-$(f))
+
+export FULFILLD_COMPONENT_DIR := $(COMPONENT_DIR)
+
+.PHONY: all components test lint fmt bench run check-component clean
+
+all: lint test
+
+## Build the default component and the test fixtures; prints their paths.
+components:
+	@command -v rustup >/dev/null && rustup target add $(WASM_TARGET) >/dev/null 2>&1 || true
+	$(CARGO) build --profile component --target $(WASM_TARGET) $(COMPONENT_PACKAGES)
+	@ls -1 $(COMPONENT_DIR)/*.wasm
+
+## Every test: unit, integration (real HTTP on loopback, the built components), and the
+## scenario suite through the CLI.
+test: components
+	$(CARGO) test --workspace
+	$(CARGO) run -q -p fulfilld -- test $(COMPONENT_DIR)/fulfillment.wasm tests/scenarios
+
+## Formatting and clippy, exactly as CI runs them.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Benchmarks (release build); results go in docs/benchmarks.md.
+bench: components
+	$(CARGO) bench -p fulfilld --bench fulfill
+
+## The default component against the embedded mocked host: every shipped scenario.
+run: components
+	$(CARGO) run -q -p fulfilld -- test --verbose $(COMPONENT_DIR)/fulfillment.wasm tests/scenarios
+
+check-component: components
+	$(CARGO) run -q -p fulfilld -- component check $(COMPONENT_DIR)/fulfillment.wasm
+
+clean:
+	$(CARGO) clean

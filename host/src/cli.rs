@@ -1,0 +1,170 @@
+//! The `fulfilld` subcommands, as library functions writing to any `Write` (tests call them
+//! directly; `main` passes stdout).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::runtime::{Event, Runtime, RuntimeConfig, check};
+use crate::salesforce::SalesforceClient;
+use crate::services::{LiveServices, Services};
+use crate::testkit::scenario::{Scenario, run_scenario};
+use crate::testkit::{TestKit, order_event};
+use crate::whmcs::WhmcsClient;
+
+/// `fulfilld component check <file.wasm>`: exit status true when the component is usable.
+pub async fn component_check(path: &Path, out: &mut dyn Write) -> anyhow::Result<bool> {
+    let wasm = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let runtime = Runtime::new(RuntimeConfig {
+        max_instances: 2,
+        ..RuntimeConfig::default()
+    })?;
+    match runtime.load(&wasm).await {
+        Ok(component) => {
+            let surface = check::surface(&wasm)?;
+            let info = component.info();
+            writeln!(
+                out,
+                "ok: {} {} implements {}@{} ({} bytes, sha256 {})",
+                info.name,
+                info.version,
+                check::WIT_PACKAGE,
+                check::WIT_VERSION,
+                wasm.len(),
+                component.digest()
+            )?;
+            writeln!(out, "imports: {}", surface.imports.join(", "))?;
+            Ok(true)
+        }
+        Err(error) => {
+            writeln!(out, "error: {}: {error}", path.display())?;
+            Ok(false)
+        }
+    }
+}
+
+/// `fulfilld test <component.wasm> <scenario...>`: one PASS/FAIL line per scenario with the
+/// first difference; true when all pass.
+pub async fn test(
+    component: &Path,
+    scenarios: &[PathBuf],
+    verbose: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let kit = TestKit::load_file(component).await?;
+    let info = kit.component().info();
+    writeln!(
+        out,
+        "component {} {} ({})",
+        info.name,
+        info.version,
+        component.display()
+    )?;
+    let files = expand(scenarios)?;
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for file in &files {
+        let scenario = match Scenario::load(file) {
+            Ok(scenario) => scenario,
+            Err(error) => {
+                failed += 1;
+                writeln!(out, "FAIL {}: {error}", file.display())?;
+                continue;
+            }
+        };
+        let result = run_scenario(&kit, &scenario).await;
+        if result.passed() {
+            passed += 1;
+            writeln!(out, "PASS {}", result.name)?;
+        } else {
+            failed += 1;
+            let difference = result.first_difference().unwrap_or_default();
+            writeln!(out, "FAIL {}: {difference}", result.name)?;
+        }
+        if verbose {
+            for run in &result.runs {
+                let calls: Vec<String> = run
+                    .report
+                    .journal
+                    .iter()
+                    .flat_map(|j| j.calls.iter().map(crate::testkit::scenario::call_label))
+                    .collect();
+                writeln!(out, "  {}: {:?}", run.name, run.report.result)?;
+                writeln!(out, "    calls: {}", calls.join(", "))?;
+            }
+        }
+    }
+    writeln!(out, "{passed} passed, {failed} failed")?;
+    Ok(failed == 0)
+}
+
+/// Directories stand for the `*.toml` files in them (except `_*.toml`), sorted.
+fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("cannot list {}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                // `_seed.toml` and friends are shared data, not scenarios.
+                .filter(|p| {
+                    !p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('_'))
+                })
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    anyhow::ensure!(!files.is_empty(), "no scenario files given");
+    Ok(files)
+}
+
+/// `fulfilld fulfill --order-id <id>`: provisions one Order now against the configured
+/// Salesforce org and WHMCS (the operator's "retry fulfill"), printing the job's result as JSON.
+pub async fn fulfill_once(
+    config: &Config,
+    component: &Path,
+    order_id: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let http = crate::salesforce::http_client(config.runtime.call_timeout)
+        .context("cannot build the HTTP client")?;
+    let salesforce = SalesforceClient::new(config.salesforce.clone(), http.clone())
+        .context("SF_PRIVATE_KEY_PATH")?;
+    let whmcs = WhmcsClient::new(config.whmcs.clone(), http);
+    let services: Arc<dyn Services> =
+        Arc::new(LiveServices::new(salesforce, whmcs, config.exposed()));
+    let runtime = Runtime::new(config.runtime.clone())?;
+    let wasm =
+        std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
+    let component = runtime
+        .load(&wasm)
+        .await
+        .with_context(|| format!("cannot load {}", component.display()))?;
+    let mut event: Event = order_event(order_id);
+    event.channel = config.channel.clone();
+    event.event_uuid = format!(
+        "manual-{}",
+        crate::testkit::test_uuid(&format!("{order_id}{}", crate::services::system_now_ms()))
+    );
+    event.created_date = crate::services::system_now_ms();
+    let report = runtime.run(&component, services, &event, false).await;
+    let summary = serde_json::json!({
+        "order_id": order_id,
+        "component": report.component,
+        "host_calls": report.host_calls,
+        "elapsed_ms": report.elapsed.as_millis(),
+        "result": match &report.result {
+            Ok(outcome) => serde_json::to_value(outcome)?,
+            Err(failure) => serde_json::to_value(failure)?,
+        },
+    });
+    writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+    Ok(report.result.is_ok())
+}

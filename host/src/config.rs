@@ -1,0 +1,423 @@
+//! Configuration from the environment, with the runbook's names. Every problem names its setting;
+//! all problems are reported at once, and secrets are read into [`Secret`]s and never echoed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::runtime::RuntimeConfig;
+use crate::runtime::policy::CapabilityPolicy;
+use crate::salesforce::SalesforceConfig;
+use crate::secret::Secret;
+use crate::whmcs::WhmcsConfig;
+
+/// Settings components may read through the `config` import. Nothing secret is ever listed.
+pub const EXPOSED_SETTINGS: [&str; 2] = ["PORTAL_PRICEBOOK_ID", "SF_PROVISION_EVENT_CHANNEL"];
+
+pub const DEFAULT_CHANNEL: &str = "/event/OrderProvisionRequested__e";
+pub const DEFAULT_API_VERSION: &str = "v66.0";
+
+/// One bad setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+/// Every bad setting found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<SettingError>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self
+            .0
+            .iter()
+            .map(|e| format!("{}: {}", e.setting, e.problem))
+            .collect();
+        write!(f, "invalid configuration: {}", lines.join("; "))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where the subscription starts when no stored cursor applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayStart {
+    Latest,
+    /// `ALL`: from the earliest retained event.
+    Earliest,
+}
+
+/// The host's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub salesforce: SalesforceConfig,
+    pub whmcs: WhmcsConfig,
+    pub events_enabled: bool,
+    pub channel: String,
+    pub replay: ReplayStart,
+    pub pubsub_endpoint: Url,
+    pub pricebook_id: Option<String>,
+    pub component: Option<PathBuf>,
+    pub runtime: RuntimeConfig,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Reads settings through `lookup` (tests pass a map). Empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut env = Reader {
+            lookup: &|key| lookup(key).filter(|v| !v.trim().is_empty()),
+            errors: Vec::new(),
+        };
+        let login_url = env.url("SF_LOGIN_URL", None);
+        let client_id = env.required("SF_CLIENT_ID");
+        let username = env.required("SF_USERNAME");
+        let private_key = env.private_key("SF_PRIVATE_KEY_PATH");
+        let audience = env.optional("SF_AUDIENCE");
+        let api_version = env
+            .optional("SF_API_VERSION")
+            .unwrap_or_else(|| DEFAULT_API_VERSION.to_owned());
+        if !is_api_version(&api_version) {
+            env.fail(
+                "SF_API_VERSION",
+                format!("expected a version like v66.0, got `{api_version}`"),
+            );
+        }
+        let events_enabled = env.boolean("SF_EVENTS_ENABLED", true);
+        let channel = env
+            .optional("SF_PROVISION_EVENT_CHANNEL")
+            .unwrap_or_else(|| DEFAULT_CHANNEL.to_owned());
+        if !channel.starts_with("/event/") {
+            env.fail(
+                "SF_PROVISION_EVENT_CHANNEL",
+                format!(
+                    "expected a platform event channel like {DEFAULT_CHANNEL}, got `{channel}`"
+                ),
+            );
+        }
+        let replay = match env.optional("SF_EVENTS_REPLAY").as_deref() {
+            None | Some("LATEST") => ReplayStart::Latest,
+            Some("ALL") => ReplayStart::Earliest,
+            Some(other) => {
+                env.fail(
+                    "SF_EVENTS_REPLAY",
+                    format!("expected LATEST or ALL, got `{other}`"),
+                );
+                ReplayStart::Latest
+            }
+        };
+        let pubsub_endpoint = env.url(
+            "SF_PUBSUB_ENDPOINT",
+            Some("https://api.pubsub.salesforce.com:7443"),
+        );
+        let pricebook_id = env.optional("PORTAL_PRICEBOOK_ID");
+        let whmcs_url = env.url("WHMCS_URL", None);
+        let identifier = env.required("WHMCS_IDENTIFIER");
+        let secret = env.required("WHMCS_SECRET").map(Secret::from);
+        let access_key = env.optional("WHMCS_ACCESS_KEY").map(Secret::from);
+        let component = env.optional("FULFILLD_COMPONENT").map(PathBuf::from);
+        if let Some(path) = &component
+            && !path.is_file()
+        {
+            env.fail(
+                "FULFILLD_COMPONENT",
+                format!("no file at {}", path.display()),
+            );
+        }
+        let runtime = env.runtime();
+
+        let call_timeout = runtime.call_timeout;
+        match (
+            login_url,
+            client_id,
+            username,
+            private_key,
+            pubsub_endpoint,
+            whmcs_url,
+            identifier,
+            secret,
+        ) {
+            (
+                Some(login_url),
+                Some(client_id),
+                Some(username),
+                Some(private_key_pem),
+                Some(pubsub_endpoint),
+                Some(whmcs_url),
+                Some(identifier),
+                Some(secret),
+            ) if env.errors.is_empty() => Ok(Config {
+                salesforce: SalesforceConfig {
+                    audience: audience.unwrap_or_else(|| default_audience(&login_url)),
+                    login_url,
+                    client_id,
+                    username,
+                    private_key_pem,
+                    api_version,
+                    timeout: call_timeout,
+                },
+                whmcs: WhmcsConfig {
+                    url: whmcs_url,
+                    identifier,
+                    secret,
+                    access_key,
+                    timeout: call_timeout,
+                },
+                events_enabled,
+                channel,
+                replay,
+                pubsub_endpoint,
+                pricebook_id,
+                component,
+                runtime,
+            }),
+            _ => Err(ConfigError(env.errors)),
+        }
+    }
+
+    /// The settings components may read.
+    pub fn exposed(&self) -> BTreeMap<String, String> {
+        let mut exposed = BTreeMap::new();
+        if let Some(id) = &self.pricebook_id {
+            exposed.insert("PORTAL_PRICEBOOK_ID".to_owned(), id.clone());
+        }
+        exposed.insert(
+            "SF_PROVISION_EVENT_CHANNEL".to_owned(),
+            self.channel.clone(),
+        );
+        exposed
+    }
+}
+
+/// The JWT audience: the login host itself for login/test, which is what Salesforce expects;
+/// a community or My Domain login URL is its own audience too. `SF_AUDIENCE` overrides.
+fn default_audience(login_url: &Url) -> String {
+    login_url.origin().ascii_serialization()
+}
+
+fn is_api_version(text: &str) -> bool {
+    text.strip_prefix('v')
+        .and_then(|rest| rest.split_once('.'))
+        .is_some_and(|(major, minor)| {
+            !major.is_empty()
+                && major.chars().all(|c| c.is_ascii_digit())
+                && minor.chars().all(|c| c.is_ascii_digit())
+                && !minor.is_empty()
+        })
+}
+
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<SettingError>,
+}
+
+impl Reader<'_> {
+    fn fail(&mut self, setting: &'static str, problem: impl Into<String>) {
+        self.errors.push(SettingError {
+            setting,
+            problem: problem.into(),
+        });
+    }
+
+    fn optional(&self, setting: &str) -> Option<String> {
+        (self.lookup)(setting)
+    }
+
+    fn required(&mut self, setting: &'static str) -> Option<String> {
+        let value = self.optional(setting);
+        if value.is_none() {
+            self.fail(setting, "is required but not set");
+        }
+        value
+    }
+
+    fn url(&mut self, setting: &'static str, default: Option<&str>) -> Option<Url> {
+        let text = match (self.optional(setting), default) {
+            (Some(text), _) => text,
+            (None, Some(default)) => default.to_owned(),
+            (None, None) => {
+                self.fail(setting, "is required but not set");
+                return None;
+            }
+        };
+        match Url::parse(&text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Some(url)
+            }
+            Ok(url) => {
+                self.fail(
+                    setting,
+                    format!(
+                        "expected an http(s) URL with a host, got `{}`",
+                        url.as_str()
+                    ),
+                );
+                None
+            }
+            Err(err) => {
+                self.fail(setting, format!("malformed URL `{text}`: {err}"));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, setting: &'static str, default: bool) -> bool {
+        match self
+            .optional(setting)
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None => default,
+            Some("true" | "1" | "yes") => true,
+            Some("false" | "0" | "no") => false,
+            Some(other) => {
+                self.fail(setting, format!("expected true or false, got `{other}`"));
+                default
+            }
+        }
+    }
+
+    fn private_key(&mut self, setting: &'static str) -> Option<Secret> {
+        let path = self.required(setting)?;
+        match std::fs::read_to_string(&path) {
+            Ok(pem) if pem.contains("PRIVATE KEY-----") => Some(Secret::new(pem)),
+            Ok(_) => {
+                self.fail(setting, format!("{path} does not hold a PEM private key"));
+                None
+            }
+            Err(err) => {
+                self.fail(setting, format!("cannot read key file {path}: {err}"));
+                None
+            }
+        }
+    }
+
+    fn number(&mut self, setting: &'static str, default: u64) -> u64 {
+        match self.optional(setting) {
+            None => default,
+            Some(text) => match text.trim().parse::<u64>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    self.fail(
+                        setting,
+                        format!("expected a positive whole number, got `{text}`"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn runtime(&mut self) -> RuntimeConfig {
+        let defaults = RuntimeConfig::default();
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let cpu = self.number("FULFILLD_CPU_DEADLINE_MS", millis(defaults.cpu_deadline));
+        let wall = self.number("FULFILLD_JOB_DEADLINE_MS", millis(defaults.wall_deadline));
+        let memory_mb = self.number("FULFILLD_MEMORY_CAP_MB", (defaults.memory_cap >> 20) as u64);
+        let calls = self.number(
+            "FULFILLD_MAX_HOST_CALLS",
+            u64::from(defaults.max_host_calls),
+        );
+        let timeout = self.number("FULFILLD_CALL_TIMEOUT_MS", millis(defaults.call_timeout));
+        let instances = self.number("FULFILLD_MAX_INSTANCES", u64::from(defaults.max_instances));
+        let policy = match self.optional("FULFILLD_POLICY_FILE") {
+            None => CapabilityPolicy::default(),
+            Some(path) => match std::fs::read_to_string(&path) {
+                Ok(text) => match CapabilityPolicy::from_toml(&text) {
+                    Ok(policy) => policy,
+                    Err(err) => {
+                        self.fail("FULFILLD_POLICY_FILE", format!("{path}: {err}"));
+                        CapabilityPolicy::default()
+                    }
+                },
+                Err(err) => {
+                    self.fail("FULFILLD_POLICY_FILE", format!("cannot read {path}: {err}"));
+                    CapabilityPolicy::default()
+                }
+            },
+        };
+        RuntimeConfig {
+            cpu_deadline: Duration::from_millis(cpu),
+            wall_deadline: Duration::from_millis(wall),
+            memory_cap: usize::try_from(memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+            max_host_calls: u32::try_from(calls).unwrap_or(u32::MAX),
+            call_timeout: Duration::from_millis(timeout),
+            max_instances: u32::try_from(instances).unwrap_or(u32::MAX),
+            policy,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_path() -> String {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/keys/test_private.pem"
+        )
+        .to_owned()
+    }
+
+    fn base() -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            ("SF_LOGIN_URL", "https://login.salesforce.com".to_owned()),
+            ("SF_CLIENT_ID", "3MVG9-client".to_owned()),
+            ("SF_USERNAME", "integration@example.com".to_owned()),
+            ("SF_PRIVATE_KEY_PATH", key_path()),
+            ("WHMCS_URL", "https://billing.example.com".to_owned()),
+            ("WHMCS_IDENTIFIER", "ident".to_owned()),
+            ("WHMCS_SECRET", "s3cret-value".to_owned()),
+        ])
+    }
+
+    fn load(env: &BTreeMap<&'static str, String>) -> Result<Config, ConfigError> {
+        Config::from_lookup(|key| env.get(key).cloned())
+    }
+
+    #[test]
+    fn a_complete_environment_loads_with_defaults() {
+        let config = load(&base()).unwrap();
+        assert_eq!(config.channel, DEFAULT_CHANNEL);
+        assert_eq!(config.replay, ReplayStart::Latest);
+        assert_eq!(config.salesforce.audience, "https://login.salesforce.com");
+        assert!(!format!("{config:?}").contains("s3cret-value"));
+        assert!(!format!("{config:?}").contains("PRIVATE KEY"));
+        assert!(
+            config
+                .exposed()
+                .keys()
+                .all(|k| EXPOSED_SETTINGS.contains(&k.as_str()))
+        );
+    }
+
+    #[test]
+    fn every_bad_setting_is_named() {
+        let mut env = base();
+        env.insert("SF_PRIVATE_KEY_PATH", "/nonexistent/sf-private.key".into());
+        env.insert("WHMCS_URL", "not a url".into());
+        env.insert("SF_EVENTS_REPLAY", "SOMETIMES".into());
+        env.remove("SF_USERNAME");
+        let err = load(&env).unwrap_err().to_string();
+        for setting in [
+            "SF_PRIVATE_KEY_PATH",
+            "WHMCS_URL",
+            "SF_EVENTS_REPLAY",
+            "SF_USERNAME",
+        ] {
+            assert!(err.contains(setting), "{setting} missing from: {err}");
+        }
+        assert!(err.contains("/nonexistent/sf-private.key"), "{err}");
+        assert!(!err.contains("s3cret-value"));
+    }
+}

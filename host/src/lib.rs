@@ -1,0 +1,11 @@
+//! `fulfilld`: the native host for the `fulfillment` WebAssembly component.
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod fake;
+pub mod runtime;
+pub mod salesforce;
+pub mod secret;
+pub mod services;
+pub mod testkit;
+pub mod whmcs;

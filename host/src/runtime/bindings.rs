@@ -1,0 +1,11 @@
+//! Generated bindings for the `fulfillment` world. Private to the runtime: the rest of the host
+//! speaks in its own types (`crate::error::CallError`, `crate::runtime::Event`, ...).
+
+wasmtime::component::bindgen!({
+    world: "fulfillment",
+    path: "../wit",
+    imports: { default: async | trappable },
+    exports: { default: async },
+});
+
+pub(crate) use fulfilld::fulfillment::{billing, clock, config, log, salesforce, types};

@@ -1,0 +1,285 @@
+//! The one layer every import call passes through: host-call budget, capability policy, a
+//! tracing span, a timeout, counters, and (when asked) a journal of calls and log entries.
+//!
+//! The per-interface modules under `host/` only translate between WIT types and this gate; the
+//! rules about what a component may do live here and in [`super::policy`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+use tracing::Instrument;
+
+use super::policy::CapabilityPolicy;
+use crate::error::CallError;
+use crate::services::Services;
+
+/// A sandbox rule a job broke; the job fails with the violation's code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    /// Guest CPU time passed the per-job deadline.
+    CpuDeadline { budget: Duration },
+    /// A linear memory tried to grow past the cap.
+    MemoryCap { cap: usize, requested: usize },
+    /// More host calls than the per-job cap.
+    HostCallLimit { limit: u32 },
+}
+
+impl Violation {
+    /// The job failure code for this violation.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Violation::CpuDeadline { .. } => "COMPONENT_TIMEOUT",
+            Violation::MemoryCap { .. } => "COMPONENT_MEMORY",
+            Violation::HostCallLimit { .. } => "COMPONENT_HOST_CALLS",
+        }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Violation::CpuDeadline { budget } => {
+                write!(f, "component exceeded its CPU deadline of {budget:?}")
+            }
+            Violation::MemoryCap { cap, requested } => write!(
+                f,
+                "component tried to grow a memory to {requested} bytes, over the cap of {cap} bytes"
+            ),
+            Violation::HostCallLimit { limit } => {
+                write!(f, "component made more than {limit} host calls")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// One import call as the journal records it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallRecord {
+    /// `salesforce.query`, `salesforce.update` or `billing.call`.
+    pub op: &'static str,
+    /// What the call was about: the SOQL text, `Order/801...`, or the WHMCS action.
+    pub target: String,
+    /// The request's JSON argument (`fields` of an update, `params` of a billing call).
+    pub request: Option<Value>,
+    /// The answer, or the error the component received.
+    pub result: Result<Value, CallError>,
+}
+
+/// One `log.emit` entry as the journal records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogRecord {
+    pub level: String,
+    pub step: String,
+    pub message: String,
+    pub fields: Vec<(String, String)>,
+}
+
+/// Calls and logs of one job, recorded when the job asks for it (the test kit does).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Journal {
+    pub calls: Vec<CallRecord>,
+    pub logs: Vec<LogRecord>,
+}
+
+/// Counters of import calls by operation and outcome, shared by every job of a runtime.
+#[derive(Debug, Default)]
+pub struct CallCounters {
+    counts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+impl CallCounters {
+    fn bump(&self, op: &'static str, outcome: &'static str) {
+        if let Ok(mut counts) = self.counts.lock() {
+            *counts.entry((op, outcome)).or_insert(0) += 1;
+        }
+    }
+
+    /// `(operation, outcome) -> count`; outcome is `ok` or the error kind (`forbidden`, ...).
+    pub fn snapshot(&self) -> BTreeMap<(&'static str, &'static str), u64> {
+        self.counts.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+/// Per-job state of the gate.
+pub(crate) struct Gate {
+    services: Arc<dyn Services>,
+    policy: Arc<CapabilityPolicy>,
+    counters: Arc<CallCounters>,
+    call_timeout: Duration,
+    max_host_calls: u32,
+    calls: u32,
+    started: Instant,
+    host_time: Duration,
+    pub(crate) violation: Option<Violation>,
+    journal: Option<Journal>,
+}
+
+impl Gate {
+    pub(crate) fn new(
+        services: Arc<dyn Services>,
+        policy: Arc<CapabilityPolicy>,
+        counters: Arc<CallCounters>,
+        call_timeout: Duration,
+        max_host_calls: u32,
+        record: bool,
+    ) -> Self {
+        Gate {
+            services,
+            policy,
+            counters,
+            call_timeout,
+            max_host_calls,
+            calls: 0,
+            started: Instant::now(),
+            host_time: Duration::ZERO,
+            violation: None,
+            journal: record.then(Journal::default),
+        }
+    }
+
+    pub(crate) fn policy(&self) -> &CapabilityPolicy {
+        &self.policy
+    }
+
+    pub(crate) fn services(&self) -> &dyn Services {
+        self.services.as_ref()
+    }
+
+    /// Time the guest has had to itself: wall time since the job started minus time spent in
+    /// host calls. This is what the CPU deadline is measured against.
+    pub(crate) fn guest_time(&self) -> Duration {
+        self.started.elapsed().saturating_sub(self.host_time)
+    }
+
+    pub(crate) fn host_calls(&self) -> u32 {
+        self.calls
+    }
+
+    pub(crate) fn take_journal(&mut self) -> Option<Journal> {
+        self.journal.take()
+    }
+
+    /// Counts one host call against the per-job cap. Past the cap the call traps the guest:
+    /// a component that loops on its imports is broken, not unlucky.
+    pub(crate) fn admit(&mut self, op: &'static str) -> wasmtime::Result<()> {
+        self.calls += 1;
+        if self.calls > self.max_host_calls {
+            let violation = Violation::HostCallLimit {
+                limit: self.max_host_calls,
+            };
+            tracing::warn!(
+                op,
+                limit = self.max_host_calls,
+                "host call refused: per-job limit reached"
+            );
+            self.counters.bump(op, "limit");
+            self.violation = Some(violation.clone());
+            return Err(wasmtime::Error::new(violation));
+        }
+        Ok(())
+    }
+
+    /// Records a call refused before it was sent (policy or invalid input).
+    pub(crate) fn refuse(
+        &mut self,
+        op: &'static str,
+        target: String,
+        request: Option<Value>,
+        error: CallError,
+    ) -> CallError {
+        tracing::warn!(
+            op,
+            target = %target,
+            kind = %error.kind,
+            code = %error.code,
+            "host call refused: {}",
+            error.message
+        );
+        self.finish(op, target, request, Err(error.clone()));
+        error
+    }
+
+    /// Runs an allowed call against the services with the gate's timeout, span and counters.
+    pub(crate) async fn perform<T, F, Fut>(
+        &mut self,
+        op: &'static str,
+        target: String,
+        request: Option<Value>,
+        call: F,
+    ) -> Result<T, CallError>
+    where
+        T: Serialize,
+        F: FnOnce(Arc<dyn Services>) -> Fut,
+        Fut: Future<Output = Result<T, CallError>>,
+    {
+        let span = tracing::debug_span!("host_call", op, target = %target);
+        let timeout = self.call_timeout;
+        let started = Instant::now();
+        let result = async {
+            match tokio::time::timeout(timeout, call(Arc::clone(&self.services))).await {
+                Ok(result) => result,
+                Err(_) => Err(CallError::timeout(format!(
+                    "{op}: no answer within {} ms",
+                    timeout.as_millis()
+                ))),
+            }
+        }
+        .instrument(span)
+        .await;
+        self.host_time += started.elapsed();
+        if let Err(error) = &result {
+            tracing::debug!(op, target = %target, kind = %error.kind, code = %error.code, "host call failed: {}", error.message);
+        }
+        let recorded = match &result {
+            Ok(value) if self.journal.is_some() => {
+                Ok(serde_json::to_value(value).unwrap_or(Value::Null))
+            }
+            Ok(_) => Ok(Value::Null),
+            Err(error) => Err(error.clone()),
+        };
+        self.finish(op, target, request, recorded);
+        result
+    }
+
+    fn finish(
+        &mut self,
+        op: &'static str,
+        target: String,
+        request: Option<Value>,
+        result: Result<Value, CallError>,
+    ) {
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(error) => error.kind.as_str(),
+        };
+        self.counters.bump(op, outcome);
+        if let Some(journal) = &mut self.journal {
+            journal.calls.push(CallRecord {
+                op,
+                target,
+                request,
+                result,
+            });
+        }
+    }
+
+    /// Records a log entry in the journal (the caller emits the tracing event).
+    pub(crate) fn record_log(&mut self, entry: impl FnOnce() -> LogRecord) {
+        self.counters.bump("log.emit", "ok");
+        if let Some(journal) = &mut self.journal {
+            journal.logs.push(entry());
+        }
+    }
+
+    /// Counts a call that needs no I/O (config, clock).
+    pub(crate) fn count_local(&self, op: &'static str) {
+        self.counters.bump(op, "ok");
+    }
+}

@@ -1,0 +1,80 @@
+//! `fulfilld:fulfillment/log`: the component's step logs become `tracing` events, inside the
+//! job's span (which carries the order id, EventUuid, replay id and component version).
+
+use super::super::JobState;
+use super::super::bindings::log;
+use super::super::gate::LogRecord;
+
+/// Longest message or field value kept; a component cannot flood the host's logs.
+const MAX_TEXT: usize = 2048;
+const MAX_FIELDS: usize = 32;
+
+impl log::Host for JobState {
+    async fn emit(
+        &mut self,
+        level: log::Level,
+        step: String,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        self.gate.admit("log.emit")?;
+        let message = clip(message);
+        let step = clip(step);
+        let fields: Vec<(String, String)> = fields
+            .into_iter()
+            .take(MAX_FIELDS)
+            .map(|(k, v)| (clip(k), clip(v)))
+            .collect();
+        let rendered = fields
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        match level {
+            log::Level::Trace => {
+                tracing::trace!(target: "component", step = %step, fields = %rendered, "{message}")
+            }
+            log::Level::Debug => {
+                tracing::debug!(target: "component", step = %step, fields = %rendered, "{message}")
+            }
+            log::Level::Info => {
+                tracing::info!(target: "component", step = %step, fields = %rendered, "{message}")
+            }
+            log::Level::Warn => {
+                tracing::warn!(target: "component", step = %step, fields = %rendered, "{message}")
+            }
+            log::Level::Error => {
+                tracing::error!(target: "component", step = %step, fields = %rendered, "{message}")
+            }
+        }
+        self.gate.record_log(|| LogRecord {
+            level: level_name(level).to_owned(),
+            step,
+            message,
+            fields,
+        });
+        Ok(())
+    }
+}
+
+fn level_name(level: log::Level) -> &'static str {
+    match level {
+        log::Level::Trace => "trace",
+        log::Level::Debug => "debug",
+        log::Level::Info => "info",
+        log::Level::Warn => "warn",
+        log::Level::Error => "error",
+    }
+}
+
+fn clip(mut text: String) -> String {
+    if text.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}

@@ -1,0 +1,51 @@
+//! `fulfilld:fulfillment/salesforce`: SOQL query and record update, performed by the host.
+
+use super::super::JobState;
+use super::super::bindings::{salesforce, types};
+use super::json_object;
+use crate::error::CallError;
+
+impl salesforce::Host for JobState {
+    async fn query(&mut self, soql: String) -> wasmtime::Result<Result<String, types::Error>> {
+        const OP: &str = "salesforce.query";
+        self.gate.admit(OP)?;
+        let result = self
+            .gate
+            .perform(OP, soql.clone(), None, |services| async move {
+                services.sf_query(&soql).await
+            })
+            .await
+            .map(|records| records.to_string());
+        Ok(result.map_err(types::Error::from))
+    }
+
+    async fn update(
+        &mut self,
+        sobject: String,
+        id: String,
+        fields: String,
+    ) -> wasmtime::Result<Result<(), types::Error>> {
+        const OP: &str = "salesforce.update";
+        self.gate.admit(OP)?;
+        let target = format!("{sobject}/{id}");
+        let fields = match json_object("fields", &fields) {
+            Ok(fields) => fields,
+            Err(error) => return Ok(Err(self.gate.refuse(OP, target, None, error).into())),
+        };
+        let request = Some(serde_json::Value::Object(fields.clone()));
+        if id.trim().is_empty() {
+            let error = CallError::invalid_input("record id is empty");
+            return Ok(Err(self.gate.refuse(OP, target, request, error).into()));
+        }
+        if let Err(error) = self.gate.policy().check_update(&sobject, &fields) {
+            return Ok(Err(self.gate.refuse(OP, target, request, error).into()));
+        }
+        let result = self
+            .gate
+            .perform(OP, target, request, |services| async move {
+                services.sf_update(&sobject, &id, &fields).await
+            })
+            .await;
+        Ok(result.map_err(types::Error::from))
+    }
+}

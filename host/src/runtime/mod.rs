@@ -1,0 +1,594 @@
+//! The sandboxed runtime: one wasmtime engine with the pooling allocator, a prepared instance per
+//! component version, and a fresh instance per job under a CPU deadline, a memory cap and a cap
+//! on host calls. WASI is linked with nothing granted: no files, environment, arguments, sockets
+//! or name lookups; stdout is discarded and stderr is kept (bounded) only to explain a trap.
+
+mod bindings;
+pub mod check;
+mod gate;
+mod host;
+pub mod policy;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{ResourceLimiter, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::error::CallError;
+use crate::services::Services;
+use bindings::{Fulfillment, FulfillmentPre};
+pub use gate::{CallCounters, CallRecord, Journal, LogRecord, Violation};
+use policy::CapabilityPolicy;
+
+/// Limits and sizing of the runtime. The defaults live in [`RuntimeConfig::default`].
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Guest execution time allowed per job (time spent in host calls does not count).
+    pub cpu_deadline: Duration,
+    /// Wall-clock time allowed per job, host calls included.
+    pub wall_deadline: Duration,
+    /// Largest size, in bytes, any one linear memory of a component may grow to.
+    pub memory_cap: usize,
+    /// Import calls allowed per job (log entries included).
+    pub max_host_calls: u32,
+    /// Time allowed for one Salesforce or WHMCS call.
+    pub call_timeout: Duration,
+    /// Component instances that may be alive at once (the pool's size, so the job concurrency).
+    pub max_instances: u32,
+    /// What components may write and call.
+    pub policy: CapabilityPolicy,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cpu_deadline: Duration::from_secs(2),
+            wall_deadline: Duration::from_secs(300),
+            memory_cap: 64 << 20,
+            max_host_calls: 1000,
+            call_timeout: Duration::from_secs(30),
+            max_instances: 64,
+            policy: CapabilityPolicy::default(),
+        }
+    }
+}
+
+/// How often the epoch advances; the granularity of the CPU deadline.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Bytes of guest stderr kept to explain a trap (a panic message).
+const STDERR_CAPTURE: usize = 4096;
+/// Core instances, tables and memories one component may hold (a `wasm32-wasip2` component
+/// built with std has a handful of each).
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const MEMORIES_PER_COMPONENT: u32 = 4;
+const TABLES_PER_COMPONENT: u32 = 8;
+
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    #[error("cannot configure the wasmtime engine: {0}")]
+    Engine(String),
+    #[error("cannot link the host interfaces: {0}")]
+    Link(String),
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Check(#[from] check::CheckError),
+    #[error("component does not compile: {0}")]
+    Compile(String),
+    #[error("component does not satisfy the fulfillment world: {0}")]
+    Link(String),
+    #[error("component's info() export failed: {0}")]
+    Info(String),
+}
+
+/// Name and version a component reports through `info()`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentInfo {
+    pub name: String,
+    pub version: String,
+}
+
+/// A compiled, linked component version, ready to instantiate cheaply per job.
+#[derive(Clone)]
+pub struct LoadedComponent {
+    pre: FulfillmentPre<JobState>,
+    info: ComponentInfo,
+    digest: String,
+}
+
+impl LoadedComponent {
+    pub fn info(&self) -> &ComponentInfo {
+        &self.info
+    }
+
+    /// sha256 of the `.wasm` bytes, hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+impl std::fmt::Debug for LoadedComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedComponent")
+            .field("info", &self.info)
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
+/// A platform event handed to `fulfill`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub event_uuid: String,
+    /// Decimal text of the 8-byte big-endian replay id.
+    pub replay_id: String,
+    pub schema_id: String,
+    pub channel: String,
+    /// `CreatedDate`, ms since the Unix epoch.
+    pub created_date: i64,
+    pub payload: Map<String, Value>,
+}
+
+impl Event {
+    /// The Order the event is about (`OrderId__c`), if present.
+    pub fn order_id(&self) -> Option<&str> {
+        self.payload.get("OrderId__c").and_then(Value::as_str)
+    }
+}
+
+/// Result of a successful `fulfill`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub disposition: Disposition,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Disposition {
+    Completed,
+    Skipped,
+}
+
+/// Where a job failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureSource {
+    /// The component returned a business failure (already recorded in Salesforce by it).
+    Component,
+    /// The sandbox stopped the component: trap, deadline, memory cap, host-call cap.
+    Sandbox,
+    /// The host could not run the component (instance pool exhausted, ...).
+    Host,
+}
+
+/// A failed job: a code (e.g. `409`, `COMPONENT_TIMEOUT`) and a short message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFailure {
+    pub source: FailureSource,
+    pub code: String,
+    pub message: String,
+}
+
+/// Everything known about one finished job.
+#[derive(Debug, Clone)]
+pub struct JobReport {
+    pub result: Result<Outcome, JobFailure>,
+    /// The component version the job ran on.
+    pub component: ComponentInfo,
+    pub host_calls: u32,
+    pub elapsed: Duration,
+    /// Present when the job was run with `record = true`.
+    pub journal: Option<Journal>,
+}
+
+/// Store data of one job.
+pub(crate) struct JobState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: JobLimiter,
+    gate: gate::Gate,
+    /// What the guest wrote to stderr (bounded), shown when it traps.
+    stderr: MemoryOutputPipe,
+}
+
+impl WasiView for JobState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Enforces the memory cap and records when it was hit, so the trap is reported as
+/// `COMPONENT_MEMORY` rather than a generic trap.
+struct JobLimiter {
+    memory_cap: usize,
+    hit: Option<Violation>,
+}
+
+impl ResourceLimiter for JobLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            let violation = Violation::MemoryCap {
+                cap: self.memory_cap,
+                requested: desired,
+            };
+            self.hit = Some(violation.clone());
+            return Err(wasmtime::Error::new(violation));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// WASI's wall clock reads the services' clock, so a component sees one time whichever API
+/// it uses (and the test kit controls both).
+struct ServicesClock(Arc<dyn Services>);
+
+impl HostWallClock for ServicesClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.0.now_ms()).unwrap_or(0))
+    }
+}
+
+/// Advances the engine's epoch on a dedicated thread until the runtime is dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Result<Self, RuntimeError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("fulfilld-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        Ok(EpochTicker { stop })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<JobState>,
+    config: RuntimeConfig,
+    policy: Arc<CapabilityPolicy>,
+    counters: Arc<CallCounters>,
+    _ticker: EpochTicker,
+}
+
+/// The runtime. Cheap to clone; every clone shares one engine, pool and epoch thread.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let engine = Engine::new(&engine_config(&config))
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::<JobState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Link(format!("WASI: {e:#}")))?;
+        Fulfillment::add_to_linker::<JobState, wasmtime::component::HasSelf<JobState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|e| RuntimeError::Link(format!("fulfillment imports: {e:#}")))?;
+        let ticker = EpochTicker::start(engine.clone())?;
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                policy: Arc::new(config.policy.clone()),
+                config,
+                counters: Arc::new(CallCounters::default()),
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// Counters of import calls across all jobs of this runtime.
+    pub fn call_counters(&self) -> &CallCounters {
+        &self.inner.counters
+    }
+
+    /// Validates, compiles and links a component, then asks it for its `info()`.
+    /// Compilation is CPU-heavy and runs on a blocking thread.
+    pub async fn load(&self, wasm: &[u8]) -> Result<LoadedComponent, LoadError> {
+        check::check_bytes(wasm)?;
+        let digest = hex::encode(Sha256::digest(wasm));
+        let engine = self.inner.engine.clone();
+        let bytes = wasm.to_vec();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .map_err(|e| LoadError::Compile(format!("compiler task failed: {e}")))?
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let instance_pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre =
+            FulfillmentPre::new(instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let info = self.component_info(&pre).await?;
+        tracing::info!(name = %info.name, version = %info.version, digest = %digest, "component loaded");
+        Ok(LoadedComponent { pre, info, digest })
+    }
+
+    async fn component_info(
+        &self,
+        pre: &FulfillmentPre<JobState>,
+    ) -> Result<ComponentInfo, LoadError> {
+        let mut store = self.new_store(Arc::new(NoServices), false);
+        let instance = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| LoadError::Info(self.describe_error(&store, &e).message))?;
+        let info = instance
+            .fulfilld_fulfillment_handler()
+            .call_info(&mut store)
+            .await
+            .map_err(|e| LoadError::Info(self.describe_error(&store, &e).message))?;
+        Ok(ComponentInfo {
+            name: info.name,
+            version: info.version,
+        })
+    }
+
+    fn new_store(&self, services: Arc<dyn Services>, record: bool) -> Store<JobState> {
+        let config = &self.inner.config;
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stderr(stderr.clone())
+            .wall_clock(ServicesClock(Arc::clone(&services)));
+        let state = JobState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: JobLimiter {
+                memory_cap: config.memory_cap,
+                hit: None,
+            },
+            gate: gate::Gate::new(
+                services,
+                Arc::clone(&self.inner.policy),
+                Arc::clone(&self.inner.counters),
+                config.call_timeout,
+                config.max_host_calls,
+                record,
+            ),
+            stderr,
+        };
+        let mut store = Store::new(&self.inner.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let budget = config.cpu_deadline;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            let state = ctx.data_mut();
+            if state.gate.guest_time() > budget {
+                let violation = Violation::CpuDeadline { budget };
+                state.gate.violation = Some(violation.clone());
+                return Err(wasmtime::Error::new(violation));
+            }
+            // Let other jobs on this thread run; check again next tick.
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store
+    }
+
+    /// Runs `fulfill(event)` on a fresh instance of `component`. Never panics and never
+    /// returns early: every way a job can end is a [`JobReport`].
+    pub async fn run(
+        &self,
+        component: &LoadedComponent,
+        services: Arc<dyn Services>,
+        event: &Event,
+        record: bool,
+    ) -> JobReport {
+        let started = Instant::now();
+        let mut store = self.new_store(services, record);
+        let wit_event = bindings::types::Event {
+            event_uuid: event.event_uuid.clone(),
+            replay_id: event.replay_id.clone(),
+            schema_id: event.schema_id.clone(),
+            channel: event.channel.clone(),
+            created_date: event.created_date,
+            payload: Value::Object(event.payload.clone()).to_string(),
+        };
+        let call = async {
+            let instance = component.pre.instantiate_async(&mut store).await?;
+            instance
+                .fulfilld_fulfillment_handler()
+                .call_fulfill(&mut store, &wit_event)
+                .await
+        };
+        let result = match tokio::time::timeout(self.inner.config.wall_deadline, call).await {
+            Ok(Ok(Ok(outcome))) => Ok(Outcome {
+                disposition: match outcome.disposition {
+                    bindings::types::Disposition::Completed => Disposition::Completed,
+                    bindings::types::Disposition::Skipped => Disposition::Skipped,
+                },
+                message: outcome.message,
+            }),
+            Ok(Ok(Err(failure))) => Err(JobFailure {
+                source: FailureSource::Component,
+                code: failure.code,
+                message: failure.message,
+            }),
+            Ok(Err(error)) => Err(self.describe_error(&store, &error)),
+            Err(_) => Err(JobFailure {
+                source: FailureSource::Sandbox,
+                code: "COMPONENT_TIMEOUT".into(),
+                message: format!(
+                    "job exceeded its wall-clock deadline of {:?}",
+                    self.inner.config.wall_deadline
+                ),
+            }),
+        };
+        let state = store.data_mut();
+        JobReport {
+            result,
+            component: component.info.clone(),
+            host_calls: state.gate.host_calls(),
+            elapsed: started.elapsed(),
+            journal: state.gate.take_journal(),
+        }
+    }
+
+    /// Turns an error out of wasmtime into a job failure with a precise code.
+    fn describe_error(&self, store: &Store<JobState>, error: &wasmtime::Error) -> JobFailure {
+        let state = store.data();
+        let violation = state
+            .gate
+            .violation
+            .clone()
+            .or_else(|| state.limiter.hit.clone())
+            .or_else(|| error.downcast_ref::<Violation>().cloned());
+        if let Some(violation) = violation {
+            return JobFailure {
+                source: FailureSource::Sandbox,
+                code: violation.code().into(),
+                message: violation.to_string(),
+            };
+        }
+        if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+            let stderr = guest_stderr(&state.stderr);
+            let mut message = format!("component trapped: {trap}");
+            if !stderr.is_empty() {
+                message.push_str(": ");
+                message.push_str(&stderr);
+            }
+            return JobFailure {
+                source: FailureSource::Sandbox,
+                code: "COMPONENT_TRAP".into(),
+                message,
+            };
+        }
+        JobFailure {
+            source: FailureSource::Host,
+            code: "COMPONENT_UNAVAILABLE".into(),
+            message: format!("{error:#}"),
+        }
+    }
+}
+
+/// The last lines the guest wrote to stderr (a panic message), trimmed.
+fn guest_stderr(pipe: &MemoryOutputPipe) -> String {
+    let bytes = pipe.contents();
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.trim();
+    // Keep the end: a panic message is the last thing written before the abort.
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+/// Services for `info()` at load time: a component must not do I/O there.
+struct NoServices;
+
+impl Services for NoServices {
+    fn sf_query<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Value, CallError>> {
+        Box::pin(async { Err(CallError::forbidden("no I/O is allowed in info()")) })
+    }
+
+    fn sf_update<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: &'a Map<String, Value>,
+    ) -> futures::future::BoxFuture<'a, Result<(), CallError>> {
+        Box::pin(async { Err(CallError::forbidden("no I/O is allowed in info()")) })
+    }
+
+    fn billing_call<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a Map<String, Value>,
+    ) -> futures::future::BoxFuture<'a, Result<Value, CallError>> {
+        Box::pin(async { Err(CallError::forbidden("no I/O is allowed in info()")) })
+    }
+
+    fn config(&self, _: &str) -> Option<String> {
+        None
+    }
+
+    fn now_ms(&self) -> i64 {
+        crate::services::system_now_ms()
+    }
+}
+
+fn engine_config(config: &RuntimeConfig) -> Config {
+    let mut pool = PoolingAllocationConfig::default();
+    let instances = config.max_instances.max(1);
+    pool.total_component_instances(instances)
+        .total_core_instances(instances * CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(instances * MEMORIES_PER_COMPONENT)
+        .total_tables(instances * TABLES_PER_COMPONENT)
+        .total_stacks(instances)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(TABLES_PER_COMPONENT)
+        .max_memory_size(config.memory_cap);
+    let mut wasm = Config::new();
+    wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .epoch_interruption(true)
+        // No component-model async in this world: skip its per-call bookkeeping.
+        .concurrency_support(false);
+    wasm
+}

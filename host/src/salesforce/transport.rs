@@ -1,0 +1,144 @@
+//! HTTP plumbing shared by the Salesforce and WHMCS clients: building a `reqwest::Client` with the
+//! process's rustls provider, and classifying transport failures into [`CallError`]s.
+//!
+//! It lives under `salesforce/` only because that is where the first client was written; the WHMCS
+//! client uses it too, so both classify a refused connection or a timeout the same way.
+
+use std::error::Error as _;
+use std::io;
+use std::time::Duration;
+
+use crate::error::CallError;
+
+/// The connection phase never gets more than this, even when a call's own timeout is longer:
+/// a refused or black-holed connect should fail fast.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest service-provided text copied into a [`CallError`] message.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// Building the shared HTTP client failed (TLS setup, usually).
+#[derive(Debug, thiserror::Error)]
+#[error("building the HTTP client failed: {0}")]
+pub struct HttpClientError(#[source] reqwest::Error);
+
+/// Builds the HTTP client both service clients use.
+///
+/// reqwest is compiled with `rustls-no-provider`: it takes the process-wide rustls
+/// `CryptoProvider` when building a client (and panics if none is installed), so this installs
+/// ring as that default first. Installing twice is harmless: the second attempt reports "already
+/// installed", which is what we want. Certificates are checked by rustls-platform-verifier (the
+/// system trust store).
+///
+/// `timeout` bounds every request made with the client; each call may set a shorter one.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, HttpClientError> {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
+        .user_agent(concat!("fulfilld/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(HttpClientError)
+}
+
+/// Installs ring as the process-wide rustls provider unless one is installed already.
+pub fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another thread installing a provider is fine: one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// Classifies a transport failure (no HTTP answer) of a request to `service`.
+///
+/// The message is written here rather than taken from reqwest's `Display`, which includes the
+/// request URL (and so a query string) and nested causes of varying length.
+pub(crate) fn classify_transport(service: &str, err: &reqwest::Error) -> CallError {
+    if err.is_timeout() {
+        return CallError::timeout(format!("{service} did not answer in time"));
+    }
+    match io_kind(err) {
+        Some(io::ErrorKind::ConnectionRefused) => {
+            return CallError::network("ECONNREFUSED", format!("{service} refused the connection"));
+        }
+        Some(
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof,
+        ) => {
+            return CallError::network(
+                "ECONNRESET",
+                format!("{service} closed the connection before answering"),
+            );
+        }
+        Some(io::ErrorKind::TimedOut) => {
+            return CallError::timeout(format!("{service} did not answer in time"));
+        }
+        _ => {}
+    }
+    if closed_before_answer(err) {
+        return CallError::network(
+            "ECONNRESET",
+            format!("{service} closed the connection before answering"),
+        );
+    }
+    if err.is_dns() {
+        return CallError::network("ENETWORK", format!("{service} host name did not resolve"));
+    }
+    if err.is_connect() {
+        return CallError::network("ENETWORK", format!("could not connect to {service}"));
+    }
+    if err.is_body() || err.is_decode() {
+        return CallError::network("ECONNRESET", format!("the answer from {service} broke off"));
+    }
+    CallError::network("ENETWORK", format!("request to {service} failed"))
+}
+
+/// The kind of the first `io::Error` in the cause chain.
+fn io_kind(err: &reqwest::Error) -> Option<io::ErrorKind> {
+    let mut source = err.source();
+    while let Some(cause) = source {
+        if let Some(io_err) = cause.downcast_ref::<io::Error>() {
+            return Some(io_err.kind());
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// hyper reports a peer that closed the connection without answering as its own error type
+/// ("connection closed before message completed") with no `io::Error` underneath. hyper is not a
+/// direct dependency, so this recognises it by its text.
+fn closed_before_answer(err: &reqwest::Error) -> bool {
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if text.contains("connection closed before message completed")
+            || text.contains("connection reset")
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// The standard reason phrase of an HTTP status, e.g. `Service Unavailable`.
+pub(crate) fn reason(status: u16) -> &'static str {
+    reqwest::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown Status")
+}
+
+/// Shortens service-provided text for a [`CallError`] message.
+pub(crate) fn truncate(text: &str) -> String {
+    let text = text.trim();
+    if text.chars().count() <= MAX_MESSAGE_CHARS {
+        return text.to_owned();
+    }
+    let mut short: String = text.chars().take(MAX_MESSAGE_CHARS).collect();
+    short.push('…');
+    short
+}

@@ -1,0 +1,606 @@
+//! Scenario files: a seeded fake org and WHMCS, one or more runs of `fulfill`, failures to inject
+//! and what each run must do. TOML; `docs/component-authoring.md` describes every key.
+//!
+//! ```toml
+//! name = "no payment method"
+//! [[org.Order]]
+//! Id = "801000000000001AAA"
+//! Activation_Status__c = "Activating"
+//! [[whmcs.clients]]
+//! id = 42
+//! [[run]]
+//! event = { OrderId__c = "801000000000001AAA" }
+//! [run.expect]
+//! result = "failed"
+//! code = "409"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::{FakeHost, Injection, TestKit, soql_object, test_uuid};
+use crate::fake::whmcs::{FakeClient, FakeProduct};
+use crate::runtime::{CallRecord, Disposition, Event, JobReport};
+
+/// Records to seed, by sObject.
+pub type Records = BTreeMap<String, Vec<Map<String, Value>>>;
+/// Field values by sObject and record id.
+pub type FieldsById = BTreeMap<String, BTreeMap<String, Map<String, Value>>>;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// A seed file (path relative to this file) whose `config`, `org` and `whmcs` are loaded
+    /// first, so many scenarios share one fixture org. By convention its name starts with `_`.
+    #[serde(default)]
+    pub seed: Option<String>,
+    /// Settings the `config` import exposes (e.g. `PORTAL_PRICEBOOK_ID`).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// The fake clock, ms since the Unix epoch (default 2026-01-01T00:00:00Z).
+    #[serde(default)]
+    pub now_ms: Option<i64>,
+    /// Records of the fake org, by sObject (`[[org.Order]]`, `[[org.OrderItem]]`, ...).
+    #[serde(default)]
+    pub org: Records,
+    #[serde(default)]
+    pub whmcs: WhmcsSeed,
+    /// The runs, in order, against the same fakes.
+    #[serde(rename = "run")]
+    pub runs: Vec<Run>,
+}
+
+/// A shared seed file: the data keys of a scenario, without runs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedFile {
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    #[serde(default)]
+    pub now_ms: Option<i64>,
+    #[serde(default)]
+    pub org: Records,
+    #[serde(default)]
+    pub whmcs: WhmcsSeed,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhmcsSeed {
+    #[serde(default)]
+    pub clients: Vec<FakeClient>,
+    #[serde(default)]
+    pub products: Vec<FakeProduct>,
+    /// The id the next AddOrder gets.
+    #[serde(default)]
+    pub next_order_id: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Run {
+    /// Shown in reports (default `run N`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The event's payload fields, e.g. `{ OrderId__c = "801..." }`.
+    pub event: Map<String, Value>,
+    /// The event's EventUuid (default: derived from the scenario name and run number).
+    #[serde(default)]
+    pub event_uuid: Option<String>,
+    /// Field updates applied to the org before this run (an operator resetting a status);
+    /// `""` clears a field.
+    #[serde(default)]
+    pub set: FieldsById,
+    /// Failures injected for this run only.
+    #[serde(default)]
+    pub inject: Vec<Injection>,
+    pub expect: Expect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpectedResult {
+    Completed,
+    Skipped,
+    Failed,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub result: ExpectedResult,
+    /// The failure code (with `result = "failed"`).
+    #[serde(default)]
+    pub code: Option<String>,
+    /// The exact failure or outcome message.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Substrings the failure or outcome message must contain.
+    #[serde(default)]
+    pub message_contains: Vec<String>,
+    /// The exact sequence of import calls, as `op target` (`billing.call AddOrder`,
+    /// `salesforce.update Order`, `salesforce.query OrderItem`); an entry without a target
+    /// matches any target of that op. Log, config and clock calls are not listed.
+    #[serde(default)]
+    pub calls: Option<Vec<String>>,
+    /// Calls that must appear, in this order, among others.
+    #[serde(default)]
+    pub calls_include: Vec<String>,
+    /// Calls that must not appear.
+    #[serde(default)]
+    pub calls_exclude: Vec<String>,
+    /// No `salesforce.update` at all.
+    #[serde(default)]
+    pub no_writes: bool,
+    /// Step names that must be logged, in this order, among others.
+    #[serde(default)]
+    pub steps: Vec<String>,
+    /// Substrings that must each appear in some log entry (message or fields).
+    #[serde(default)]
+    pub logs_contain: Vec<String>,
+    /// Field values records must have after the run (`""`: empty, as Salesforce has it).
+    #[serde(default)]
+    pub records: FieldsById,
+    /// How many orders the fake WHMCS holds after the run.
+    #[serde(default)]
+    pub whmcs_orders: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Scenario {
+    /// Parses and validates a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let invalid = |message: String| ScenarioError::Invalid {
+            path: path.display().to_string(),
+            message,
+        };
+        let mut scenario = Scenario::parse(&text).map_err(invalid)?;
+        if let Some(seed) = scenario.seed.clone() {
+            let seed_path = path.parent().unwrap_or(Path::new(".")).join(&seed);
+            let seed_text =
+                std::fs::read_to_string(&seed_path).map_err(|source| ScenarioError::Read {
+                    path: seed_path.display().to_string(),
+                    source,
+                })?;
+            let seed: SeedFile =
+                toml::from_str(&seed_text).map_err(|e| ScenarioError::Invalid {
+                    path: seed_path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            scenario.merge_seed(seed);
+        }
+        Ok(scenario)
+    }
+
+    /// Puts `seed` under this scenario's own data: its records come first, own settings win.
+    pub fn merge_seed(&mut self, seed: SeedFile) {
+        for (key, value) in seed.config {
+            self.config.entry(key).or_insert(value);
+        }
+        self.now_ms = self.now_ms.or(seed.now_ms);
+        for (sobject, mut records) in seed.org {
+            let own = self.org.remove(&sobject).unwrap_or_default();
+            records.extend(own);
+            self.org.insert(sobject, records);
+        }
+        let mut whmcs = seed.whmcs;
+        whmcs.clients.append(&mut self.whmcs.clients);
+        whmcs.products.append(&mut self.whmcs.products);
+        whmcs.next_order_id = self.whmcs.next_order_id.or(whmcs.next_order_id);
+        self.whmcs = whmcs;
+    }
+
+    pub fn parse(text: &str) -> Result<Scenario, String> {
+        let scenario: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
+        if scenario.runs.is_empty() {
+            return Err("a scenario needs at least one [[run]]".into());
+        }
+        for (index, run) in scenario.runs.iter().enumerate() {
+            for injection in &run.inject {
+                injection
+                    .validate()
+                    .map_err(|e| format!("run {}: inject: {e}", index + 1))?;
+            }
+            let failed = run.expect.result == ExpectedResult::Failed;
+            if run.expect.code.is_some() && !failed {
+                return Err(format!(
+                    "run {}: expect.code only applies to result = \"failed\"",
+                    index + 1
+                ));
+            }
+        }
+        Ok(scenario)
+    }
+
+    /// A fake host seeded with this scenario's org, WHMCS, settings and clock.
+    pub fn seed(&self) -> Result<Arc<FakeHost>, String> {
+        let host = FakeHost::new();
+        for (key, value) in &self.config {
+            host.set_config(key.clone(), value.clone());
+        }
+        if let Some(now) = self.now_ms {
+            host.set_now_ms(now);
+        }
+        host.with_org(|org| {
+            for (sobject, records) in &self.org {
+                for record in records {
+                    org.insert(sobject, record.clone())
+                        .map_err(|e| format!("org.{sobject}: {}", e.message))?;
+                }
+            }
+            Ok::<(), String>(())
+        })?;
+        host.with_whmcs(|whmcs| {
+            for client in &self.whmcs.clients {
+                whmcs.add_client(client.clone());
+            }
+            for product in &self.whmcs.products {
+                whmcs.add_product(product.clone());
+            }
+            if let Some(id) = self.whmcs.next_order_id {
+                whmcs.set_next_order_id(id);
+            }
+        });
+        Ok(host)
+    }
+}
+
+/// One finished run: what happened and what differed from the expectation.
+#[derive(Debug)]
+pub struct RunResult {
+    pub name: String,
+    pub report: JobReport,
+    pub differences: Vec<String>,
+}
+
+/// A finished scenario.
+#[derive(Debug)]
+pub struct ScenarioResult {
+    pub name: String,
+    pub runs: Vec<RunResult>,
+    /// Set when the scenario could not be set up (bad seed data).
+    pub setup_error: Option<String>,
+}
+
+impl ScenarioResult {
+    pub fn passed(&self) -> bool {
+        self.setup_error.is_none() && self.runs.iter().all(|r| r.differences.is_empty())
+    }
+
+    /// The first difference, prefixed with its run's name.
+    pub fn first_difference(&self) -> Option<String> {
+        if let Some(error) = &self.setup_error {
+            return Some(format!("setup: {error}"));
+        }
+        self.runs.iter().find_map(|run| {
+            run.differences
+                .first()
+                .map(|difference| format!("{}: {difference}", run.name))
+        })
+    }
+}
+
+/// Runs every run of `scenario` against one freshly seeded fake host.
+pub async fn run_scenario(kit: &TestKit, scenario: &Scenario) -> ScenarioResult {
+    let mut result = ScenarioResult {
+        name: scenario.name.clone(),
+        runs: Vec::new(),
+        setup_error: None,
+    };
+    let host = match scenario.seed() {
+        Ok(host) => host,
+        Err(error) => {
+            result.setup_error = Some(error);
+            return result;
+        }
+    };
+    for (index, run) in scenario.runs.iter().enumerate() {
+        let name = run
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("run {}", index + 1));
+        if let Err(error) = apply_set(&host, &run.set) {
+            result.setup_error = Some(format!("{name}: set: {error}"));
+            return result;
+        }
+        host.clear_injections();
+        for injection in &run.inject {
+            host.inject(injection.clone());
+        }
+        let event = Event {
+            event_uuid: run
+                .event_uuid
+                .clone()
+                .unwrap_or_else(|| test_uuid(&format!("{}#{index}", scenario.name))),
+            replay_id: (index + 1).to_string(),
+            schema_id: "scenario".into(),
+            channel: "/event/OrderProvisionRequested__e".into(),
+            created_date: host_now(&host),
+            payload: run.event.clone(),
+        };
+        let report = kit.fulfill(&host, &event).await;
+        let differences = compare(&run.expect, &report, &host);
+        result.runs.push(RunResult {
+            name,
+            report,
+            differences,
+        });
+    }
+    host.clear_injections();
+    result
+}
+
+fn host_now(host: &FakeHost) -> i64 {
+    crate::services::Services::now_ms(host)
+}
+
+fn apply_set(host: &FakeHost, set: &FieldsById) -> Result<(), String> {
+    host.with_org(|org| {
+        for (sobject, records) in set {
+            for (id, fields) in records {
+                // TOML has no null; like Salesforce, an empty string clears a field.
+                let fields: Map<String, Value> = fields
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Value::String(s) if s.is_empty() => (k.clone(), Value::Null),
+                        _ => (k.clone(), v.clone()),
+                    })
+                    .collect();
+                org.update(sobject, id, &fields)
+                    .map_err(|e| format!("{sobject}/{id}: {}", e.message))?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `op target` label of a recorded call, as scenario files spell it.
+pub fn call_label(call: &CallRecord) -> String {
+    let target = match call.op {
+        "salesforce.query" => soql_object(&call.target).unwrap_or_default(),
+        "salesforce.update" => call
+            .target
+            .split_once('/')
+            .map(|(sobject, _)| sobject.to_owned())
+            .unwrap_or_default(),
+        _ => call.target.clone(),
+    };
+    format!("{} {target}", call.op)
+}
+
+fn label_matches(expected: &str, actual: &str) -> bool {
+    if expected.contains(' ') {
+        expected.eq_ignore_ascii_case(actual)
+    } else {
+        actual.split(' ').next() == Some(expected)
+    }
+}
+
+/// Every way `report` differs from `expect`, most important first.
+pub fn compare(expect: &Expect, report: &JobReport, host: &FakeHost) -> Vec<String> {
+    let mut out = Vec::new();
+    let (actual_result, code, message) = match &report.result {
+        Ok(outcome) => (
+            match outcome.disposition {
+                Disposition::Completed => ExpectedResult::Completed,
+                Disposition::Skipped => ExpectedResult::Skipped,
+            },
+            None,
+            outcome.message.as_str(),
+        ),
+        Err(failure) => (
+            ExpectedResult::Failed,
+            Some(failure.code.as_str()),
+            failure.message.as_str(),
+        ),
+    };
+    if actual_result != expect.result {
+        out.push(format!(
+            "result: expected {:?}, got {:?}{} \"{message}\"",
+            expect.result,
+            actual_result,
+            code.map(|c| format!(" {c}")).unwrap_or_default()
+        ));
+    }
+    if let Some(expected) = &expect.code
+        && code != Some(expected.as_str())
+    {
+        out.push(format!(
+            "code: expected {expected}, got {} (\"{message}\")",
+            code.unwrap_or("none")
+        ));
+    }
+    if let Some(expected) = &expect.message
+        && expected != message
+    {
+        out.push(format!(
+            "message: expected \"{expected}\", got \"{message}\""
+        ));
+    }
+    for part in &expect.message_contains {
+        if !message.contains(part.as_str()) {
+            out.push(format!(
+                "message: \"{message}\" does not contain \"{part}\""
+            ));
+        }
+    }
+
+    let journal = report.journal.clone().unwrap_or_default();
+    let labels: Vec<String> = journal.calls.iter().map(call_label).collect();
+    if let Some(expected) = &expect.calls {
+        let position = expected
+            .iter()
+            .zip(&labels)
+            .position(|(e, a)| !label_matches(e, a));
+        let mismatch = position
+            .or_else(|| (expected.len() != labels.len()).then(|| expected.len().min(labels.len())));
+        if let Some(i) = mismatch {
+            out.push(format!(
+                "calls[{i}]: expected {}, got {} (calls: {})",
+                expected
+                    .get(i)
+                    .map_or("no more calls".into(), |e| format!("\"{e}\"")),
+                labels
+                    .get(i)
+                    .map_or("no more calls".into(), |a| format!("\"{a}\"")),
+                labels.join(", ")
+            ));
+        }
+    }
+    let mut next = 0;
+    for wanted in &expect.calls_include {
+        match labels[next..].iter().position(|a| label_matches(wanted, a)) {
+            Some(offset) => next += offset + 1,
+            None => out.push(format!(
+                "calls: \"{wanted}\" missing (in order) from: {}",
+                labels.join(", ")
+            )),
+        }
+    }
+    for unwanted in &expect.calls_exclude {
+        if labels.iter().any(|a| label_matches(unwanted, a)) {
+            out.push(format!("calls: \"{unwanted}\" made, expected not to be"));
+        }
+    }
+    if expect.no_writes
+        && let Some(write) = journal.calls.iter().find(|c| c.op == "salesforce.update")
+    {
+        out.push(format!(
+            "no_writes: the component wrote {} {}",
+            write.target,
+            write
+                .request
+                .as_ref()
+                .map(Value::to_string)
+                .unwrap_or_default()
+        ));
+    }
+
+    let steps: Vec<&str> = journal.logs.iter().map(|l| l.step.as_str()).collect();
+    let mut next = 0;
+    for wanted in &expect.steps {
+        match steps[next..].iter().position(|s| s == wanted) {
+            Some(offset) => next += offset + 1,
+            None => out.push(format!(
+                "steps: \"{wanted}\" not logged (in order); logged steps: {}",
+                dedup(&steps).join(", ")
+            )),
+        }
+    }
+    for wanted in &expect.logs_contain {
+        let found = journal.logs.iter().any(|l| {
+            l.message.contains(wanted.as_str())
+                || l.fields
+                    .iter()
+                    .any(|(k, v)| k.contains(wanted.as_str()) || v.contains(wanted.as_str()))
+        });
+        if !found {
+            out.push(format!("logs: no entry contains \"{wanted}\""));
+        }
+    }
+
+    host.with_org(|org| {
+        for (sobject, records) in &expect.records {
+            for (id, fields) in records {
+                let Some(record) = org.get(sobject, id) else {
+                    out.push(format!("records: {sobject}/{id} does not exist"));
+                    continue;
+                };
+                for (field, expected) in fields {
+                    let actual = record.get(field).unwrap_or(&Value::Null);
+                    if !same_value(expected, actual) {
+                        out.push(format!(
+                            "records: {sobject}/{id}.{field}: expected {expected}, got {actual}"
+                        ));
+                    }
+                }
+            }
+        }
+    });
+    if let Some(expected) = expect.whmcs_orders {
+        let actual = host.with_whmcs(|whmcs| whmcs.orders().len());
+        if actual != expected {
+            out.push(format!("whmcs_orders: expected {expected}, got {actual}"));
+        }
+    }
+    out
+}
+
+/// Field comparison as an operator reads it: `"1042"` equals `1042`; `""` (TOML has no null)
+/// equals null or absent, as in Salesforce.
+fn same_value(expected: &Value, actual: &Value) -> bool {
+    match (expected, actual) {
+        (Value::String(e), Value::Null) => e.is_empty(),
+        (Value::String(e), Value::String(a)) if e.is_empty() => a.is_empty(),
+        (Value::String(e), Value::Number(a)) | (Value::Number(a), Value::String(e)) => {
+            *e == a.to_string()
+        }
+        _ => expected == actual,
+    }
+}
+
+fn dedup<'a>(steps: &[&'a str]) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for step in steps {
+        if out.last() != Some(step) {
+            out.push(step);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_rejects_unknown_keys_and_bad_injections() {
+        let err = Scenario::parse(
+            "name = \"x\"\nnmae = 1\n[[run]]\nevent = {}\n[run.expect]\nresult = \"completed\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("nmae"), "{err}");
+        let err = Scenario::parse(
+            "name = \"x\"\n[[run]]\nevent = {}\n[[run.inject]]\nop = \"billing.call\"\n[run.expect]\nresult = \"failed\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("needs one of"), "{err}");
+        let err = Scenario::parse("name = \"x\"\n").unwrap_err();
+        assert!(err.contains("run"), "{err}");
+    }
+
+    #[test]
+    fn labels_match_with_or_without_target() {
+        assert!(label_matches("billing.call", "billing.call AddOrder"));
+        assert!(label_matches(
+            "billing.call AddOrder",
+            "billing.call AddOrder"
+        ));
+        assert!(!label_matches(
+            "billing.call AcceptOrder",
+            "billing.call AddOrder"
+        ));
+        assert!(same_value(&Value::from("1042"), &Value::from(1042)));
+    }
+}

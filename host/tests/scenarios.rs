@@ -1,0 +1,142 @@
+//! The default component's acceptance scenarios through the test kit, and the test kit's own
+//! behaviour (call recording, failure reports, the CLI's exit status).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use fulfilld::testkit::scenario::{Scenario, run_scenario};
+use fulfilld::testkit::{Injection, TestKit, order_event};
+
+async fn kit() -> TestKit {
+    TestKit::load_file(&common::component("fulfillment"))
+        .await
+        .unwrap()
+}
+
+fn scenario_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(common::scenarios_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "toml")
+                && !p.file_name().unwrap().to_string_lossy().starts_with('_')
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn every_shipped_scenario_passes_against_the_default_component() {
+    let kit = kit().await;
+    let files = scenario_files();
+    assert!(files.len() >= 11, "scenarios missing: {files:?}");
+    let mut failures = Vec::new();
+    for file in &files {
+        let scenario = Scenario::load(file).unwrap();
+        let result = run_scenario(&kit, &scenario).await;
+        if !result.passed() {
+            failures.push(format!(
+                "{}: {}\n  runs: {:#?}",
+                file.display(),
+                result.first_difference().unwrap_or_default(),
+                result
+                    .runs
+                    .iter()
+                    .map(|r| (&r.name, &r.report.result, &r.differences))
+                    .collect::<Vec<_>>()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn a_wrong_expectation_reports_the_first_difference() {
+    let kit = kit().await;
+    let mut scenario = Scenario::load(&common::scenarios_dir().join("happy-path.toml")).unwrap();
+    scenario.runs[0].expect.whmcs_orders = Some(2);
+    let result = run_scenario(&kit, &scenario).await;
+    assert!(!result.passed());
+    assert_eq!(
+        result.first_difference().unwrap(),
+        "run 1: whmcs_orders: expected 2, got 1"
+    );
+}
+
+#[tokio::test]
+async fn the_kit_records_calls_and_final_records_for_rust_tests() {
+    let kit = kit().await;
+    let scenario = Scenario::load(&common::scenarios_dir().join("happy-path.toml")).unwrap();
+    let host = scenario.seed().unwrap();
+    let mut injection = Injection::new("billing.call", Some("AcceptOrder"));
+    injection.timeout = true;
+    host.inject(injection);
+    let report = kit.fulfill(&host, &order_event("801000000000001AAA")).await;
+    let failure = report.result.unwrap_err();
+    assert_eq!(failure.code, "ETIMEOUT");
+    let journal = report.journal.unwrap();
+    let accept = journal
+        .calls
+        .iter()
+        .find(|c| c.target == "AcceptOrder")
+        .unwrap();
+    assert_eq!(accept.result.as_ref().unwrap_err().code, "ETIMEOUT");
+    let add = journal
+        .calls
+        .iter()
+        .find(|c| c.target == "AddOrder")
+        .unwrap();
+    let params = add.request.as_ref().unwrap();
+    assert_eq!(params["clientid"].to_string().trim_matches('"'), "42");
+    assert_eq!(params["pid"].as_array().map(Vec::len), Some(3));
+    host.with_org(|org| {
+        let order = org.get("Order", "801000000000001AAA").unwrap();
+        assert_eq!(order["Activation_Status__c"], "Failed");
+        assert_eq!(order["WHMCS_Order_ID__c"], "1000");
+    });
+}
+
+#[test]
+fn the_cli_prints_a_line_per_scenario_and_fails_on_any_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        format!(
+            "name = \"deliberately wrong\"\nseed = \"{}\"\n[[run]]\nevent = {{ OrderId__c = \"801000000000001AAA\" }}\n[run.expect]\nresult = \"skipped\"\n",
+            common::scenarios_dir().join("_seed.toml").display()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+        .arg("test")
+        .arg(common::component("fulfillment"))
+        .arg(common::scenarios_dir().join("happy-path.toml"))
+        .arg(&broken)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("PASS happy path"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL deliberately wrong: run 1: result: expected Skipped, got Completed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 passed, 1 failed"), "{stdout}");
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+        .arg("test")
+        .arg(common::component("fulfillment"))
+        .arg(common::scenarios_dir())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
