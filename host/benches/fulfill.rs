@@ -164,6 +164,15 @@ fn main() {
         assert!(result.is_ok());
     }
 
+    let mut probe_samples = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let started = Instant::now();
+        let info = tokio.block_on(runtime.probe(&component));
+        probe_samples.push(started.elapsed());
+        assert!(info.is_ok());
+    }
+
+    summary("wasm instance + info() only", probe_samples);
     let (wasm_p50, wasm_p99) = summary("wasm (instance + fulfill)", wasm_samples);
     let (native_p50, native_p99) = summary("native (same rules)", native_samples);
     let overhead = wasm_p50.saturating_sub(native_p50);

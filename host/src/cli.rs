@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::Config;
+use crate::runtime::policy::CapabilityPolicy;
 use crate::runtime::{Event, Runtime, RuntimeConfig, check};
 use crate::salesforce::SalesforceClient;
 use crate::services::{LiveServices, Services};
@@ -51,10 +52,18 @@ pub async fn component_check(path: &Path, out: &mut dyn Write) -> anyhow::Result
 pub async fn test(
     component: &Path,
     scenarios: &[PathBuf],
+    policy: Option<&Path>,
     verbose: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
-    let kit = TestKit::load_file(component).await?;
+    let mut config = RuntimeConfig::default();
+    if let Some(path) = policy {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read policy file {}", path.display()))?;
+        config.policy = CapabilityPolicy::from_toml(&text)
+            .with_context(|| format!("invalid policy file {}", path.display()))?;
+    }
+    let kit = TestKit::load_file_with(component, config).await?;
     let info = kit.component().info();
     writeln!(
         out,
@@ -93,6 +102,18 @@ pub async fn test(
                     .collect();
                 writeln!(out, "  {}: {:?}", run.name, run.report.result)?;
                 writeln!(out, "    calls: {}", calls.join(", "))?;
+                for log in run.report.journal.iter().flat_map(|j| &j.logs) {
+                    let fields: Vec<String> =
+                        log.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    writeln!(
+                        out,
+                        "    log {:<5} {:<18} {} {}",
+                        log.level,
+                        log.step,
+                        log.message,
+                        fields.join(" ")
+                    )?;
+                }
             }
         }
     }
@@ -149,6 +170,9 @@ pub async fn fulfill_once(
         .with_context(|| format!("cannot load {}", component.display()))?;
     let mut event: Event = order_event(order_id);
     event.channel = config.channel.clone();
+    // Not from the stream: no replay id or schema to report.
+    event.replay_id = String::new();
+    event.schema_id = "manual".into();
     event.event_uuid = format!(
         "manual-{}",
         crate::testkit::test_uuid(&format!("{order_id}{}", crate::services::system_now_ms()))

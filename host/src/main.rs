@@ -27,9 +27,13 @@ enum Command {
         /// Scenario files, or directories of `*.toml` scenarios.
         #[arg(required = true)]
         scenarios: Vec<PathBuf>,
-        /// Also print each run's result and call sequence.
+        /// Also print each run's result, call sequence and logs.
         #[arg(short, long)]
         verbose: bool,
+        /// Capability policy file to run under (default: the built-in policy), so scenarios
+        /// exercise the policy production uses.
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
     /// Work with component files.
     Component {
@@ -53,10 +57,11 @@ enum ComponentCommand {
     Check { file: PathBuf },
 }
 
-fn init_tracing() {
+/// `FULFILLD_LOG` (or `RUST_LOG`) overrides `default` with the usual filter syntax.
+fn init_tracing(default: &str) {
     let filter = EnvFilter::try_from_env("FULFILLD_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("warn,fulfilld=info,component=info"));
+        .unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -74,7 +79,10 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             component,
             scenarios,
             verbose,
-        } => fulfilld::cli::test(&component, &scenarios, verbose, &mut out).await,
+            policy,
+        } => {
+            fulfilld::cli::test(&component, &scenarios, policy.as_deref(), verbose, &mut out).await
+        }
         Command::Component {
             command: ComponentCommand::Check { file },
         } => fulfilld::cli::component_check(&file, &mut out).await,
@@ -96,7 +104,12 @@ async fn run(command: Command) -> anyhow::Result<bool> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The test kit reports on stdout and keeps each run's component logs in its journal
+    // (`--verbose` prints them), so by default only warnings reach stderr there.
+    init_tracing(match cli.command {
+        Command::Test { .. } => "warn,component=off",
+        _ => "warn,fulfilld=info,component=info",
+    });
     match run(cli.command).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

@@ -140,3 +140,26 @@ fn the_cli_prints_a_line_per_scenario_and_fails_on_any_failure() {
         String::from_utf8_lossy(&output.stdout)
     );
 }
+
+#[test]
+fn scenarios_can_run_under_a_stricter_policy_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    // No AcceptOrder: the happy path must now fail with a forbidden call recorded on the Order.
+    std::fs::write(
+        &policy,
+        "billing_actions = [\"GetPayMethods\", \"AddOrder\", \"GetOrders\"]\n[update]\nOrder = [\"Activation_Status__c\", \"WHMCS_Order_ID__c\", \"Activation_Error_Code__c\", \"Activation_Error_Message__c\"]\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+        .arg("test")
+        .arg("--policy")
+        .arg(&policy)
+        .arg(common::component("fulfillment"))
+        .arg(common::scenarios_dir().join("happy-path.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FORBIDDEN"), "{stdout}");
+}

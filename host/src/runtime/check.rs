@@ -158,7 +158,14 @@ fn split_name(name: &str) -> Option<(&str, &str, Option<&str>)> {
 fn check_version(name: &str, version: Option<&str>) -> Result<(), CheckError> {
     let found = version.unwrap_or("none");
     match version.and_then(Version::parse) {
-        Some(v) if v.compatible_with(WIT_VERSION) && v <= WIT_VERSION => Ok(()),
+        // Additions bump the minor, so anything up to this host's minor links; patches never
+        // change the contract.
+        Some(v)
+            if v.compatible_with(WIT_VERSION)
+                && (v.major, v.minor) <= (WIT_VERSION.major, WIT_VERSION.minor) =>
+        {
+            Ok(())
+        }
         _ => Err(CheckError::IncompatibleVersion {
             name: name.to_owned(),
             found: found.to_owned(),
@@ -237,6 +244,10 @@ mod tests {
             &["fulfilld:fulfillment/handler@1.0.0"],
         );
         assert_eq!(check_surface(&ok), Ok(()));
+        let patch = surface_of(&[], &["fulfilld:fulfillment/handler@1.0.7"]);
+        assert_eq!(check_surface(&patch), Ok(()));
+        let newer_minor = surface_of(&[], &["fulfilld:fulfillment/handler@1.1.0"]);
+        assert!(check_surface(&newer_minor).is_err());
     }
 
     #[test]

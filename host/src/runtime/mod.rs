@@ -71,6 +71,11 @@ const STDERR_CAPTURE: usize = 4096;
 const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 const MEMORIES_PER_COMPONENT: u32 = 4;
 const TABLES_PER_COMPONENT: u32 = 8;
+/// Bytes of each pooled memory, table and fiber stack kept resident between jobs
+/// (see `docs/benchmarks.md` for their effect).
+const KEEP_RESIDENT_MEMORY: usize = 2 << 20;
+const KEEP_RESIDENT_TABLE: usize = 64 << 10;
+const KEEP_RESIDENT_STACK: usize = 512 << 10;
 
 #[derive(Debug, Error)]
 pub enum RuntimeError {
@@ -370,6 +375,13 @@ impl Runtime {
         Ok(LoadedComponent { pre, info, digest })
     }
 
+    /// Instantiates `component` afresh and calls its `info()`: the fixed cost of a job (pooled
+    /// instance, WASI context, one export call) without any rules or host calls. A health probe
+    /// for a loaded version, and the baseline `make bench` reports.
+    pub async fn probe(&self, component: &LoadedComponent) -> Result<ComponentInfo, LoadError> {
+        self.component_info(&component.pre).await
+    }
+
     async fn component_info(
         &self,
         pre: &FulfillmentPre<JobState>,
@@ -456,6 +468,15 @@ impl Runtime {
                 .call_fulfill(&mut store, &wit_event)
                 .await
         };
+        // Every log line of the job, the component's included, carries these fields.
+        let span = tracing::info_span!(
+            "job",
+            order_id = event.order_id().unwrap_or_default(),
+            event_uuid = %event.event_uuid,
+            replay_id = %event.replay_id,
+            component = %format_args!("{}@{}", component.info.name, component.info.version),
+        );
+        let call = tracing::Instrument::instrument(call, span);
         let result = match tokio::time::timeout(self.inner.config.wall_deadline, call).await {
             Ok(Ok(Ok(outcome))) => Ok(Outcome {
                 disposition: match outcome.disposition {
@@ -584,7 +605,15 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
         .max_memories_per_component(MEMORIES_PER_COMPONENT)
         .max_tables_per_component(TABLES_PER_COMPONENT)
-        .max_memory_size(config.memory_cap);
+        .max_memory_size(config.memory_cap)
+        // Reuse is the common case (a fresh instance per job): keep the pages a job dirtied
+        // resident and reset them in place instead of returning them to the kernel, which would
+        // cost a page fault per page on the next job. Where the kernel offers PAGEMAP_SCAN only
+        // the dirtied pages are reset.
+        .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+        .table_keep_resident(KEEP_RESIDENT_TABLE)
+        .async_stack_keep_resident(KEEP_RESIDENT_STACK)
+        .pagemap_scan(wasmtime::Enabled::Auto);
     let mut wasm = Config::new();
     wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
         .epoch_interruption(true)

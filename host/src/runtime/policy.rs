@@ -36,15 +36,7 @@ impl Default for CapabilityPolicy {
             "Activation_Error_Code__c",
             "Activation_Error_Message__c",
         ];
-        let actions = [
-            "GetClientsDetails",
-            "GetPayMethods",
-            "GetProducts",
-            "AddOrder",
-            "AcceptOrder",
-            "GetOrders",
-            "CancelOrder",
-        ];
+        let actions = ["GetPayMethods", "AddOrder", "AcceptOrder", "GetOrders"];
         CapabilityPolicy {
             update: BTreeMap::from([(
                 "Order".to_owned(),

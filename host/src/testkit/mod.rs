@@ -46,8 +46,9 @@ pub struct Injection {
     /// (a timed-out AddOrder that did create the order).
     #[serde(default)]
     pub applied: bool,
-    /// The service answered with this HTTP status (and `body`), classified exactly as the real
-    /// client classifies it (`429` -> http-status 429, ...).
+    /// The service answered with this HTTP status: `http-status` with that code, as the real
+    /// clients classify 403/429/5xx. For `billing.call`, `body` goes through the real WHMCS
+    /// classifier (so a 200 with an HTML body is `bad-response`).
     #[serde(default)]
     pub http_status: Option<u16>,
     /// Body sent with `http_status` (default: a short JSON error).

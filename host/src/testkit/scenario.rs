@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{FakeHost, Injection, TestKit, soql_object, test_uuid};
-use crate::fake::whmcs::{FakeClient, FakeProduct};
+use crate::fake::whmcs::{FakeClient, FakeOrder, FakeProduct};
 use crate::runtime::{CallRecord, Disposition, Event, JobReport};
 
 /// Records to seed, by sObject.
@@ -81,6 +81,9 @@ pub struct WhmcsSeed {
     /// The id the next AddOrder gets.
     #[serde(default)]
     pub next_order_id: Option<u64>,
+    /// Orders that already exist (e.g. one left Pending by an earlier attempt).
+    #[serde(default)]
+    pub orders: Vec<FakeOrder>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -207,6 +210,7 @@ impl Scenario {
         let mut whmcs = seed.whmcs;
         whmcs.clients.append(&mut self.whmcs.clients);
         whmcs.products.append(&mut self.whmcs.products);
+        whmcs.orders.append(&mut self.whmcs.orders);
         whmcs.next_order_id = self.whmcs.next_order_id.or(whmcs.next_order_id);
         self.whmcs = whmcs;
     }
@@ -257,6 +261,9 @@ impl Scenario {
             }
             for product in &self.whmcs.products {
                 whmcs.add_product(product.clone());
+            }
+            for order in &self.whmcs.orders {
+                whmcs.add_order(order.clone());
             }
             if let Some(id) = self.whmcs.next_order_id {
                 whmcs.set_next_order_id(id);

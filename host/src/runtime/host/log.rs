@@ -25,11 +25,8 @@ impl log::Host for JobState {
             .take(MAX_FIELDS)
             .map(|(k, v)| (clip(k), clip(v)))
             .collect();
-        let rendered = fields
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        // Rendered only if a subscriber records the event.
+        let rendered = Fields(&fields);
         match level {
             log::Level::Trace => {
                 tracing::trace!(target: "component", step = %step, fields = %rendered, "{message}")
@@ -53,6 +50,21 @@ impl log::Host for JobState {
             message,
             fields,
         });
+        Ok(())
+    }
+}
+
+/// `k=v k2=v2`, formatted on demand.
+struct Fields<'a>(&'a [(String, String)]);
+
+impl std::fmt::Display for Fields<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (key, value)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{key}={value}")?;
+        }
         Ok(())
     }
 }
