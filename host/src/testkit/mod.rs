@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::error::{CallError, ErrorKind};
+use crate::error::CallError;
 use crate::fake::org::FakeOrg;
 use crate::fake::whmcs::FakeWhmcs;
 use crate::runtime::{Event, JobReport, LoadError, LoadedComponent, Runtime, RuntimeConfig};
@@ -444,9 +444,4 @@ pub fn test_uuid(seed: &str) -> String {
         &hex[17..20],
         &hex[20..32]
     )
-}
-
-/// True when `error` is what the capability policy returns.
-pub fn is_forbidden(error: &CallError) -> bool {
-    error.kind == ErrorKind::Forbidden
 }
