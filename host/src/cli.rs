@@ -157,7 +157,7 @@ pub async fn fulfill_once(
     let http = crate::salesforce::http_client(config.runtime.call_timeout)
         .context("cannot build the HTTP client")?;
     let salesforce = SalesforceClient::new(config.salesforce.clone(), http.clone())
-        .context("SF_PRIVATE_KEY_PATH")?;
+        .context("invalid Salesforce settings")?;
     let whmcs = WhmcsClient::new(config.whmcs.clone(), http);
     let services: Arc<dyn Services> =
         Arc::new(LiveServices::new(salesforce, whmcs, config.exposed()));

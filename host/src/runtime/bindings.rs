@@ -8,4 +8,5 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub(crate) use fulfilld::fulfillment::{billing, clock, config, log, salesforce, types};
+// `self::` because the generated `fulfilld` module (the WIT namespace) shares its name with this crate.
+pub(crate) use self::fulfilld::fulfillment::{billing, clock, config, log, salesforce, types};
