@@ -58,10 +58,7 @@ pub async fn test(
 ) -> anyhow::Result<bool> {
     let mut config = RuntimeConfig::default();
     if let Some(path) = policy {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read policy file {}", path.display()))?;
-        config.policy = CapabilityPolicy::from_toml(&text)
-            .with_context(|| format!("invalid policy file {}", path.display()))?;
+        config.policy = CapabilityPolicy::load(path).context("--policy")?;
     }
     let kit = TestKit::load_file_with(component, config).await?;
     let info = kit.component().info();

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use url::Url;
@@ -331,19 +331,10 @@ impl Reader<'_> {
         let instances = self.number("FULFILLD_MAX_INSTANCES", u64::from(defaults.max_instances));
         let policy = match self.optional("FULFILLD_POLICY_FILE") {
             None => CapabilityPolicy::default(),
-            Some(path) => match std::fs::read_to_string(&path) {
-                Ok(text) => match CapabilityPolicy::from_toml(&text) {
-                    Ok(policy) => policy,
-                    Err(err) => {
-                        self.fail("FULFILLD_POLICY_FILE", format!("{path}: {err}"));
-                        CapabilityPolicy::default()
-                    }
-                },
-                Err(err) => {
-                    self.fail("FULFILLD_POLICY_FILE", format!("cannot read {path}: {err}"));
-                    CapabilityPolicy::default()
-                }
-            },
+            Some(path) => CapabilityPolicy::load(Path::new(&path)).unwrap_or_else(|err| {
+                self.fail("FULFILLD_POLICY_FILE", err.to_string());
+                CapabilityPolicy::default()
+            }),
         };
         RuntimeConfig {
             cpu_deadline: Duration::from_millis(cpu),

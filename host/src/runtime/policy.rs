@@ -3,11 +3,27 @@
 //! sent) and logged; it is never a silent success.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::CallError;
+
+/// A policy file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+}
 
 /// Loaded from TOML (see `docs/operations.md`), e.g.
 ///
@@ -51,6 +67,18 @@ impl CapabilityPolicy {
     /// Parses a policy file's text.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
+    }
+
+    /// Reads and parses a policy file; the error names the file.
+    pub fn load(path: &Path) -> Result<Self, PolicyFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyFileError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| PolicyFileError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
     }
 
     /// May the component write `fields` on a record of `sobject`?
