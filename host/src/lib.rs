@@ -3,6 +3,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fake;
+pub mod pubsub;
 pub mod runtime;
 pub mod salesforce;
 pub mod secret;

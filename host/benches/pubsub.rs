@@ -1,0 +1,2 @@
+//! Pub/Sub benchmark (written with the subscriber).
+fn main() {}
