@@ -35,6 +35,7 @@ fmt:
 ## Benchmarks (release build); results go in docs/benchmarks.md.
 bench: components
 	$(CARGO) bench -p fulfilld --bench fulfill
+	$(CARGO) bench -p fulfilld --bench pubsub
 
 ## The default component against the embedded mocked host: every shipped scenario.
 run: components

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::pubsub::{ReplayFrom, ReplayId, SubscriberOptions};
 use crate::runtime::RuntimeConfig;
 use crate::runtime::policy::CapabilityPolicy;
 use crate::salesforce::SalesforceConfig;
@@ -44,13 +45,10 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Where the subscription starts when no stored cursor applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplayStart {
-    Latest,
-    /// `ALL`: from the earliest retained event.
-    Earliest,
-}
+/// Where the subscription starts when no stored cursor applies (`SF_EVENTS_REPLAY`: `LATEST`, or
+/// `ALL` for the earliest retained event), and where it falls back to when Salesforce refuses a
+/// stored replay id.
+pub use crate::pubsub::Fallback as ReplayStart;
 
 /// The host's settings.
 #[derive(Debug, Clone)]
@@ -61,6 +59,9 @@ pub struct Config {
     pub channel: String,
     pub replay: ReplayStart,
     pub pubsub_endpoint: Url,
+    /// Extra CA certificate (PEM) trusted for the Pub/Sub endpoint besides the public roots
+    /// (`SF_PUBSUB_CA_FILE`), e.g. the sandbox's test CA.
+    pub pubsub_ca_pem: Option<String>,
     pub pricebook_id: Option<String>,
     pub component: Option<PathBuf>,
     pub runtime: RuntimeConfig,
@@ -119,6 +120,22 @@ impl Config {
             "SF_PUBSUB_ENDPOINT",
             Some("https://api.pubsub.salesforce.com:7443"),
         );
+        let pubsub_ca_pem = env.optional("SF_PUBSUB_CA_FILE").and_then(|path| {
+            match std::fs::read_to_string(&path) {
+                Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(pem),
+                Ok(_) => {
+                    env.fail(
+                        "SF_PUBSUB_CA_FILE",
+                        format!("{path} holds no PEM certificate"),
+                    );
+                    None
+                }
+                Err(err) => {
+                    env.fail("SF_PUBSUB_CA_FILE", format!("cannot read {path}: {err}"));
+                    None
+                }
+            }
+        });
         let pricebook_id = env.optional("PORTAL_PRICEBOOK_ID");
         let whmcs_url = env.url("WHMCS_URL", None);
         let identifier = env.required("WHMCS_IDENTIFIER");
@@ -176,12 +193,26 @@ impl Config {
                 channel,
                 replay,
                 pubsub_endpoint,
+                pubsub_ca_pem,
                 pricebook_id,
                 component,
                 runtime,
             }),
             _ => Err(ConfigError(env.errors)),
         }
+    }
+
+    /// How the subscriber reaches the Pub/Sub API for this configuration, starting from `start`
+    /// (the stored cursor, if any) and falling back per `SF_EVENTS_REPLAY`.
+    pub fn subscriber_options(&self, start: Option<ReplayId>) -> SubscriberOptions {
+        let mut opts = SubscriberOptions::new(self.pubsub_endpoint.clone(), self.channel.clone());
+        opts.fallback = self.replay;
+        opts.start = match start {
+            Some(cursor) => ReplayFrom::After(cursor),
+            None => ReplayFrom::from(self.replay),
+        };
+        opts.ca_pem = self.pubsub_ca_pem.clone();
+        opts
     }
 
     /// The settings components may read.
@@ -390,6 +421,37 @@ mod tests {
                 .keys()
                 .all(|k| EXPOSED_SETTINGS.contains(&k.as_str()))
         );
+    }
+
+    #[test]
+    fn subscriber_options_follow_the_replay_setting_and_the_stored_cursor() {
+        let mut env = base();
+        env.insert("SF_EVENTS_REPLAY", "ALL".into());
+        env.insert("SF_PUBSUB_ENDPOINT", "http://127.0.0.1:7443".into());
+        let config = load(&env).unwrap();
+        let opts = config.subscriber_options(None);
+        assert_eq!(opts.start, ReplayFrom::Earliest);
+        assert_eq!(opts.fallback, ReplayStart::Earliest);
+        assert_eq!(opts.channel, DEFAULT_CHANNEL);
+        assert_eq!(opts.endpoint.as_str(), "http://127.0.0.1:7443/");
+        let stored = ReplayId::from_u64(42);
+        let opts = config.subscriber_options(Some(stored.clone()));
+        assert_eq!(opts.start, ReplayFrom::After(stored));
+        assert_eq!(opts.fallback, ReplayStart::Earliest);
+    }
+
+    #[test]
+    fn an_unusable_pubsub_ca_file_is_named() {
+        let mut env = base();
+        env.insert("SF_PUBSUB_CA_FILE", key_path());
+        let err = load(&env).unwrap_err().to_string();
+        assert!(
+            err.contains("SF_PUBSUB_CA_FILE") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+        env.insert("SF_PUBSUB_CA_FILE", "/nonexistent/ca.pem".into());
+        let err = load(&env).unwrap_err().to_string();
+        assert!(err.contains("cannot read /nonexistent/ca.pem"), "{err}");
     }
 
     #[test]
