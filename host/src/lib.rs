@@ -6,6 +6,7 @@ pub mod fake;
 pub mod pubsub;
 pub mod runtime;
 pub mod salesforce;
+pub mod sandbox;
 pub mod secret;
 pub mod services;
 pub mod testkit;

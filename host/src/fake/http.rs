@@ -240,12 +240,23 @@ impl FakeSalesforce {
         lock(&self.state.control).tokens.clear();
     }
 
-    /// Token requests received so far (successful or not).
     /// Every access token this server has issued (expired ones included).
     pub fn issued_tokens(&self) -> Vec<String> {
         lock(&self.state.control).issued_tokens.clone()
     }
 
+    /// Whether `token` is a live session of this org (issued and not expired). The sandbox's
+    /// Pub/Sub server checks its `accesstoken` metadata with this.
+    pub fn token_is_valid(&self, token: &str) -> bool {
+        lock(&self.state.control).tokens.contains(token)
+    }
+
+    /// The org id (the Pub/Sub `tenantid`).
+    pub fn org_id(&self) -> &str {
+        &self.state.opts.org_id
+    }
+
+    /// Token requests received so far (successful or not).
     pub fn token_requests(&self) -> usize {
         lock(&self.state.control).token_requests
     }

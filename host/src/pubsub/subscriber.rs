@@ -853,26 +853,10 @@ fn call_metadata(session: &Session) -> Result<MetadataMap, String> {
 fn with_metadata<T>(message: T, metadata: &MetadataMap) -> Request<T> {
     let mut request = Request::new(message);
     *request.metadata_mut() = metadata.clone();
-    if let Ok(trace) = AsciiMetadataValue::try_from(trace_id()) {
+    if let Ok(trace) = AsciiMetadataValue::try_from(super::random_uuid()) {
         request.metadata_mut().insert("x-client-trace-id", trace);
     }
     request
-}
-
-/// A random UUID (v4 layout) per call, which Salesforce support can look up.
-fn trace_id() -> String {
-    let mut bytes: [u8; 16] = rand::random();
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex = hex::encode(bytes);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
 }
 
 fn chain(err: &dyn std::error::Error) -> String {
