@@ -49,6 +49,46 @@ enum Command {
         #[arg(long)]
         component: Option<PathBuf>,
     },
+    /// Run a stand-in for Salesforce (Pub/Sub API, OAuth, REST) and WHMCS, with an admin API to
+    /// seed data, publish events and inject faults (docs/sandbox.md).
+    Sandbox(SandboxArgs),
+}
+
+#[derive(clap::Args)]
+struct SandboxArgs {
+    /// Address every part listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+    /// Admin API port (seed, publish, faults).
+    #[arg(long, default_value_t = 8480)]
+    admin_port: u16,
+    /// Fake Salesforce port: OAuth token endpoint and REST (SF_LOGIN_URL).
+    #[arg(long, default_value_t = 8481)]
+    salesforce_port: u16,
+    /// Fake WHMCS API port (WHMCS_URL).
+    #[arg(long, default_value_t = 8482)]
+    whmcs_port: u16,
+    /// Pub/Sub API port (SF_PUBSUB_ENDPOINT).
+    #[arg(long, default_value_t = 8483)]
+    pubsub_port: u16,
+    /// Serve the Pub/Sub API over TLS with a generated test CA (written to the state directory).
+    #[arg(long)]
+    tls: bool,
+    /// Seconds between keepalives on an idle stream (Salesforce: 270).
+    #[arg(long, default_value_t = 270)]
+    keepalive_secs: u64,
+    /// Event retention in seconds (Salesforce: 72 h).
+    #[arg(long, default_value_t = 72 * 3600)]
+    retention_secs: u64,
+    /// Where the JWT private key, `sandbox.env` and the CA are written.
+    #[arg(long, default_value = "target/sandbox")]
+    state_dir: PathBuf,
+    /// Seed file (the scenario seed format); default: the shipped demo seed.
+    #[arg(long, conflicts_with = "empty")]
+    seed: Option<PathBuf>,
+    /// Start with an empty org and WHMCS.
+    #[arg(long)]
+    empty: bool,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +138,66 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                 })?;
             fulfilld::cli::fulfill_once(&config, &component, &order_id, &mut out).await
         }
+        Command::Sandbox(args) => {
+            drop(out);
+            sandbox(args).await.map(|()| true)
+        }
+    }
+}
+
+async fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let seed = match (&args.seed, args.empty) {
+        (_, true) => None,
+        (Some(path), false) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the seed file {}", path.display()))?,
+        ),
+        (None, false) => Some(fulfilld::sandbox::DEFAULT_SEED.to_owned()),
+    };
+    let config = fulfilld::sandbox::SandboxConfig {
+        bind: args.bind,
+        admin_port: args.admin_port,
+        salesforce_port: args.salesforce_port,
+        whmcs_port: args.whmcs_port,
+        pubsub_port: args.pubsub_port,
+        pubsub: fulfilld::sandbox::PubSubOptions {
+            keepalive_interval: std::time::Duration::from_secs(args.keepalive_secs.max(1)),
+            retention: std::time::Duration::from_secs(args.retention_secs),
+            tls: args.tls,
+            ..fulfilld::sandbox::PubSubOptions::default()
+        },
+        state_dir: Some(args.state_dir),
+        seed,
+    };
+    fulfilld::sandbox::run(config, shutdown_signal()).await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
     }
 }
 
@@ -108,6 +208,7 @@ async fn main() -> ExitCode {
     // (`--verbose` prints them), so by default only warnings reach stderr there.
     init_tracing(match cli.command {
         Command::Test { .. } => "warn,component=off",
+        Command::Sandbox(_) => "warn,fulfilld=info",
         _ => "warn,fulfilld=info,component=info",
     });
     match run(cli.command).await {

@@ -13,8 +13,10 @@ pub mod server;
 mod tls;
 
 pub use bus::EventBus;
-pub use pubsub::{Fault, PubSubOptions, PubSubSandbox, PubSubStats, StaticToken, TokenCheck};
-pub use server::{Sandbox, SandboxConfig};
+pub use pubsub::{
+    Fault, PubSubControl, PubSubOptions, PubSubSandbox, PubSubStats, StaticToken, TokenCheck,
+};
+pub use server::{DEFAULT_SEED, Sandbox, SandboxConfig, run};
 
 /// The platform event this project consumes.
 pub const ORDER_EVENT_TOPIC: &str = "/event/OrderProvisionRequested__e";

@@ -259,6 +259,46 @@ impl PubSubSandbox {
         self.shared.bus.clone()
     }
 
+    /// A handle to inject faults and read counters, usable after the server is shared.
+    pub fn control(&self) -> PubSubControl {
+        PubSubControl {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Applies `fault` to every Subscribe stream open now.
+    pub fn inject(&self, fault: Fault) {
+        self.control().inject(fault);
+    }
+
+    /// The next `n` Subscribe calls fail at once with `fault` (a stall holds them open, silent).
+    pub fn fail_next_subscribes(&self, n: usize, fault: Fault) {
+        self.control().fail_next_subscribes(n, fault);
+    }
+
+    /// Delays every response (slow service); zero turns it off.
+    pub fn set_response_delay(&self, delay: Duration) {
+        self.control().set_response_delay(delay);
+    }
+
+    pub fn stats(&self) -> PubSubStats {
+        self.control().stats()
+    }
+}
+
+/// Fault injection and counters of a running [`PubSubSandbox`]; clones share the server.
+#[derive(Clone)]
+pub struct PubSubControl {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PubSubControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PubSubControl").finish_non_exhaustive()
+    }
+}
+
+impl PubSubControl {
     /// Applies `fault` to every Subscribe stream open now.
     pub fn inject(&self, fault: Fault) {
         let _ = self.shared.faults.send(fault);
@@ -282,6 +322,7 @@ impl PubSubSandbox {
         );
     }
 
+    /// What the server has done so far.
     pub fn stats(&self) -> PubSubStats {
         let c = &self.shared.counters;
         PubSubStats {

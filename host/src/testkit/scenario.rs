@@ -23,7 +23,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{FakeHost, Injection, TestKit, soql_object, test_uuid};
-use crate::fake::whmcs::{FakeClient, FakeOrder, FakeProduct};
+use crate::fake::FakeOrg;
+use crate::fake::whmcs::{FakeClient, FakeOrder, FakeProduct, FakeWhmcs};
 use crate::runtime::{CallRecord, Disposition, Event, JobReport};
 
 /// Records to seed, by sObject.
@@ -246,30 +247,36 @@ impl Scenario {
         if let Some(now) = self.now_ms {
             host.set_now_ms(now);
         }
-        host.with_org(|org| {
-            for (sobject, records) in &self.org {
-                for record in records {
-                    org.insert(sobject, record.clone())
-                        .map_err(|e| format!("org.{sobject}: {}", e.message))?;
-                }
-            }
-            Ok::<(), String>(())
-        })?;
-        host.with_whmcs(|whmcs| {
-            for client in &self.whmcs.clients {
-                whmcs.add_client(client.clone());
-            }
-            for product in &self.whmcs.products {
-                whmcs.add_product(product.clone());
-            }
-            for order in &self.whmcs.orders {
-                whmcs.add_order(order.clone());
-            }
-            if let Some(id) = self.whmcs.next_order_id {
-                whmcs.set_next_order_id(id);
-            }
-        });
+        host.with_org(|org| seed_org(&self.org, org))?;
+        host.with_whmcs(|whmcs| seed_whmcs(&self.whmcs, whmcs));
         Ok(host)
+    }
+}
+
+/// Loads seed records into a fake org (scenarios, and the sandbox's admin API).
+pub fn seed_org(records: &Records, org: &mut FakeOrg) -> Result<(), String> {
+    for (sobject, records) in records {
+        for record in records {
+            org.insert(sobject, record.clone())
+                .map_err(|e| format!("org.{sobject}: {}", e.message))?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads seed clients, products and orders into a fake WHMCS.
+pub fn seed_whmcs(seed: &WhmcsSeed, whmcs: &mut FakeWhmcs) {
+    for client in &seed.clients {
+        whmcs.add_client(client.clone());
+    }
+    for product in &seed.products {
+        whmcs.add_product(product.clone());
+    }
+    for order in &seed.orders {
+        whmcs.add_order(order.clone());
+    }
+    if let Some(id) = seed.next_order_id {
+        whmcs.set_next_order_id(id);
     }
 }
 

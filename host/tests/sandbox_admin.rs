@@ -1,0 +1,211 @@
+//! The whole sandbox as `fulfilld sandbox` runs it: the env file it writes is enough for the
+//! host's real clients to authenticate and subscribe, and the admin API seeds, publishes and
+//! injects faults.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fulfilld::pubsub::{Delivery, ReplayFrom, SubscriberOptions, subscribe};
+use fulfilld::salesforce::{SalesforceClient, SalesforceConfig, http_client};
+use fulfilld::sandbox::{PubSubOptions, Sandbox, SandboxConfig};
+use fulfilld::secret::Secret;
+use serde_json::{Value, json};
+
+/// The seeded Order of the shipped demo seed, waiting in `Activating`.
+const SEEDED_ORDER: &str = "801000000000001AAA";
+
+fn read_env_file(path: &std::path::Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_env_file_and_admin_api_give_a_complete_stand_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::start(SandboxConfig {
+        state_dir: Some(dir.path().to_owned()),
+        pubsub: PubSubOptions {
+            keepalive_interval: Duration::from_millis(200),
+            tls: true,
+            ..PubSubOptions::default()
+        },
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let env = read_env_file(&dir.path().join("sandbox.env"));
+    for key in [
+        "SF_LOGIN_URL",
+        "SF_CLIENT_ID",
+        "SF_USERNAME",
+        "SF_PRIVATE_KEY_PATH",
+        "SF_PUBSUB_ENDPOINT",
+        "SF_PUBSUB_CA_FILE",
+        "SF_PROVISION_EVENT_CHANNEL",
+        "WHMCS_URL",
+        "WHMCS_IDENTIFIER",
+        "WHMCS_SECRET",
+        "PORTAL_PRICEBOOK_ID",
+    ] {
+        assert!(env.contains_key(key), "{key} missing from sandbox.env");
+    }
+    assert_eq!(&env, sandbox.env());
+
+    // The host's own clients, configured only from the env file.
+    let sf = SalesforceClient::new(
+        SalesforceConfig {
+            login_url: env["SF_LOGIN_URL"].parse().unwrap(),
+            client_id: env["SF_CLIENT_ID"].clone(),
+            username: env["SF_USERNAME"].clone(),
+            private_key_pem: Secret::new(
+                std::fs::read_to_string(&env["SF_PRIVATE_KEY_PATH"]).unwrap(),
+            ),
+            audience: env["SF_AUDIENCE"].clone(),
+            api_version: "v66.0".into(),
+            timeout: Duration::from_secs(5),
+        },
+        http_client(Duration::from_secs(5)).unwrap(),
+    )
+    .unwrap();
+    let mut opts = SubscriberOptions::new(
+        env["SF_PUBSUB_ENDPOINT"].parse().unwrap(),
+        env["SF_PROVISION_EVENT_CHANNEL"].clone(),
+    );
+    opts.start = ReplayFrom::Earliest;
+    opts.ca_pem = Some(std::fs::read_to_string(&env["SF_PUBSUB_CA_FILE"]).unwrap());
+    let mut sub = subscribe(opts, Arc::new(sf.clone())).unwrap();
+
+    let http = http_client(Duration::from_secs(5)).unwrap();
+    let admin = sandbox.admin_url();
+    let post = |path: &str, body: Value| {
+        let request = http.post(admin.join(path).unwrap()).json(&body);
+        async move { request.send().await.unwrap() }
+    };
+
+    // Publish for the seeded Order, then a duplicate of the same EventUuid.
+    let first: Value = post("sandbox/events", json!({ "order_id": SEEDED_ORDER }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let uuid = first["event_uuid"].as_str().unwrap().to_owned();
+    let dup: Value = post(
+        "sandbox/events",
+        json!({ "order_id": SEEDED_ORDER, "event_uuid": uuid }),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_ne!(first["replay_id"], dup["replay_id"]);
+    for expected_replay in [&first["replay_id"], &dup["replay_id"]] {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match sub.next().await.unwrap() {
+                    Delivery::Cursor(_) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .unwrap();
+        let Delivery::Event(event) = delivery else {
+            panic!("expected an event, got {delivery:?}");
+        };
+        assert_eq!(event.event.order_id(), Some(SEEDED_ORDER));
+        assert_eq!(event.event.event_uuid, uuid);
+        assert_eq!(
+            expected_replay.as_str().unwrap(),
+            event.replay_id.to_string()
+        );
+    }
+
+    // The seeded Order is visible through the admin API and the org's REST API alike.
+    let order: Value = http
+        .get(
+            admin
+                .join(&format!("sandbox/orders/{SEEDED_ORDER}"))
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order["Activation_Status__c"], "Activating");
+    let missing = http
+        .get(admin.join("sandbox/orders/801NOPE").unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // Malformed payloads and faults.
+    let raw = post(
+        "sandbox/events/raw",
+        json!({ "payload_base64": "3q2+7w==", "event_uuid": "bad-1" }),
+    )
+    .await;
+    assert!(raw.status().is_success());
+    let bad_fault = post("sandbox/faults", json!({ "fault": "meteor" })).await;
+    assert_eq!(bad_fault.status(), 400);
+    assert!(bad_fault.text().await.unwrap().contains("meteor"));
+    let ok = post("sandbox/faults", json!({ "fault": "drop" })).await;
+    assert!(ok.status().is_success());
+    let undecodable = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Delivery::Undecodable(event) = sub.next().await.unwrap() {
+                return event;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(undecodable.event_uuid, "bad-1");
+    assert_eq!(undecodable.payload, vec![0xde, 0xad, 0xbe, 0xef]);
+
+    // Seeding more data uses the scenario seed format.
+    let seeded = http
+        .post(admin.join("sandbox/seed").unwrap())
+        .body(
+            "[[org.Account]]\nId = \"001000000000009AAA\"\nName = \"Late Co\"\nWHMCS_Client_ID__c = \"99\"\n",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(seeded.status().is_success(), "{:?}", seeded.text().await);
+    let bad_seed = http
+        .post(admin.join("sandbox/seed").unwrap())
+        .body("[[org.Account]]\nNope = ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_seed.status(), 400);
+
+    // The dropped stream is replaced.
+    let mut state = sub.state();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| s.reconnects >= 1 && s.connected),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let overview: Value = http
+        .get(admin.join("sandbox").unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(overview["pubsub"]["subscribe_calls"].as_u64().unwrap() >= 2);
+    assert_eq!(overview["env"]["WHMCS_URL"], env["WHMCS_URL"].as_str());
+}
