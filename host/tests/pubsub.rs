@@ -530,12 +530,14 @@ async fn a_half_open_connection_is_detected_by_http2_pings_and_replaced() {
 #[tokio::test]
 async fn a_replay_id_past_retention_is_dropped_once_and_the_subscription_falls_back() {
     let env = Env::start(PubSubOptions {
-        retention: Duration::from_millis(300),
+        // Long enough that the kept event is still retained when the (possibly slow, loaded)
+        // test machine has exchanged a token and subscribed.
+        retention: Duration::from_secs(2),
         ..quick()
     })
     .await;
     let expired = env.publish("801OLD");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
     let kept = env.publish("801NEW");
 
     let mut opts = env.options(ReplayFrom::After(expired.clone()));
