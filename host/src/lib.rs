@@ -9,5 +9,6 @@ pub mod salesforce;
 pub mod sandbox;
 pub mod secret;
 pub mod services;
+pub mod store;
 pub mod testkit;
 pub mod whmcs;

@@ -69,6 +69,20 @@ impl fmt::Display for ReplayId {
     }
 }
 
+/// Serialized as its text form (the decimal value), like the cursor key holds it.
+impl serde::Serialize for ReplayId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ReplayId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        ReplayId::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Debug for ReplayId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ReplayId({self})")
