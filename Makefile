@@ -8,7 +8,7 @@ COMPONENT_PACKAGES := -p fulfillment $(foreach f,$(FIXTURES),-p fixture-$(f))
 
 export FULFILLD_COMPONENT_DIR := $(COMPONENT_DIR)
 
-.PHONY: all components test lint fmt bench run check-component clean
+.PHONY: all components test lint fmt bench run demo check-component clean
 
 all: lint test
 
@@ -40,6 +40,11 @@ bench: components
 ## The default component against the embedded mocked host: every shipped scenario.
 run: components
 	$(CARGO) run -q -p fulfilld -- test --verbose $(COMPONENT_DIR)/fulfillment.wasm tests/scenarios
+
+## The whole pipeline on this machine (no Redis, no Salesforce needed): the sandbox, `serve` on
+## the embedded store, a few orders and their status as it changes. Ctrl-C stops.
+demo: components
+	$(CARGO) run -q -p fulfilld -- demo --component $(COMPONENT_DIR)/fulfillment.wasm
 
 check-component: components
 	$(CARGO) run -q -p fulfilld -- component check $(COMPONENT_DIR)/fulfillment.wasm

@@ -189,3 +189,163 @@ pub async fn fulfill_once(
     writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
     Ok(report.result.is_ok())
 }
+
+/// `fulfilld cursor ...`: what operators can do with a channel's replay cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CursorAction {
+    /// Print the cursor, a pending backfill and the lease holder.
+    Show,
+    /// Store this replay id (decimal, as under `sf:pe:replay:<channel>`); the next subscription
+    /// resumes strictly after it.
+    Reset(crate::pubsub::ReplayId),
+    /// Remove the cursor: the next subscription starts per `SF_EVENTS_REPLAY`.
+    Clear,
+    /// Subscribe from EARLIEST once (a backfill); deduplication by EventUuid keeps orders that
+    /// were already enqueued from running twice.
+    Backfill,
+}
+
+/// Runs a cursor command against the store.
+pub async fn cursor(
+    store: &dyn crate::store::Store,
+    channel: &str,
+    action: CursorAction,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let key = crate::store::cursor_key(channel);
+    match action {
+        CursorAction::Show => {
+            let cursor = store.cursor(channel).await?;
+            let backfill = store.backfill_requested(channel).await?;
+            let lease = store.lease(channel).await?;
+            writeln!(out, "channel:  {channel}")?;
+            writeln!(
+                out,
+                "cursor:   {} ({key})",
+                cursor.map_or_else(|| "none".to_owned(), |c| c.to_string())
+            )?;
+            writeln!(
+                out,
+                "backfill: {}",
+                if backfill {
+                    "pending (next subscription starts from EARLIEST)"
+                } else {
+                    "none"
+                }
+            )?;
+            match lease {
+                Some(lease) => writeln!(
+                    out,
+                    "leader:   {} (epoch {}, lease expires in {} ms)",
+                    lease.holder, lease.epoch, lease.expires_in_ms
+                )?,
+                None => writeln!(out, "leader:   none")?,
+            }
+        }
+        CursorAction::Reset(replay_id) => {
+            let before = store.cursor(channel).await?;
+            store.set_cursor(channel, Some(&replay_id)).await?;
+            writeln!(
+                out,
+                "{key}: {} -> {replay_id}",
+                before.map_or_else(|| "none".to_owned(), |c| c.to_string())
+            )?;
+            writeln!(
+                out,
+                "the next subscription (after a restart or a lease change) resumes after {replay_id}"
+            )?;
+        }
+        CursorAction::Clear => {
+            store.set_cursor(channel, None).await?;
+            writeln!(
+                out,
+                "{key}: removed; the next subscription starts per SF_EVENTS_REPLAY"
+            )?;
+        }
+        CursorAction::Backfill => {
+            store.request_backfill(channel).await?;
+            writeln!(
+                out,
+                "backfill requested for {channel}: the next subscription starts from EARLIEST once; \
+                 events already enqueued are recognised by EventUuid and not run again"
+            )?;
+        }
+    }
+    Ok(true)
+}
+
+/// `fulfilld dead-letters ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterAction {
+    List { limit: usize },
+    Show { id: String },
+    Requeue { id: String },
+}
+
+/// Runs a dead-letter command against the store.
+pub async fn dead_letters(
+    store: &dyn crate::store::Store,
+    channel: &str,
+    action: DeadLetterAction,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    match action {
+        DeadLetterAction::List { limit } => {
+            let total = store.dead_letter_count(channel).await?;
+            let letters = store.dead_letters(channel, limit).await?;
+            writeln!(out, "{total} dead letter(s) for {channel}")?;
+            for letter in letters {
+                writeln!(
+                    out,
+                    "{}  {}  {:<11} uuid={} replay_id={} deliveries={}  {}",
+                    letter.id,
+                    crate::pipeline::rfc3339_ms(letter.dead_at_ms),
+                    format!("{:?}", letter.kind).to_lowercase(),
+                    letter.event_uuid,
+                    letter.replay_id,
+                    letter.deliveries,
+                    letter.reason
+                )?;
+            }
+        }
+        DeadLetterAction::Show { id } => {
+            let letter = store.dead_letter(channel, &id).await?;
+            let payload = match letter.kind {
+                crate::store::DeadLetterKind::Job => serde_json::from_slice::<serde_json::Value>(
+                    &letter.payload,
+                )
+                .unwrap_or_else(|_| {
+                    serde_json::Value::String(String::from_utf8_lossy(&letter.payload).into())
+                }),
+                crate::store::DeadLetterKind::Undecodable => {
+                    use base64::Engine as _;
+                    serde_json::json!({
+                        "base64": base64::engine::general_purpose::STANDARD.encode(&letter.payload),
+                        "hex": hex::encode(&letter.payload),
+                    })
+                }
+            };
+            let shown = serde_json::json!({
+                "id": letter.id,
+                "channel": letter.channel,
+                "kind": letter.kind,
+                "event_uuid": letter.event_uuid,
+                "replay_id": letter.replay_id.to_string(),
+                "reason": letter.reason,
+                "deliveries": letter.deliveries,
+                "dead_at": crate::pipeline::rfc3339_ms(letter.dead_at_ms),
+                "payload": payload,
+            });
+            writeln!(out, "{}", serde_json::to_string_pretty(&shown)?)?;
+        }
+        DeadLetterAction::Requeue { id } => match store.requeue(channel, &id).await {
+            Ok(job) => writeln!(out, "requeued dead letter {id} as job {job}")?,
+            Err(crate::store::StoreError::Invalid(why)) => {
+                writeln!(out, "cannot requeue {id}: {why}")?;
+                return Ok(false);
+            }
+            Err(err) => return Err(err.into()),
+        },
+    }
+    Ok(true)
+}

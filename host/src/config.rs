@@ -65,6 +65,62 @@ pub struct Config {
     pub pricebook_id: Option<String>,
     pub component: Option<PathBuf>,
     pub runtime: RuntimeConfig,
+    /// The store, workers, lease and HTTP endpoint of `fulfilld serve`.
+    pub serve: ServeConfig,
+}
+
+/// Where jobs and the cursor are kept.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// Redis (`REDIS_URL`); project keys are prefixed with `namespace` (`FULFILLD_REDIS_NAMESPACE`).
+    Redis { url: Secret, namespace: String },
+    /// The embedded single-node store in `<FULFILLD_STATE_DIR>/fulfilld.redb`.
+    Embedded { path: PathBuf },
+}
+
+/// Settings of `fulfilld serve` beyond the integrations.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub store: StoreConfig,
+    /// `FULFILLD_HTTP_ADDR`: where `/health` and `/metrics` are served.
+    pub http_addr: std::net::SocketAddr,
+    /// `FULFILLD_ENV`: reported by `/health` (e.g. production, staging).
+    pub environment: String,
+    /// `FULFILLD_WORKERS`: jobs run at once by this replica.
+    pub workers: usize,
+    /// `FULFILLD_LEASE_TTL_MS`: how long the subscriber lease lasts unless renewed.
+    pub lease_ttl: Duration,
+    /// `FULFILLD_JOB_RECLAIM_MS`: a job whose worker stopped reporting for this long is handed
+    /// to another worker.
+    pub reclaim_after: Duration,
+    /// `FULFILLD_MAX_DELIVERIES`: a job handed out more often than this is dead-lettered.
+    pub max_deliveries: u32,
+    /// `FULFILLD_SHUTDOWN_GRACE_MS`: how long shutdown waits for jobs in flight.
+    pub shutdown_grace: Duration,
+    /// `FULFILLD_REPLICA_ID`: this process's name in leases and consumer groups.
+    pub replica_id: String,
+}
+
+impl ServeConfig {
+    /// Reads only the serve settings (operator commands need the store, not Salesforce).
+    pub fn from_env() -> Result<ServeConfig, ConfigError> {
+        ServeConfig::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<ServeConfig, ConfigError> {
+        let mut env = Reader {
+            lookup: &|key| lookup(key).filter(|v| !v.trim().is_empty()),
+            errors: Vec::new(),
+        };
+        let serve = env.serve();
+        if env.errors.is_empty() {
+            Ok(serve)
+        } else {
+            Err(ConfigError(env.errors))
+        }
+    }
 }
 
 impl Config {
@@ -151,6 +207,7 @@ impl Config {
             );
         }
         let runtime = env.runtime();
+        let serve = env.serve();
 
         let call_timeout = runtime.call_timeout;
         match (
@@ -197,6 +254,7 @@ impl Config {
                 pricebook_id,
                 component,
                 runtime,
+                serve,
             }),
             _ => Err(ConfigError(env.errors)),
         }
@@ -348,6 +406,104 @@ impl Reader<'_> {
         }
     }
 
+    fn serve(&mut self) -> ServeConfig {
+        let store = match self.optional("REDIS_URL") {
+            Some(url) => {
+                if !(url.starts_with("redis://")
+                    || url.starts_with("rediss://")
+                    || url.starts_with("redis+unix://")
+                    || url.starts_with("unix://"))
+                {
+                    // The URL may hold a password: name the scheme only.
+                    let scheme = url.split_once("://").map_or("none", |(s, _)| s);
+                    self.fail(
+                        "REDIS_URL",
+                        format!("expected a redis:// or rediss:// URL, got scheme `{scheme}`"),
+                    );
+                }
+                let namespace = self
+                    .optional("FULFILLD_REDIS_NAMESPACE")
+                    .unwrap_or_else(|| "fulfilld".to_owned());
+                if namespace.contains(['{', '}', ' ']) {
+                    self.fail(
+                        "FULFILLD_REDIS_NAMESPACE",
+                        format!("must not contain braces or spaces, got `{namespace}`"),
+                    );
+                }
+                StoreConfig::Redis {
+                    url: Secret::from(url),
+                    namespace,
+                }
+            }
+            None => StoreConfig::Embedded {
+                path: PathBuf::from(
+                    self.optional("FULFILLD_STATE_DIR")
+                        .unwrap_or_else(|| "fulfilld-state".to_owned()),
+                )
+                .join("fulfilld.redb"),
+            },
+        };
+        let http_addr = self
+            .optional("FULFILLD_HTTP_ADDR")
+            .unwrap_or_else(|| "0.0.0.0:8080".to_owned());
+        let http_addr = http_addr.parse().unwrap_or_else(|_| {
+            self.fail(
+                "FULFILLD_HTTP_ADDR",
+                format!("expected an address like 0.0.0.0:8080, got `{http_addr}`"),
+            );
+            std::net::SocketAddr::from(([0, 0, 0, 0], 8080))
+        });
+        let environment = self
+            .optional("FULFILLD_ENV")
+            .unwrap_or_else(|| "production".to_owned());
+        // 0 is allowed: an ingest-only replica (the subscriber without workers).
+        let workers = match self.optional("FULFILLD_WORKERS") {
+            None => 4,
+            Some(text) => text.trim().parse::<u64>().unwrap_or_else(|_| {
+                self.fail(
+                    "FULFILLD_WORKERS",
+                    format!("expected a whole number, got `{text}`"),
+                );
+                4
+            }),
+        };
+        let lease_ms = self.number("FULFILLD_LEASE_TTL_MS", 15_000);
+        if lease_ms < 1_000 {
+            self.fail(
+                "FULFILLD_LEASE_TTL_MS",
+                format!("must be at least 1000, got {lease_ms}"),
+            );
+        }
+        let reclaim_ms = self.number("FULFILLD_JOB_RECLAIM_MS", 60_000);
+        if reclaim_ms < 300 {
+            self.fail(
+                "FULFILLD_JOB_RECLAIM_MS",
+                format!("must be at least 300, got {reclaim_ms}"),
+            );
+        }
+        let max_deliveries = self.number("FULFILLD_MAX_DELIVERIES", 5);
+        let grace_ms = self.number("FULFILLD_SHUTDOWN_GRACE_MS", 30_000);
+        let replica_id = self.optional("FULFILLD_REPLICA_ID").unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "fulfilld".to_owned());
+            format!(
+                "{host}-{}-{:04x}",
+                std::process::id(),
+                rand::random::<u16>()
+            )
+        });
+        ServeConfig {
+            store,
+            http_addr,
+            environment,
+            workers: usize::try_from(workers.min(1024)).unwrap_or(4),
+            lease_ttl: Duration::from_millis(lease_ms),
+            reclaim_after: Duration::from_millis(reclaim_ms),
+            max_deliveries: u32::try_from(max_deliveries).unwrap_or(u32::MAX),
+            shutdown_grace: Duration::from_millis(grace_ms),
+            replica_id,
+        }
+    }
+
     fn runtime(&mut self) -> RuntimeConfig {
         let defaults = RuntimeConfig::default();
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -472,5 +628,44 @@ mod tests {
         }
         assert!(err.contains("/nonexistent/sf-private.key"), "{err}");
         assert!(!err.contains("s3cret-value"));
+    }
+
+    #[test]
+    fn serve_settings_default_to_the_embedded_store_and_name_bad_values() {
+        let config = load(&base()).unwrap();
+        match &config.serve.store {
+            StoreConfig::Embedded { path } => {
+                assert_eq!(path, &PathBuf::from("fulfilld-state/fulfilld.redb"));
+            }
+            other => panic!("expected the embedded store, got {other:?}"),
+        }
+        assert_eq!(config.serve.workers, 4);
+        assert_eq!(config.serve.http_addr.port(), 8080);
+
+        let mut env = base();
+        env.insert("REDIS_URL", "redis://:hunter2@cache:6379/2".into());
+        env.insert("FULFILLD_WORKERS", "0".into());
+        let config = load(&env).unwrap();
+        assert!(
+            matches!(config.serve.store, StoreConfig::Redis { ref namespace, .. } if namespace == "fulfilld")
+        );
+        assert_eq!(config.serve.workers, 0);
+        assert!(!format!("{config:?}").contains("hunter2"));
+
+        let mut env = base();
+        env.insert("REDIS_URL", "http://:hunter2@cache:6379".into());
+        env.insert("FULFILLD_HTTP_ADDR", "everywhere".into());
+        env.insert("FULFILLD_LEASE_TTL_MS", "10".into());
+        env.insert("FULFILLD_WORKERS", "many".into());
+        let err = load(&env).unwrap_err().to_string();
+        for setting in [
+            "REDIS_URL",
+            "FULFILLD_HTTP_ADDR",
+            "FULFILLD_LEASE_TTL_MS",
+            "FULFILLD_WORKERS",
+        ] {
+            assert!(err.contains(setting), "{setting} missing from: {err}");
+        }
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }

@@ -1,8 +1,10 @@
 //! `fulfilld`: the native host for the `fulfillment` WebAssembly component.
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod fake;
+pub mod pipeline;
 pub mod pubsub;
 pub mod runtime;
 pub mod salesforce;

@@ -52,6 +52,54 @@ enum Command {
     /// Run a stand-in for Salesforce (Pub/Sub API, OAuth, REST) and WHMCS, with an admin API to
     /// seed data, publish events and inject faults (docs/sandbox.md).
     Sandbox(SandboxArgs),
+    /// Run the host: subscribe to the channel (one leader across replicas), enqueue, and run the
+    /// component on every job; `/health` and `/metrics` on FULFILLD_HTTP_ADDR.
+    Serve,
+    /// Show or move the channel's replay cursor (`sf:pe:replay:<channel>`).
+    Cursor {
+        #[command(subcommand)]
+        command: CursorCommand,
+    },
+    /// List, show and requeue dead letters.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+    },
+    /// The whole pipeline on this machine: the sandbox, `serve` on the embedded store, a few
+    /// orders (one without a payment method, one duplicate event) and their status as it changes.
+    Demo {
+        /// The component `.wasm`.
+        #[arg(long)]
+        component: PathBuf,
+        /// Where the demo keeps its store and the sandbox's files (wiped at start).
+        #[arg(long, default_value = "target/demo")]
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CursorCommand {
+    /// Print the stored cursor, a pending backfill and the current leader.
+    Show,
+    /// Store a replay id (decimal); the next subscription resumes strictly after it.
+    Reset { replay_id: String },
+    /// Remove the cursor: the next subscription starts per SF_EVENTS_REPLAY.
+    Clear,
+    /// Subscribe from EARLIEST once (a one-time backfill); duplicates are recognised by EventUuid.
+    Backfill,
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// Oldest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One dead letter with its payload (JSON event, or the raw bytes of an undecodable one).
+    Show { id: String },
+    /// Put a dead-lettered job back on the queue.
+    Requeue { id: String },
 }
 
 #[derive(clap::Args)]
@@ -142,7 +190,58 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             drop(out);
             sandbox(args).await.map(|()| true)
         }
+        Command::Serve => {
+            drop(out);
+            let config = fulfilld::config::Config::from_env()?;
+            let host = fulfilld::pipeline::Host::from_config(&config).await?;
+            shutdown_signal().await;
+            host.shutdown().await;
+            Ok(true)
+        }
+        Command::Cursor { command } => {
+            let action = match command {
+                CursorCommand::Show => fulfilld::cli::CursorAction::Show,
+                CursorCommand::Reset { replay_id } => fulfilld::cli::CursorAction::Reset(
+                    fulfilld::pubsub::ReplayId::parse(&replay_id)?,
+                ),
+                CursorCommand::Clear => fulfilld::cli::CursorAction::Clear,
+                CursorCommand::Backfill => fulfilld::cli::CursorAction::Backfill,
+            };
+            let (store, channel) = operator_store().await?;
+            fulfilld::cli::cursor(store.as_ref(), &channel, action, &mut out).await
+        }
+        Command::DeadLetters { command } => {
+            let action = match command {
+                DeadLetterCommand::List { limit } => {
+                    fulfilld::cli::DeadLetterAction::List { limit }
+                }
+                DeadLetterCommand::Show { id } => fulfilld::cli::DeadLetterAction::Show { id },
+                DeadLetterCommand::Requeue { id } => {
+                    fulfilld::cli::DeadLetterAction::Requeue { id }
+                }
+            };
+            let (store, channel) = operator_store().await?;
+            fulfilld::cli::dead_letters(store.as_ref(), &channel, action, &mut out).await
+        }
+        Command::Demo {
+            component,
+            state_dir,
+        } => fulfilld::demo::run(&component, &state_dir, shutdown_signal(), &mut out)
+            .await
+            .map(|()| true),
     }
+}
+
+/// The store and channel operator commands work on: the same settings as `serve`
+/// (REDIS_URL or FULFILLD_STATE_DIR, SF_PROVISION_EVENT_CHANNEL); Salesforce settings are not needed.
+async fn operator_store() -> anyhow::Result<(fulfilld::store::SharedStore, String)> {
+    let serve = fulfilld::config::ServeConfig::from_env()?;
+    let channel = std::env::var("SF_PROVISION_EVENT_CHANNEL")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .unwrap_or_else(|| fulfilld::config::DEFAULT_CHANNEL.to_owned());
+    let store = fulfilld::pipeline::open_store(&serve.store).await?;
+    Ok((store, channel))
 }
 
 async fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
@@ -209,6 +308,8 @@ async fn main() -> ExitCode {
     init_tracing(match cli.command {
         Command::Test { .. } => "warn,component=off",
         Command::Sandbox(_) => "warn,fulfilld=info",
+        Command::Demo { .. } => "warn,fulfilld=info,component=info",
+        Command::Cursor { .. } | Command::DeadLetters { .. } => "warn",
         _ => "warn,fulfilld=info,component=info",
     });
     match run(cli.command).await {

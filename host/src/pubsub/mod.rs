@@ -13,7 +13,8 @@ pub mod subscriber;
 
 pub use replay::{ReplayId, ReplayIdParseError};
 pub use subscriber::{
-    ReplayFrom, SubscriberError, SubscriberOptions, Subscription, SubscriptionState, subscribe,
+    ReplayFrom, SessionSource, SubscriberError, SubscriberOptions, Subscription, SubscriptionState,
+    subscribe,
 };
 
 use crate::runtime::Event;

@@ -55,3 +55,52 @@ pub enum SandboxError {
     #[error("{0}")]
     Setup(String),
 }
+
+/// The seed's paying customer (WHMCS client 42, a card on file).
+pub const ACME_ACCOUNT: &str = "001000000000001AAA";
+/// The seed's customer without a payment method (WHMCS client 43).
+pub const NO_CARD_ACCOUNT: &str = "001000000000002AAA";
+
+/// Adds `count` Orders for `account_id` to the fake org, each approved (`Activating`) with one
+/// item mapped to the seed's "VPS Small" (WHMCS product 11, monthly). Ids are
+/// `8019<11 digits>AAA` from `first`; returns them. Used by the demo, tests and benchmarks.
+pub fn add_orders(
+    org: &mut crate::fake::org::FakeOrg,
+    account_id: &str,
+    first: u64,
+    count: u64,
+) -> Result<Vec<String>, crate::error::CallError> {
+    use serde_json::{Map, Value, json};
+    let mut ids = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    for n in first..first.saturating_add(count) {
+        let order_id = format!("8019{n:011}AAA");
+        let order = json!({
+            "Id": order_id,
+            "OrderNumber": format!("9{n:07}"),
+            "Status": "Activated",
+            "AccountId": account_id,
+            "Pricebook2Id": "01s000000000001AAA",
+            "EffectiveDate": "2026-01-01",
+            "Activation_Status__c": "Activating",
+        });
+        let item = json!({
+            "Id": format!("8029{n:011}AAA"),
+            "OrderId": order_id,
+            "Product2Id": "01t000000000001AAA",
+            "PricebookEntryId": "01u000000000001AAA",
+            "Quantity": 1,
+            "UnitPrice": 20.0,
+            "Billing_Cycle__c": "Monthly",
+        });
+        let as_map = |v: Value| -> Map<String, Value> {
+            match v {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            }
+        };
+        org.insert("Order", as_map(order))?;
+        org.insert("OrderItem", as_map(item))?;
+        ids.push(order_id);
+    }
+    Ok(ids)
+}

@@ -212,7 +212,10 @@ pub trait Store: Send + Sync + 'static {
     fn ping(&self) -> BoxFuture<'_, Result<Duration, StoreError>>;
 
     /// The channel's stored cursor.
-    fn cursor<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Option<ReplayId>, StoreError>>;
+    fn cursor<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ReplayId>, StoreError>>;
 
     /// Operator reset: stores `replay_id` (or removes the cursor) without a lease.
     fn set_cursor<'a>(
@@ -226,7 +229,10 @@ pub trait Store: Send + Sync + 'static {
     fn request_backfill<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Whether a backfill is pending.
-    fn backfill_requested<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn backfill_requested<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Takes the lease when it is free or expired (a new, higher epoch), or renews it when
     /// `holder` already holds it (same epoch). `None` when another holder has it.
@@ -248,7 +254,10 @@ pub trait Store: Send + Sync + 'static {
     fn release_lease<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Who holds the lease now.
-    fn lease<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Option<LeaseInfo>, StoreError>>;
+    fn lease<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<Option<LeaseInfo>, StoreError>>;
 
     /// Atomically: enqueue the batch's jobs not seen before (dedupe by EventUuid), write its dead
     /// letters, clear a pending backfill and store its cursor, all only if `lease` is current.
@@ -267,10 +276,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<Job>, StoreError>>;
 
     /// Keeps a long-running job from being reclaimed (resets its idle time).
-    fn touch<'a>(&'a self, job: &'a Job, consumer: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn touch<'a>(
+        &'a self,
+        job: &'a Job,
+        consumer: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Records how the job ended and removes it from the queue.
-    fn complete<'a>(&'a self, job: &'a Job, record: JobRecord) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn complete<'a>(
+        &'a self,
+        job: &'a Job,
+        record: JobRecord,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Moves a claimed job to the dead letters with `reason`.
     fn dead_letter_job<'a>(
@@ -302,7 +319,11 @@ pub trait Store: Send + Sync + 'static {
     /// Puts a `job` dead letter back on the queue (a fresh job, deliveries reset) and removes it
     /// from the dead letters; returns the new job id. An `undecodable` one is refused with
     /// [`StoreError::Invalid`].
-    fn requeue<'a>(&'a self, channel: &'a str, id: &'a str) -> BoxFuture<'a, Result<String, StoreError>>;
+    fn requeue<'a>(
+        &'a self,
+        channel: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<String, StoreError>>;
 
     fn dead_letter_count<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
 

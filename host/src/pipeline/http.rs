@@ -1,0 +1,186 @@
+//! The host's own HTTP endpoint: `GET /health` (JSON; 200 healthy, 503 degraded) and
+//! `GET /metrics` (Prometheus text).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::metrics::Gauges;
+use super::{Role, Shared, rfc3339};
+use crate::store::Backend;
+
+/// How long `/health` waits for the store before calling it unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(shared);
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    if let Err(err) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %err, "the HTTP endpoint failed");
+    }
+}
+
+/// The health report and whether it is healthy.
+pub async fn health_report(shared: &Shared) -> (bool, Value) {
+    let mut problems: Vec<String> = Vec::new();
+    let store = &shared.store;
+    let probe = tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await;
+    let (store_ok, store_json) = match probe {
+        Ok(Ok(latency)) => (
+            true,
+            json!({
+                "status": "connected",
+                "latency_ms": (latency.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            }),
+        ),
+        Ok(Err(err)) => (
+            false,
+            json!({"status": "unavailable", "error": err.to_string()}),
+        ),
+        Err(_) => (
+            false,
+            json!({"status": "unavailable", "error": format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())}),
+        ),
+    };
+    if !store_ok {
+        problems.push(format!("the {} store is unavailable", store.backend()));
+    }
+    let (depth, dead) = if store_ok {
+        let channel = shared.channel.as_str();
+        let depth = tokio::time::timeout(PROBE_TIMEOUT, store.queue_depth(channel))
+            .await
+            .ok()
+            .and_then(Result::ok);
+        let dead = tokio::time::timeout(PROBE_TIMEOUT, store.dead_letter_count(channel))
+            .await
+            .ok()
+            .and_then(Result::ok);
+        (depth, dead)
+    } else {
+        (None, None)
+    };
+
+    let status = shared.status();
+    let state = status.subscription.as_ref().map(|s| s.borrow().clone());
+    let connected = state.as_ref().is_some_and(|s| s.connected);
+    let (role, epoch) = match status.role {
+        Role::Disabled => ("disabled", None),
+        Role::Follower => ("follower", None),
+        Role::Leader { epoch } => ("leader", Some(epoch)),
+    };
+    if matches!(status.role, Role::Leader { .. }) && !connected {
+        problems
+            .push("this replica holds the lease but its Pub/Sub stream is not connected".into());
+    }
+    if let Some(err) = &status.store_error
+        && store_ok
+    {
+        // The probe works but a recent write failed; the next success clears it.
+        problems.push(format!("a recent store write failed: {err}"));
+    }
+    let stored_cursor = if store_ok {
+        tokio::time::timeout(PROBE_TIMEOUT, store.cursor(&shared.channel))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .map(|c| c.to_string())
+    } else {
+        None
+    };
+    let component = shared.component.load();
+    let info = component.info();
+    let healthy = problems.is_empty();
+    let mut integrations = serde_json::Map::new();
+    let store_key = match store.backend() {
+        Backend::Redis => "redis",
+        Backend::Embedded => "embedded_store",
+    };
+    integrations.insert(store_key.into(), store_json.clone());
+    let body = json!({
+        "status": if healthy { "ok" } else { "degraded" },
+        "environment": shared.serve.environment,
+        "version": env!("CARGO_PKG_VERSION"),
+        "replica": shared.serve.replica_id,
+        "store": {"backend": store.backend(), "status": store_json["status"]},
+        "integrations": integrations,
+        "subscription": {
+            "enabled": shared.events_enabled,
+            "channel": shared.channel,
+            "role": role,
+            "lease_epoch": epoch,
+            "connected": connected,
+            "last_event_at": state.as_ref().and_then(|s| s.last_event_at).map(rfc3339),
+            "latest_replay_id": state.as_ref().and_then(|s| s.latest_replay_id.as_ref()).map(ToString::to_string),
+            "cursor": stored_cursor,
+            "reconnects": state.as_ref().map_or(0, |s| s.reconnects),
+            "last_error": state.as_ref().and_then(|s| s.last_error.clone()),
+        },
+        "component": {
+            "name": info.name,
+            "version": info.version,
+            "sha256": component.digest(),
+        },
+        "queue": {"depth": depth, "dead_letters": dead},
+        "problems": problems,
+    });
+    (healthy, body)
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let (healthy, body) = health_report(&shared).await;
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let status = shared.status();
+    let state = status.subscription.as_ref().map(|s| s.borrow().clone());
+    let channel = shared.channel.as_str();
+    let depth = tokio::time::timeout(PROBE_TIMEOUT, shared.store.queue_depth(channel))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let dead = tokio::time::timeout(PROBE_TIMEOUT, shared.store.dead_letter_count(channel))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let gauges = Gauges {
+        live_reconnects: state.as_ref().map_or(0, |s| s.reconnects),
+        leader: matches!(status.role, Role::Leader { .. }),
+        connected: state.as_ref().is_some_and(|s| s.connected),
+        queue_depth: depth,
+        dead_letters: dead,
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        shared.metrics.render(&gauges),
+    )
+        .into_response()
+}

@@ -1,0 +1,369 @@
+//! `fulfilld serve`: the host's main job. The subscriber (one leader per channel across replicas)
+//! moves Salesforce's events into the store; workers on every replica run the active component on
+//! each job; `/health` and `/metrics` report on both.
+//!
+//! ```text
+//! Pub/Sub stream -> ingest (lease, fenced) -> store: jobs (dedupe by EventUuid), dead letters, cursor
+//!                                              store -> workers -> component -> record + ack
+//! ```
+
+pub mod http;
+mod ingest;
+pub mod metrics;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ServeConfig, StoreConfig};
+use crate::pubsub::{Fallback, ReplayId, SessionSource, SubscriptionState};
+use crate::runtime::{LoadedComponent, Runtime};
+use crate::salesforce::SalesforceClient;
+use crate::services::{LiveServices, Services};
+use crate::store::{SharedStore, StoreError};
+use crate::whmcs::WhmcsClient;
+
+pub use ingest::OptionsFor;
+pub use metrics::Metrics;
+
+/// This replica's part in reading the channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `SF_EVENTS_ENABLED=false`: workers only.
+    Disabled,
+    /// Waiting for the lease (another replica reads, or none can right now).
+    Follower,
+    /// Holding the lease with this fencing epoch.
+    Leader { epoch: u64 },
+}
+
+/// What the subscriber side reports, for `/health`.
+#[derive(Debug, Clone)]
+pub struct SubscriberStatus {
+    pub role: Role,
+    pub subscription: Option<watch::Receiver<SubscriptionState>>,
+    /// The last cursor this replica wrote.
+    pub cursor: Option<ReplayId>,
+    /// The last store error seen by the subscriber or workers, cleared on success.
+    pub store_error: Option<String>,
+}
+
+/// State shared by the subscriber, the workers and the HTTP endpoint.
+pub struct Shared {
+    pub channel: String,
+    pub fallback: Fallback,
+    pub serve: ServeConfig,
+    pub store: SharedStore,
+    pub runtime: Runtime,
+    pub services: Arc<dyn Services>,
+    /// The version new jobs run on; swapped atomically.
+    pub component: ArcSwap<LoadedComponent>,
+    pub metrics: Arc<Metrics>,
+    pub events_enabled: bool,
+    status: Mutex<SubscriberStatus>,
+    stopping: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn status_mut(&self) -> std::sync::MutexGuard<'_, SubscriberStatus> {
+        match self.status.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// A snapshot of the subscriber side.
+    pub fn status(&self) -> SubscriberStatus {
+        self.status_mut().clone()
+    }
+
+    fn set_role(&self, role: Role) {
+        self.status_mut().role = role;
+    }
+
+    fn attach_subscription(&self, state: watch::Receiver<SubscriptionState>) {
+        self.status_mut().subscription = Some(state);
+    }
+
+    fn detach_subscription(&self) {
+        self.status_mut().subscription = None;
+    }
+
+    fn set_cursor(&self, cursor: ReplayId) {
+        self.status_mut().cursor = Some(cursor);
+    }
+
+    fn store_ok(&self) {
+        self.status_mut().store_error = None;
+    }
+
+    fn store_failed(&self, err: &StoreError) {
+        if matches!(err, StoreError::Unavailable(_)) {
+            self.status_mut().store_error = Some(err.to_string());
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+}
+
+/// Opens the configured store: Redis when `REDIS_URL` is set, else the embedded one.
+pub async fn open_store(config: &StoreConfig) -> anyhow::Result<SharedStore> {
+    // MERGE: backends land from their branches.
+    let _ = config;
+    anyhow::bail!("store backends not merged yet")
+}
+
+/// A running host. [`Host::shutdown`] stops it gracefully.
+pub struct Host {
+    shared: Arc<Shared>,
+    http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    ingest: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+    http: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("http_addr", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything [`Host::start`] needs beyond the configuration; tests swap parts.
+pub struct HostParts {
+    pub store: SharedStore,
+    pub runtime: Runtime,
+    pub component: LoadedComponent,
+    pub services: Arc<dyn Services>,
+    pub session: Arc<dyn SessionSource>,
+}
+
+impl Host {
+    /// Builds every part from the configuration and starts. The component comes from
+    /// `FULFILLD_COMPONENT`.
+    pub async fn from_config(config: &Config) -> anyhow::Result<Host> {
+        let path = config.component.clone().ok_or_else(|| {
+            anyhow::anyhow!("FULFILLD_COMPONENT: is required by `serve` but not set")
+        })?;
+        let http = crate::salesforce::http_client(config.runtime.call_timeout)
+            .context("cannot build the HTTP client")?;
+        let salesforce = SalesforceClient::new(config.salesforce.clone(), http.clone())
+            .context("invalid Salesforce settings")?;
+        let whmcs = WhmcsClient::new(config.whmcs.clone(), http);
+        let services: Arc<dyn Services> = Arc::new(LiveServices::new(
+            salesforce.clone(),
+            whmcs,
+            config.exposed(),
+        ));
+        let runtime = Runtime::new(config.runtime.clone())?;
+        let wasm = std::fs::read(&path)
+            .with_context(|| format!("FULFILLD_COMPONENT: cannot read {}", path.display()))?;
+        let component = runtime
+            .load(&wasm)
+            .await
+            .with_context(|| format!("FULFILLD_COMPONENT: cannot load {}", path.display()))?;
+        let store = open_store(&config.serve.store).await?;
+        Host::start(
+            config,
+            HostParts {
+                store,
+                runtime,
+                component,
+                services,
+                session: Arc::new(salesforce),
+            },
+        )
+        .await
+    }
+
+    /// Starts the HTTP endpoint, the workers and (when events are enabled) the subscriber.
+    pub async fn start(config: &Config, parts: HostParts) -> anyhow::Result<Host> {
+        let serve = config.serve.clone();
+        let listener = tokio::net::TcpListener::bind(serve.http_addr)
+            .await
+            .with_context(|| format!("FULFILLD_HTTP_ADDR: cannot listen on {}", serve.http_addr))?;
+        let http_addr = listener
+            .local_addr()
+            .context("cannot read the HTTP endpoint's address")?;
+        let info = parts.component.info().clone();
+        let shared = Arc::new(Shared {
+            channel: config.channel.clone(),
+            fallback: config.replay,
+            serve: serve.clone(),
+            store: parts.store,
+            runtime: parts.runtime,
+            services: parts.services,
+            component: ArcSwap::from_pointee(parts.component),
+            metrics: Arc::new(Metrics::default()),
+            events_enabled: config.events_enabled,
+            status: Mutex::new(SubscriberStatus {
+                role: if config.events_enabled {
+                    Role::Follower
+                } else {
+                    Role::Disabled
+                },
+                subscription: None,
+                cursor: None,
+                store_error: None,
+            }),
+            stopping: AtomicBool::new(false),
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let http = tokio::spawn(http::serve(
+            listener,
+            Arc::clone(&shared),
+            shutdown_rx.clone(),
+        ));
+        let workers = (0..serve.workers)
+            .map(|i| tokio::spawn(worker::run(Arc::clone(&shared), i, shutdown_rx.clone())))
+            .collect();
+        let ingest = if config.events_enabled {
+            let cfg = config.clone();
+            let options_for: OptionsFor = Arc::new(move |start| {
+                let mut opts = cfg.subscriber_options(None);
+                opts.start = start;
+                opts
+            });
+            Some(tokio::spawn(
+                ingest::Ingestor {
+                    shared: Arc::clone(&shared),
+                    options_for,
+                    session: parts.session,
+                    shutdown: shutdown_rx,
+                }
+                .run(),
+            ))
+        } else {
+            None
+        };
+        tracing::info!(
+            channel = %config.channel,
+            events_enabled = config.events_enabled,
+            store = %shared.store.backend(),
+            workers = serve.workers,
+            http = %http_addr,
+            component = %format!("{}@{}", info.name, info.version),
+            replica = %serve.replica_id,
+            "fulfilld serving"
+        );
+        Ok(Host {
+            shared,
+            http_addr,
+            shutdown,
+            ingest,
+            workers,
+            http,
+        })
+    }
+
+    /// The address `/health` and `/metrics` are served on.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops reading the stream (the lease is released), lets jobs in flight finish within the
+    /// shutdown grace (the rest are reclaimed by another replica or after a restart), then stops
+    /// the HTTP endpoint.
+    pub async fn shutdown(mut self) {
+        tracing::info!("shutting down: no new events or jobs");
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
+        if let Some(ingest) = self.ingest.take() {
+            let _ = ingest.await;
+        }
+        let grace = self.shared.serve.shutdown_grace;
+        let workers = std::mem::take(&mut self.workers);
+        let aborts: Vec<_> = workers.iter().map(JoinHandle::abort_handle).collect();
+        if tokio::time::timeout(grace, futures::future::join_all(workers))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "jobs still running after the shutdown grace; they will be reclaimed"
+            );
+            for abort in aborts {
+                abort.abort();
+            }
+        }
+        let _ = (&mut self.http).await;
+        tracing::info!("stopped");
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(ingest) = &self.ingest {
+            ingest.abort();
+        }
+        for worker in &self.workers {
+            worker.abort();
+        }
+        self.http.abort();
+    }
+}
+
+/// Seconds since the Unix epoch as RFC 3339 text, for `/health`.
+pub(crate) fn rfc3339(at: SystemTime) -> String {
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 text.
+pub fn rfc3339_ms(ms: i64) -> String {
+    rfc3339(
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
+        assert_eq!(rfc3339(at), "2026-11-18T11:06:40Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    }
+}

@@ -1,0 +1,216 @@
+//! Workers: claim a job, run the active component on it, record the outcome and ack it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::Instrument as _;
+
+use super::Shared;
+use crate::runtime::{Disposition, Event, FailureSource, LoadedComponent};
+use crate::store::{ClaimOptions, Job, JobRecord, StoreError};
+
+/// How long a claim waits for work before checking for shutdown.
+const CLAIM_BLOCK: Duration = Duration::from_millis(500);
+
+pub(crate) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: watch::Receiver<bool>) {
+    let consumer = format!("{}-w{index}", shared.serve.replica_id);
+    let options = ClaimOptions {
+        consumer: consumer.clone(),
+        max: 1,
+        block: CLAIM_BLOCK,
+        min_idle: shared.serve.reclaim_after,
+        max_deliveries: shared.serve.max_deliveries,
+    };
+    let mut failing = false;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let jobs = match shared.store.claim(&shared.channel, &options).await {
+            Ok(jobs) => {
+                if failing {
+                    failing = false;
+                    tracing::info!(worker = %consumer, "the store is reachable again; claiming jobs");
+                }
+                jobs
+            }
+            Err(err) => {
+                shared.store_failed(&err);
+                if !failing {
+                    failing = true;
+                    tracing::warn!(worker = %consumer, error = %err, "cannot claim jobs; retrying");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+        };
+        for job in jobs {
+            process(&shared, &consumer, job).await;
+        }
+    }
+}
+
+/// Runs one job to its recorded end. Never gives up on writing the outcome while the host runs:
+/// an unrecorded job would be reclaimed and run again (harmless, the component is idempotent,
+/// but wasted work).
+async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
+    let event: Event = match serde_json::from_slice(&job.payload) {
+        Ok(event) => event,
+        Err(err) => {
+            let reason = format!("the job's payload is not an event: {err}");
+            tracing::error!(event_uuid = %job.event_uuid, replay_id = %job.replay_id, reason = %reason, "job dead-lettered");
+            dead_letter(shared, &job, &reason, "BAD_PAYLOAD", "").await;
+            return;
+        }
+    };
+    let component: Arc<LoadedComponent> = shared.component.load_full();
+    let version = format!("{}@{}", component.info().name, component.info().version);
+    let order_id = event.order_id().unwrap_or("").to_owned();
+    let span = tracing::info_span!(
+        "job",
+        order_id = %order_id,
+        event_uuid = %job.event_uuid,
+        replay_id = %job.replay_id,
+        component = %version,
+        delivery = job.deliveries,
+    );
+    async {
+        tracing::info!("Starting fulfillment orchestration");
+        // Keep the claim fresh while the component runs so the job is not reclaimed.
+        let heartbeat = {
+            let shared = Arc::clone(shared);
+            let job = job.clone();
+            let consumer = consumer.to_owned();
+            let every = (shared.serve.reclaim_after / 3).max(Duration::from_millis(100));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(err) = shared.store.touch(&job, &consumer).await {
+                        tracing::debug!(error = %err, "cannot refresh the job's claim");
+                    }
+                }
+            })
+        };
+        let report = shared
+            .runtime
+            .run(&component, Arc::clone(&shared.services), &event, false)
+            .await;
+        heartbeat.abort();
+        shared.metrics.job_run_time.observe(report.elapsed);
+        let (outcome, code, message) = match &report.result {
+            Ok(outcome) => {
+                let name = match outcome.disposition {
+                    Disposition::Completed => "completed",
+                    Disposition::Skipped => "skipped",
+                };
+                tracing::info!(outcome = name, message = %outcome.message, elapsed_ms = report.elapsed.as_millis() as u64, "fulfillment finished");
+                (name, None, outcome.message.clone())
+            }
+            Err(failure) if failure.source == FailureSource::Component => {
+                tracing::warn!(code = %failure.code, message = %failure.message, "fulfillment failed; the Order is marked Failed in Salesforce");
+                ("failed", Some(failure.code.clone()), failure.message.clone())
+            }
+            Err(failure) if failure.source == FailureSource::Sandbox => {
+                let reason = format!("{}: {}", failure.code, failure.message);
+                tracing::error!(code = %failure.code, message = %failure.message, "the component was stopped by the sandbox; job dead-lettered");
+                dead_letter(shared, &job, &reason, &failure.code, &version).await;
+                return;
+            }
+            Err(failure) => {
+                // The host could not run the job (e.g. no free instance): leave it claimed so it
+                // is handed out again after the reclaim time.
+                tracing::warn!(code = %failure.code, message = %failure.message, "job not run; it will be retried after the reclaim time");
+                shared.metrics.jobs_abandoned.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let record = JobRecord {
+            event_uuid: job.event_uuid.clone(),
+            replay_id: job.replay_id.to_string(),
+            order_id: (!order_id.is_empty()).then(|| order_id.clone()),
+            outcome: outcome.to_owned(),
+            code: code.clone(),
+            message,
+            component: version.clone(),
+            deliveries: job.deliveries,
+            finished_at_ms: crate::services::system_now_ms(),
+        };
+        if write_with_retry(shared, "record the job's outcome", || {
+            shared.store.complete(&job, record.clone())
+        })
+        .await
+        {
+            shared
+                .metrics
+                .job_finished(outcome, code.as_deref().unwrap_or(""), &version);
+            observe_latency(shared, &job);
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn dead_letter(shared: &Arc<Shared>, job: &Job, reason: &str, code: &str, version: &str) {
+    if write_with_retry(shared, "dead-letter the job", || {
+        shared.store.dead_letter_job(job, reason)
+    })
+    .await
+    {
+        shared
+            .metrics
+            .jobs_dead_lettered
+            .fetch_add(1, Ordering::Relaxed);
+        shared.metrics.job_finished("dead_lettered", code, version);
+        observe_latency(shared, job);
+    }
+}
+
+fn observe_latency(shared: &Shared, job: &Job) {
+    let waited = crate::services::system_now_ms().saturating_sub(job.enqueued_at_ms);
+    shared
+        .metrics
+        .job_latency
+        .observe(Duration::from_millis(u64::try_from(waited).unwrap_or(0)));
+}
+
+/// Retries a store write while the store is unavailable. False when it could not be written
+/// (the job will be reclaimed): on shutdown, or when the job is gone (another worker reclaimed
+/// and finished it).
+async fn write_with_retry<'a, F>(
+    shared: &'a Shared,
+    what: &str,
+    mut write: impl FnMut() -> F,
+) -> bool
+where
+    F: std::future::Future<Output = Result<(), StoreError>> + 'a,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Ok(()) => return true,
+            Err(StoreError::NotFound(detail)) => {
+                tracing::warn!(detail = %detail, "cannot {what}: the job was reclaimed by another worker");
+                return false;
+            }
+            Err(err) => {
+                shared.store_failed(&err);
+                if shared.stopping() && delay >= Duration::from_secs(1) {
+                    tracing::warn!(error = %err, "shutting down before being able to {what}; the job will be reclaimed");
+                    shared
+                        .metrics
+                        .jobs_abandoned
+                        .fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                tracing::warn!(error = %err, "cannot {what}; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
