@@ -196,10 +196,15 @@ impl EmbeddedStore {
             if !jobs.is_empty() || now >= deadline {
                 return Ok(jobs);
             }
+            // Look again when jobs are added or a claimed job becomes reclaimable; at the end of
+            // `block` give up without another look, like a Redis blocking read that times out.
             let wake = next_idle.map_or(deadline, |idle| deadline.min(now + idle));
-            tokio::select! {
-                () = &mut added => {}
-                () = tokio::time::sleep_until(wake) => {}
+            let timed_out = tokio::select! {
+                () = &mut added => false,
+                () = tokio::time::sleep_until(wake) => wake >= deadline,
+            };
+            if timed_out {
+                return Ok(Vec::new());
             }
         }
     }
