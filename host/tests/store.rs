@@ -81,25 +81,23 @@ async fn open_embedded(path: &Path) -> SharedStore {
     }
 }
 
-// The Redis backend, once merged: `RedisStore::connect(url, namespace)` (async, returns
-// `Result<RedisStore, StoreError>`) with a namespace of the test's own, so every handle a harness
-// opens sees the same keys. Uncomment with the `conformance!(redis, redis_harness)` line below.
-//
-// fn redis_harness(tag: &str) -> Harness {
-//     let url = std::env::var("FULFILLD_TEST_REDIS_URL")
-//         .unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
-//     let namespace = format!("fulfilld-conf-{tag}-{}", &random_uuid()[..8]);
-//     Harness::new(tag, Backend::Redis, (), move || {
-//         let (url, namespace) = (url.clone(), namespace.clone());
-//         async move {
-//             let store = fulfilld::store::redis::RedisStore::connect(&url, &namespace)
-//                 .await
-//                 .unwrap_or_else(|err| panic!("cannot connect to Redis at {url}: {err}"));
-//             Arc::new(store) as SharedStore
-//         }
-//         .boxed()
-//     })
-// }
+/// The Redis backend: `FULFILLD_TEST_REDIS_URL` (default the local Redis) with a namespace of the
+/// test's own, so every handle a harness opens sees the same keys.
+fn redis_harness(tag: &str) -> Harness {
+    let url = std::env::var("FULFILLD_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let namespace = format!("fulfilld-conf-{tag}-{}", &random_uuid()[..8]);
+    Harness::new(tag, Backend::Redis, (), move || {
+        let (url, namespace) = (url.clone(), namespace.clone());
+        async move {
+            let store = fulfilld::store::redis::RedisStore::connect(&url, &namespace)
+                .await
+                .unwrap_or_else(|err| panic!("cannot connect to Redis at {url}: {err}"));
+            Arc::new(store) as SharedStore
+        }
+        .boxed()
+    })
+}
 
 macro_rules! conformance {
     ($backend:ident, $harness:ident) => {
@@ -144,7 +142,7 @@ macro_rules! conformance {
 }
 
 conformance!(embedded, embedded_harness);
-// conformance!(redis, redis_harness);
+conformance!(redis, redis_harness);
 
 mod suite {
     use std::collections::BTreeSet;

@@ -27,6 +27,8 @@ use crate::pubsub::{Fallback, ReplayId, SessionSource, SubscriptionState};
 use crate::runtime::{LoadedComponent, Runtime};
 use crate::salesforce::SalesforceClient;
 use crate::services::{LiveServices, Services};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::redis::RedisStore;
 use crate::store::{SharedStore, StoreError};
 use crate::whmcs::WhmcsClient;
 
@@ -125,9 +127,22 @@ impl Shared {
 
 /// Opens the configured store: Redis when `REDIS_URL` is set, else the embedded one.
 pub async fn open_store(config: &StoreConfig) -> anyhow::Result<SharedStore> {
-    // MERGE: backends land from their branches.
-    let _ = config;
-    anyhow::bail!("store backends not merged yet")
+    match config {
+        StoreConfig::Redis { url, namespace } => {
+            let store = RedisStore::connect(url.expose(), namespace)
+                .await
+                .context("REDIS_URL: cannot use the Redis store")?;
+            Ok(Arc::new(store))
+        }
+        StoreConfig::Embedded { path } => {
+            let path = path.clone();
+            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path))
+                .await
+                .context("opening the embedded store")?
+                .context("FULFILLD_STATE_DIR: cannot open the embedded store")?;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// A running host. [`Host::shutdown`] stops it gracefully.
