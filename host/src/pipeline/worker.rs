@@ -81,26 +81,23 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
     );
     async {
         tracing::info!("Starting fulfillment orchestration");
-        // Keep the claim fresh while the component runs so the job is not reclaimed.
-        let heartbeat = {
-            let shared = Arc::clone(shared);
-            let job = job.clone();
-            let consumer = consumer.to_owned();
-            let every = (shared.serve.reclaim_after / 3).max(Duration::from_millis(100));
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    if let Err(err) = shared.store.touch(&job, &consumer).await {
+        // Keep the claim fresh while the component runs so the job is not reclaimed. The
+        // heartbeat lives in this future, so a worker that dies takes its heartbeat with it.
+        let every = (shared.serve.reclaim_after / 3).max(Duration::from_millis(100));
+        let run = shared
+            .runtime
+            .run(&component, Arc::clone(&shared.services), &event, false);
+        tokio::pin!(run);
+        let report = loop {
+            tokio::select! {
+                report = &mut run => break report,
+                () = tokio::time::sleep(every) => {
+                    if let Err(err) = shared.store.touch(&job, consumer).await {
                         tracing::debug!(error = %err, "cannot refresh the job's claim");
                     }
                 }
-            })
+            }
         };
-        let report = shared
-            .runtime
-            .run(&component, Arc::clone(&shared.services), &event, false)
-            .await;
-        heartbeat.abort();
         shared.metrics.job_run_time.observe(report.elapsed);
         let (outcome, code, message) = match &report.result {
             Ok(outcome) => {
