@@ -308,7 +308,9 @@ async fn main() -> ExitCode {
     init_tracing(match cli.command {
         Command::Test { .. } => "warn,component=off",
         Command::Sandbox(_) => "warn,fulfilld=info",
-        Command::Demo { .. } => "warn,fulfilld=info,component=info",
+        // The demo prints each order's status itself; the pipeline's own lines (enqueued,
+        // orchestration started and finished) show the path. FULFILLD_LOG=info adds every step.
+        Command::Demo { .. } => "warn,fulfilld::pipeline=info",
         Command::Cursor { .. } | Command::DeadLetters { .. } => "warn",
         _ => "warn,fulfilld=info,component=info",
     });

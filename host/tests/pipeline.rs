@@ -800,3 +800,205 @@ async fn a_job_that_keeps_killing_its_worker_ends_in_the_dead_letters() {
     rig.assert_exactly_once(&orders);
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_refuses_bad_settings_and_names_each() {
+    let rig = Rig::new().await;
+    let output = Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+        .arg("serve")
+        .envs(&rig.env)
+        .env("FULFILLD_WORKERS", "lots")
+        .env("FULFILLD_LEASE_TTL_MS", "10")
+        .env("REDIS_URL", "not a url")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for setting in ["FULFILLD_WORKERS", "FULFILLD_LEASE_TTL_MS", "REDIS_URL"] {
+        assert!(
+            stderr.contains(setting),
+            "{setting} not named in:\n{stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workers_only_host_runs_the_jobs_an_ingest_only_host_enqueues() {
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let orders = rig.orders(1, 5);
+    let workers = rig.host(&[("SF_EVENTS_ENABLED", "false")]).await;
+    for order in &orders {
+        rig.publish(order);
+    }
+    let (status, body) = health(&workers).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["subscription"]["role"], "disabled", "{body}");
+    // Nobody reads the stream yet: nothing is enqueued or provisioned.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let store = rig.store().await;
+    assert_eq!(store.cursor(&rig.channel).await.unwrap(), None);
+    assert_eq!(store.queue_depth(&rig.channel).await.unwrap(), 0);
+
+    let reader = rig.host(&[("FULFILLD_WORKERS", "0")]).await;
+    rig.wait_activated(&orders, Duration::from_secs(60)).await;
+    rig.assert_exactly_once(&orders);
+    let (_, metrics) = get(&format!("http://{}/metrics", workers.http_addr())).await;
+    assert!(
+        metrics.contains("fulfilld_jobs_total{outcome=\"completed\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fulfilld_events_received_total 0"),
+        "{metrics}"
+    );
+    reader.shutdown().await;
+    workers.shutdown().await;
+}
+
+async fn cursor_command(
+    store: &dyn Store,
+    channel: &str,
+    action: fulfilld::cli::CursorAction,
+) -> String {
+    let mut out = Vec::new();
+    assert!(
+        fulfilld::cli::cursor(store, channel, action, &mut out)
+            .await
+            .unwrap()
+    );
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cursor_show_reset_clear_and_backfill_drive_the_next_subscription() {
+    use fulfilld::cli::CursorAction;
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let orders = rig.orders(1, 3);
+    let host = rig.host(&[]).await;
+    let mut replays = Vec::new();
+    for order in &orders {
+        replays.push(rig.publish(order).1);
+    }
+    rig.wait_activated(&orders, Duration::from_secs(60)).await;
+    let store = rig.store().await;
+    wait_cursor(
+        store.as_ref(),
+        &rig.channel,
+        &rig.latest(),
+        Duration::from_secs(10),
+    )
+    .await;
+    host.shutdown().await;
+
+    let shown = cursor_command(store.as_ref(), &rig.channel, CursorAction::Show).await;
+    assert!(shown.contains(&rig.latest().to_string()), "{shown}");
+    assert!(
+        shown.contains(&format!("sf:pe:replay:{}", rig.channel)) || shown.contains(&rig.channel),
+        "{shown}"
+    );
+
+    // Reset to the first event: the next subscription resumes after it, so events 2 and 3 come
+    // again and are recognised as duplicates.
+    cursor_command(
+        store.as_ref(),
+        &rig.channel,
+        CursorAction::Reset(replays[0].clone()),
+    )
+    .await;
+    assert_eq!(
+        store.cursor(&rig.channel).await.unwrap(),
+        Some(replays[0].clone())
+    );
+    let host = rig.host(&[]).await;
+    wait_cursor(
+        store.as_ref(),
+        &rig.channel,
+        &rig.latest(),
+        Duration::from_secs(20),
+    )
+    .await;
+    let (_, metrics) = get(&format!("http://{}/metrics", host.http_addr())).await;
+    assert!(
+        metrics.contains("fulfilld_events_received_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fulfilld_events_duplicate_total 2"),
+        "{metrics}"
+    );
+    host.shutdown().await;
+
+    // Backfill: once from EARLIEST whatever the cursor says; all three are duplicates.
+    cursor_command(store.as_ref(), &rig.channel, CursorAction::Backfill).await;
+    assert!(store.backfill_requested(&rig.channel).await.unwrap());
+    let host = rig.host(&[]).await;
+    wait_for(
+        "the backfill to be consumed",
+        Duration::from_secs(20),
+        || futures::executor::block_on(store.backfill_requested(&rig.channel)).ok() == Some(false),
+    )
+    .await;
+    let start = Instant::now();
+    loop {
+        let (_, metrics) = get(&format!("http://{}/metrics", host.http_addr())).await;
+        if metrics.contains("fulfilld_events_duplicate_total 3") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    host.shutdown().await;
+
+    // Clear: no cursor; the next subscription would start per SF_EVENTS_REPLAY.
+    cursor_command(store.as_ref(), &rig.channel, CursorAction::Clear).await;
+    assert_eq!(store.cursor(&rig.channel).await.unwrap(), None);
+    rig.assert_exactly_once(&orders);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_finishes_the_job_in_flight_releases_the_lease_and_exits_zero() {
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let orders = rig.orders(1, 1);
+    let mut serve = ServeProcess::start(&rig, "replica-t", &[]);
+    serve.wait_role("leader", Duration::from_secs(60)).await;
+    let sf = rig.sandbox.salesforce();
+    // The job's first REST call takes 2 s: SIGTERM arrives while it is in flight.
+    sf.delay_next(1, Duration::from_secs(2));
+    let before = sf.requests().len();
+    rig.publish(&orders[0]);
+    wait_for("the job to start", Duration::from_secs(30), || {
+        sf.requests()
+            .iter()
+            .skip(before)
+            .any(|r| r.path.contains("/query"))
+    })
+    .await;
+    serve.signal("TERM");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = serve.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "still running:\n{}",
+            serve.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}\n{}", serve.log_text());
+    assert_eq!(
+        rig.status(&orders[0]).0,
+        "Activated",
+        "{}",
+        serve.log_text()
+    );
+    let store = rig.store().await;
+    assert_eq!(
+        store.lease(&rig.channel).await.unwrap(),
+        None,
+        "the lease is released"
+    );
+    assert_eq!(store.queue_depth(&rig.channel).await.unwrap(), 0);
+    assert!(serve.log_text().contains("stopped"));
+}
