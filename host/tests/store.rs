@@ -14,9 +14,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fulfilld::pubsub::random_uuid;
+use fulfilld::pubsub::{ReplayId, random_uuid};
 use fulfilld::store::embedded::EmbeddedStore;
-use fulfilld::store::{Backend, SharedStore};
+use fulfilld::store::{Backend, SharedStore, Store as _};
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 
@@ -1130,4 +1130,44 @@ mod suite {
         assert!(c.epoch > b.epoch, "epoch after release and reopen");
         assert_eq!(store.queue_depth(&ch).await.unwrap(), 3);
     }
+}
+
+/// A cursor the previous portal wrote (`SET sf:pe:replay:<channel> <decimal>`) is read as is, and
+/// the host writes it back in the same form.
+#[tokio::test]
+async fn redis_cursor_written_by_the_previous_portal_is_honoured() {
+    let url = std::env::var("FULFILLD_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let channel = format!("/event/Portal{}__e", &random_uuid()[..8]);
+    let key = format!("sf:pe:replay:{channel}");
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("SET")
+        .arg(&key)
+        .arg("8123456")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let store = fulfilld::store::redis::RedisStore::connect(&url, "fulfilld-portal-test")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cursor(&channel).await.unwrap(),
+        Some(ReplayId::from_u64(8_123_456))
+    );
+    store
+        .set_cursor(&channel, Some(&ReplayId::from_u64(8_123_999)))
+        .await
+        .unwrap();
+    let raw: String = ::redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(raw, "8123999");
+    let _: () = ::redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 }

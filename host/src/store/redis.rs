@@ -96,6 +96,22 @@ struct ChannelKeys {
     dedupe_prefix: String,
 }
 
+impl ChannelKeys {
+    fn new(namespace: &str, channel: &str) -> ChannelKeys {
+        let cursor = cursor_key(channel);
+        let base = format!("{namespace}:{{{cursor}}}");
+        ChannelKeys {
+            lease: format!("{base}:lease"),
+            epoch: format!("{base}:epoch"),
+            backfill: format!("{base}:backfill"),
+            jobs: format!("{base}:jobs"),
+            dead: format!("{base}:dead"),
+            dedupe_prefix: format!("{base}:dedupe:"),
+            cursor,
+        }
+    }
+}
+
 impl RedisStore {
     /// Connects to `url` (`redis://[user:password@]host:port[/db]`, or `rediss://` for TLS) and
     /// checks the connection with a `PING`. Keys other than the cursor are prefixed with
@@ -135,17 +151,7 @@ impl RedisStore {
     }
 
     fn keys(&self, channel: &str) -> ChannelKeys {
-        let cursor = cursor_key(channel);
-        let base = format!("{}:{{{cursor}}}", self.namespace);
-        ChannelKeys {
-            lease: format!("{base}:lease"),
-            epoch: format!("{base}:epoch"),
-            backfill: format!("{base}:backfill"),
-            jobs: format!("{base}:jobs"),
-            dead: format!("{base}:dead"),
-            dedupe_prefix: format!("{base}:dedupe:"),
-            cursor,
-        }
+        ChannelKeys::new(&self.namespace, channel)
     }
 
     fn record_key(&self, event_uuid: &str) -> String {
@@ -1136,6 +1142,43 @@ return {'ok', id}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The part of a key Redis Cluster hashes: the text between the first `{` and the next `}`
+    /// when it is non-empty, else the whole key.
+    fn hashed_part(key: &str) -> &str {
+        if let Some(open) = key.find('{')
+            && let Some(len) = key[open + 1..].find('}')
+            && len > 0
+        {
+            return &key[open + 1..open + 1 + len];
+        }
+        key
+    }
+
+    #[test]
+    fn every_key_of_a_channel_hashes_to_the_cursor_keys_slot() {
+        let keys = ChannelKeys::new("fulfilld", "/event/OrderProvisionRequested__e");
+        assert_eq!(
+            keys.cursor,
+            "sf:pe:replay:/event/OrderProvisionRequested__e"
+        );
+        let dedupe = format!("{}0f8fad5b-d9cb-469f-a165-70867728950e", keys.dedupe_prefix);
+        for key in [
+            &keys.lease,
+            &keys.epoch,
+            &keys.backfill,
+            &keys.jobs,
+            &keys.dead,
+            &dedupe,
+            &keys.cursor,
+        ] {
+            assert_eq!(hashed_part(key), keys.cursor, "{key}");
+        }
+        assert_eq!(
+            keys.jobs,
+            "fulfilld:{sf:pe:replay:/event/OrderProvisionRequested__e}:jobs"
+        );
+    }
 
     #[test]
     fn stream_ids_are_recognised() {
