@@ -206,13 +206,31 @@ pub enum CursorAction {
 }
 
 /// Runs a cursor command against the store.
+///
+/// Reset, clear and backfill are refused (exit 1) while a replica holds the channel's lease: the
+/// running leader would overwrite the cursor with its next write and never see the request. Stop
+/// the readers first, or pass `force`.
 pub async fn cursor(
     store: &dyn crate::store::Store,
     channel: &str,
     action: CursorAction,
+    force: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
     let key = crate::store::cursor_key(channel);
+    if action != CursorAction::Show
+        && !force
+        && let Some(lease) = store.lease(channel).await?
+    {
+        writeln!(
+            out,
+            "refused: replica {} is reading {channel} (lease epoch {}, expires in {} ms); its next \
+             cursor write would undo this. Stop the readers (or set SF_EVENTS_ENABLED=false on \
+             them) and run it again, or pass --force.",
+            lease.holder, lease.epoch, lease.expires_in_ms
+        )?;
+        return Ok(false);
+    }
     match action {
         CursorAction::Show => {
             let cursor = store.cursor(channel).await?;

@@ -59,6 +59,9 @@ enum Command {
     Cursor {
         #[command(subcommand)]
         command: CursorCommand,
+        /// Write even while a replica holds the channel's lease (it may undo the change).
+        #[arg(long, global = true)]
+        force: bool,
     },
     /// List, show and requeue dead letters.
     DeadLetters {
@@ -198,7 +201,7 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             host.shutdown().await;
             Ok(true)
         }
-        Command::Cursor { command } => {
+        Command::Cursor { command, force } => {
             let action = match command {
                 CursorCommand::Show => fulfilld::cli::CursorAction::Show,
                 CursorCommand::Reset { replay_id } => fulfilld::cli::CursorAction::Reset(
@@ -208,7 +211,7 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                 CursorCommand::Backfill => fulfilld::cli::CursorAction::Backfill,
             };
             let (store, channel) = operator_store().await?;
-            fulfilld::cli::cursor(store.as_ref(), &channel, action, &mut out).await
+            fulfilld::cli::cursor(store.as_ref(), &channel, action, force, &mut out).await
         }
         Command::DeadLetters { command } => {
             let action = match command {

@@ -862,7 +862,7 @@ async fn cursor_command(
 ) -> String {
     let mut out = Vec::new();
     assert!(
-        fulfilld::cli::cursor(store, channel, action, &mut out)
+        fulfilld::cli::cursor(store, channel, action, false, &mut out)
             .await
             .unwrap()
     );
@@ -888,6 +888,23 @@ async fn cursor_show_reset_clear_and_backfill_drive_the_next_subscription() {
         Duration::from_secs(10),
     )
     .await;
+    // Refused while a replica leads: its next cursor write would undo the reset.
+    let mut out = Vec::new();
+    let done = fulfilld::cli::cursor(
+        store.as_ref(),
+        &rig.channel,
+        CursorAction::Reset(replays[0].clone()),
+        false,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(!done && text.contains("refused"), "{text}");
+    assert_eq!(
+        store.cursor(&rig.channel).await.unwrap(),
+        Some(rig.latest())
+    );
     host.shutdown().await;
 
     let shown = cursor_command(store.as_ref(), &rig.channel, CursorAction::Show).await;

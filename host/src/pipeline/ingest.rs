@@ -222,13 +222,15 @@ impl Ingestor {
                             continue;
                         }
                     };
-                    orders.insert(
-                        received.event.event_uuid.clone(),
-                        (
-                            received.event.order_id().unwrap_or("").to_owned(),
-                            received.replay_id.to_string(),
-                        ),
-                    );
+                    // The first of a repeated EventUuid is the one enqueued: log its replay id.
+                    orders
+                        .entry(received.event.event_uuid.clone())
+                        .or_insert_with(|| {
+                            (
+                                received.event.order_id().unwrap_or("").to_owned(),
+                                received.replay_id.to_string(),
+                            )
+                        });
                     batch.cursor = Some(received.replay_id.clone());
                     batch.jobs.push(NewJob {
                         event_uuid: received.event.event_uuid,

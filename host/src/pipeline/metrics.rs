@@ -172,6 +172,12 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "fulfilld_jobs_dead_lettered_total",
+            "Jobs this replica moved to the dead letters (stopped by the sandbox).",
+            load(&self.jobs_dead_lettered),
+        );
+        counter(
+            &mut out,
             "fulfilld_replay_id_rejections_total",
             "Stored replay ids Salesforce refused (the subscription fell back per SF_EVENTS_REPLAY).",
             load(&self.replay_id_rejections),

@@ -30,6 +30,7 @@ pub(crate) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: watch::
         }
         let jobs = match shared.store.claim(&shared.channel, &options).await {
             Ok(jobs) => {
+                shared.store_ok();
                 if failing {
                     failing = false;
                     tracing::info!(worker = %consumer, "the store is reachable again; claiming jobs");
@@ -105,23 +106,23 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
                     Disposition::Completed => "completed",
                     Disposition::Skipped => "skipped",
                 };
-                tracing::info!(outcome = name, message = %outcome.message, elapsed_ms = report.elapsed.as_millis() as u64, "fulfillment finished");
+                tracing::info!(outcome = name, detail = %outcome.message, elapsed_ms = report.elapsed.as_millis() as u64, "fulfillment finished");
                 (name, None, outcome.message.clone())
             }
             Err(failure) if failure.source == FailureSource::Component => {
-                tracing::warn!(code = %failure.code, message = %failure.message, "fulfillment failed; the Order is marked Failed in Salesforce");
+                tracing::warn!(code = %failure.code, detail = %failure.message, "fulfillment failed; the Order is marked Failed in Salesforce");
                 ("failed", Some(failure.code.clone()), failure.message.clone())
             }
             Err(failure) if failure.source == FailureSource::Sandbox => {
                 let reason = format!("{}: {}", failure.code, failure.message);
-                tracing::error!(code = %failure.code, message = %failure.message, "the component was stopped by the sandbox; job dead-lettered");
+                tracing::error!(code = %failure.code, detail = %failure.message, "the component was stopped by the sandbox; job dead-lettered");
                 dead_letter(shared, &job, &reason, &failure.code, &version).await;
                 return;
             }
             Err(failure) => {
                 // The host could not run the job (e.g. no free instance): leave it claimed so it
                 // is handed out again after the reclaim time.
-                tracing::warn!(code = %failure.code, message = %failure.message, "job not run; it will be retried after the reclaim time");
+                tracing::warn!(code = %failure.code, detail = %failure.message, "job not run; it will be retried after the reclaim time");
                 shared.metrics.jobs_abandoned.fetch_add(1, Ordering::Relaxed);
                 return;
             }
