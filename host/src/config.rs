@@ -409,8 +409,13 @@ impl Reader<'_> {
     fn serve(&mut self) -> ServeConfig {
         let store = match self.optional("REDIS_URL") {
             Some(url) => {
-                if !(url.starts_with("redis://")
-                    || url.starts_with("rediss://")
+                if url.starts_with("rediss://") {
+                    self.fail(
+                        "REDIS_URL",
+                        "rediss:// (TLS) is not supported by this build: use redis:// to a \
+                         TLS-terminating proxy (e.g. stunnel) next to the host, or a private network",
+                    );
+                } else if !(url.starts_with("redis://")
                     || url.starts_with("redis+unix://")
                     || url.starts_with("unix://"))
                 {
@@ -418,7 +423,7 @@ impl Reader<'_> {
                     let scheme = url.split_once("://").map_or("none", |(s, _)| s);
                     self.fail(
                         "REDIS_URL",
-                        format!("expected a redis:// or rediss:// URL, got scheme `{scheme}`"),
+                        format!("expected a redis:// URL, got scheme `{scheme}`"),
                     );
                 }
                 let namespace = self
@@ -666,6 +671,13 @@ mod tests {
         ] {
             assert!(err.contains(setting), "{setting} missing from: {err}");
         }
+        assert!(!err.contains("hunter2"), "{err}");
+
+        // TLS to Redis is refused plainly rather than failing at the first connection.
+        let mut env = base();
+        env.insert("REDIS_URL", "rediss://:hunter2@cache:6380".into());
+        let err = load(&env).unwrap_err().to_string();
+        assert!(err.contains("REDIS_URL") && err.contains("TLS"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
     }
 }

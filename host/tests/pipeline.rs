@@ -1019,3 +1019,61 @@ async fn sigterm_finishes_the_job_in_flight_releases_the_lease_and_exits_zero() 
     assert_eq!(store.queue_depth(&rig.channel).await.unwrap(), 0);
     assert!(serve.log_text().contains("stopped"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_claim_was_taken_stops_before_provisioning() {
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let orders = rig.orders(1, 1);
+    let sf = rig.sandbox.salesforce();
+    // The job's first REST call takes 3 s; meanwhile its claim goes to another consumer, as
+    // happens when a worker cannot reach Redis for longer than the reclaim time.
+    sf.delay_next(1, Duration::from_secs(3));
+    let host = rig.host(&[("FULFILLD_WORKERS", "1")]).await;
+    let before = sf.requests().len();
+    rig.publish(&orders[0]);
+    wait_for("the job to start", Duration::from_secs(30), || {
+        sf.requests()
+            .iter()
+            .skip(before)
+            .any(|r| r.path.contains("/query"))
+    })
+    .await;
+    let store = rig.store().await;
+    let stolen = store
+        .claim(
+            &rig.channel,
+            &fulfilld::store::ClaimOptions {
+                consumer: "elsewhere".into(),
+                max: 1,
+                block: Duration::ZERO,
+                min_idle: Duration::from_millis(1),
+                max_deliveries: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(stolen.len(), 1);
+    // "elsewhere" keeps its claim fresh for 4 s. The first worker notices at its next claim
+    // refresh and stops: no WHMCS order from it.
+    let job = stolen[0].clone();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        store.touch(&job, "elsewhere").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(rig.status(&orders[0]).0, "Activating");
+    assert_eq!(
+        rig.whmcs_orders(),
+        0,
+        "the worker that lost its claim went on"
+    );
+    let (_, metrics) = get(&format!("http://{}/metrics", host.http_addr())).await;
+    assert!(
+        metrics.contains("fulfilld_jobs_abandoned_total 1"),
+        "{metrics}"
+    );
+    // "elsewhere" never finishes: the job is reclaimed from it and provisioned once.
+    rig.wait_activated(&orders, Duration::from_secs(30)).await;
+    rig.assert_exactly_once(&orders);
+    host.shutdown().await;
+}

@@ -53,6 +53,7 @@ impl Ingestor {
                 .await
             {
                 Ok(Some(lease)) => {
+                    shared.store_ok();
                     logged_follower = false;
                     shared
                         .metrics
@@ -76,6 +77,7 @@ impl Ingestor {
                     }
                 }
                 Ok(None) => {
+                    shared.store_ok();
                     shared.set_role(Role::Follower);
                     if !logged_follower {
                         logged_follower = true;
@@ -89,6 +91,7 @@ impl Ingestor {
                 }
                 Err(err) => {
                     shared.set_role(Role::Follower);
+                    shared.store_failed(&err);
                     tracing::warn!(channel = %channel, error = %err, "cannot reach the store to take the subscriber lease");
                 }
             }
@@ -222,6 +225,20 @@ impl Ingestor {
                             continue;
                         }
                     };
+                    if received.event.event_uuid.trim().is_empty() {
+                        // Without an EventUuid it cannot be deduplicated; never let it shadow
+                        // other such events under one empty key.
+                        tracing::error!(channel = %shared.channel, replay_id = %received.replay_id, "Platform Event without an EventUuid dead-lettered");
+                        batch.cursor = Some(received.replay_id.clone());
+                        batch.dead_letters.push(NewDeadLetter {
+                            event_uuid: String::new(),
+                            replay_id: received.replay_id,
+                            payload,
+                            reason: "the event has no EventUuid, so it cannot be deduplicated"
+                                .to_owned(),
+                        });
+                        continue;
+                    }
                     // The first of a repeated EventUuid is the one enqueued: log its replay id.
                     orders
                         .entry(received.event.event_uuid.clone())
@@ -369,6 +386,7 @@ async fn renew_lease(
     let sent = Instant::now();
     match shared.store.renew_lease(lease, ttl).await {
         Ok(renewed) => {
+            shared.store_ok();
             *lease = renewed;
             *valid_until = sent + ttl - margin;
             Ok(())

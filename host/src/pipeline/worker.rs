@@ -59,6 +59,9 @@ pub(crate) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: watch::
 /// Runs one job to its recorded end. Never gives up on writing the outcome while the host runs:
 /// an unrecorded job would be reclaimed and run again (harmless, the component is idempotent,
 /// but wasted work).
+/// How long a worker pauses after the host could not run a job (e.g. no free instance).
+const HOST_FAILURE_PAUSE: Duration = Duration::from_secs(1);
+
 async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
     let event: Event = match serde_json::from_slice(&job.payload) {
         Ok(event) => event,
@@ -89,12 +92,26 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
             .runtime
             .run(&component, Arc::clone(&shared.services), &event, false);
         tokio::pin!(run);
+        // A failed refresh is retried every `RETRY`; once the claim is known to be another
+        // worker's (it was reclaimed while this one could not reach the store), the run is
+        // dropped at its next host call so two workers never go on provisioning one Order.
+        const RETRY: Duration = Duration::from_millis(500);
+        let mut wait = every;
         let report = loop {
             tokio::select! {
                 report = &mut run => break report,
-                () = tokio::time::sleep(every) => {
-                    if let Err(err) = shared.store.touch(&job, consumer).await {
-                        tracing::debug!(error = %err, "cannot refresh the job's claim");
+                () = tokio::time::sleep(wait) => {
+                    match shared.store.touch(&job, consumer).await {
+                        Ok(()) => wait = every,
+                        Err(StoreError::NotFound(detail)) => {
+                            tracing::warn!(detail = %detail, "the job was handed to another worker while this one could not reach the store; run stopped here, the other worker carries on");
+                            shared.metrics.jobs_abandoned.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                        Err(err) => {
+                            tracing::debug!(error = %err, "cannot refresh the job's claim; retrying");
+                            wait = RETRY;
+                        }
                     }
                 }
             }
@@ -124,6 +141,10 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
                 // is handed out again after the reclaim time.
                 tracing::warn!(code = %failure.code, detail = %failure.message, "job not run; it will be retried after the reclaim time");
                 shared.metrics.jobs_abandoned.fetch_add(1, Ordering::Relaxed);
+                // Do not race through the queue while the host cannot run jobs: each job taken
+                // now would only use up one of its deliveries.
+                let pause = HOST_FAILURE_PAUSE.min(shared.serve.reclaim_after);
+                tokio::time::sleep(pause).await;
                 return;
             }
         };

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, Script, Value};
+use redis::io::tcp::{TcpSettings, socket2};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo as _, Script, Value};
 
 use super::{
     Backend, ClaimOptions, DEDUPE_TTL, DeadLetter, DeadLetterKind, IngestBatch, IngestReport, Job,
@@ -131,7 +132,26 @@ impl RedisStore {
                 "Redis namespace {namespace:?}: must be non-empty and free of braces"
             )));
         }
-        let client = Client::open(url)
+        if url.contains("protocol=resp3") {
+            return Err(StoreError::Invalid(
+                "REDIS_URL: protocol=resp3 is not supported; remove it (RESP2 is used)".to_owned(),
+            ));
+        }
+        let info = url
+            .into_connection_info()
+            .map_err(|e| StoreError::Invalid(format!("REDIS_URL: not a Redis URL: {e}")))?;
+        // A link that dies without a reset (a crashed host, a failover to another address, a NAT
+        // dropping the flow) is noticed by the kernel within seconds, so the connection is
+        // rebuilt instead of every command timing out for the ~15 minutes TCP retries last.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(5))
+            .with_interval(Duration::from_secs(2))
+            .with_retries(3);
+        let tcp = TcpSettings::default()
+            .set_nodelay(true)
+            .set_keepalive(keepalive)
+            .set_user_timeout(timeout.max(Duration::from_secs(5)));
+        let client = Client::open(info.set_tcp_settings(tcp))
             .map_err(|e| StoreError::Invalid(format!("REDIS_URL: not a Redis URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(timeout))
@@ -147,7 +167,48 @@ impl RedisStore {
             scripts: Scripts::new(),
         };
         store.ping_inner().await?;
+        store.check_server().await?;
         Ok(store)
+    }
+
+    /// Refuses a Redis older than 6.2 (`XPENDING ... IDLE` and `XAUTOCLAIM` semantics), and warns
+    /// when the server may lose or evict what the guarantees rest on.
+    async fn check_server(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let info: String = redis::cmd("INFO")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("INFO", e))?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        if let Some(version) = field("redis_version") {
+            let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+            let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+            if (major, minor) < (6, 2) {
+                return Err(StoreError::Invalid(format!(
+                    "REDIS_URL: Redis {version} is too old; 6.2 or newer is required"
+                )));
+            }
+        }
+        if let Some(policy) = field("maxmemory_policy")
+            && policy != "noeviction"
+        {
+            tracing::warn!(
+                maxmemory_policy = policy,
+                "Redis may evict keys under memory pressure; deduplication keys and jobs can be \
+                 lost: set maxmemory-policy noeviction"
+            );
+        }
+        if field("aof_enabled") == Some("0") {
+            tracing::info!(
+                "Redis runs without an append-only file: a Redis restart loses what changed \
+                 since its last snapshot (cursor, queued jobs, deduplication keys)"
+            );
+        }
+        Ok(())
     }
 
     fn keys(&self, channel: &str) -> ChannelKeys {
