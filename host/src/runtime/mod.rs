@@ -4,6 +4,7 @@
 //! or name lookups; stdout is discarded and stderr is kept (bounded) only to explain a trap.
 
 mod bindings;
+pub(crate) mod cache;
 pub mod check;
 mod gate;
 mod host;
@@ -26,6 +27,7 @@ use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiVie
 use crate::error::CallError;
 use crate::services::Services;
 use bindings::{Fulfillment, FulfillmentPre};
+pub use cache::CacheUse;
 pub use gate::{CallCounters, CallRecord, Journal, LogRecord, Violation};
 use policy::CapabilityPolicy;
 
@@ -357,12 +359,26 @@ impl Runtime {
     pub async fn load(&self, wasm: &[u8]) -> Result<LoadedComponent, LoadError> {
         check::check_bytes(wasm)?;
         let digest = hex::encode(Sha256::digest(wasm));
+        let component = self.compile(wasm).await?;
+        self.link(component, digest).await
+    }
+
+    /// Compiles checked `.wasm` bytes on a blocking thread.
+    async fn compile(&self, wasm: &[u8]) -> Result<Component, LoadError> {
         let engine = self.inner.engine.clone();
         let bytes = wasm.to_vec();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+        tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
             .await
             .map_err(|e| LoadError::Compile(format!("compiler task failed: {e}")))?
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))
+    }
+
+    /// Links a compiled component against the host's imports and asks it for its `info()`.
+    async fn link(
+        &self,
+        component: Component,
+        digest: String,
+    ) -> Result<LoadedComponent, LoadError> {
         let instance_pre = self
             .inner
             .linker
