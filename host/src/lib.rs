@@ -6,6 +6,7 @@ pub mod error;
 pub mod fake;
 pub mod pipeline;
 pub mod pubsub;
+pub mod registry;
 pub mod runtime;
 pub mod salesforce;
 pub mod sandbox;

@@ -1,0 +1,151 @@
+//! The gates a candidate component version passes before the registry stores it: a size limit,
+//! the world check, compile + link + `info()` (through the artifact cache, so an accepted version
+//! is already compiled when it is activated), and optionally a scenario suite run against the
+//! candidate on the test kit's mocked host.
+
+use std::path::{Path, PathBuf};
+
+use crate::runtime::check::CheckError;
+use crate::runtime::{LoadError, LoadedComponent, Runtime};
+use crate::testkit::TestKit;
+use crate::testkit::scenario::{Scenario, run_scenario};
+
+use super::DeployError;
+
+/// Default largest `.wasm` accepted: rules components are tens to hundreds of KB in release
+/// builds and a few MB in debug builds.
+pub const DEFAULT_MAX_SIZE: usize = 16 << 20;
+
+/// What a candidate must pass to be deployed.
+#[derive(Debug, Clone)]
+pub struct Gates {
+    /// Largest `.wasm` accepted, in bytes.
+    pub max_size: usize,
+    /// Scenario files, or directories standing for their `*.toml` files except `_*.toml`
+    /// (shared seed data), every one of which must pass. Empty: no suite.
+    pub scenarios: Vec<PathBuf>,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Gates {
+            max_size: DEFAULT_MAX_SIZE,
+            scenarios: Vec::new(),
+        }
+    }
+}
+
+impl From<CheckError> for DeployError {
+    fn from(error: CheckError) -> Self {
+        match error {
+            CheckError::NotWasm | CheckError::CoreModule | CheckError::Malformed(_) => {
+                DeployError::NotAComponent(error)
+            }
+            CheckError::MissingExport { .. } => DeployError::MissingExport(error),
+            CheckError::UnknownImport { .. } => DeployError::WrongWorld(error),
+            CheckError::IncompatibleVersion { .. } => DeployError::IncompatibleVersion(error),
+        }
+    }
+}
+
+impl From<LoadError> for DeployError {
+    fn from(error: LoadError) -> Self {
+        match error {
+            LoadError::Check(check) => check.into(),
+            LoadError::Compile(message) => DeployError::Compile(message),
+            LoadError::Link(message) => DeployError::Link(message),
+            LoadError::Info(message) => DeployError::InfoFailed(message),
+        }
+    }
+}
+
+impl Gates {
+    /// Runs every gate on `wasm`; the loaded candidate on success.
+    pub async fn run(
+        &self,
+        runtime: &Runtime,
+        wasm: &[u8],
+        cache_dir: &Path,
+    ) -> Result<LoadedComponent, DeployError> {
+        if wasm.len() > self.max_size {
+            return Err(DeployError::TooLarge {
+                size: wasm.len(),
+                limit: self.max_size,
+            });
+        }
+        let (component, _) = runtime.load_cached(wasm, cache_dir).await?;
+        if !self.scenarios.is_empty() {
+            self.run_scenarios(runtime, &component).await?;
+        }
+        Ok(component)
+    }
+
+    async fn run_scenarios(
+        &self,
+        runtime: &Runtime,
+        component: &LoadedComponent,
+    ) -> Result<(), DeployError> {
+        let files = scenario_files(&self.scenarios)?;
+        if files.is_empty() {
+            // A suite that was asked for but finds nothing is a misconfiguration, not a pass.
+            let paths: Vec<String> = self
+                .scenarios
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            return Err(DeployError::Scenarios {
+                total: 0,
+                failed: vec![format!("no scenario files in {}", paths.join(", "))],
+            });
+        }
+        let kit = TestKit::from_parts(runtime.clone(), component.clone());
+        let mut failed = Vec::new();
+        for file in &files {
+            match Scenario::load(file) {
+                Ok(scenario) => {
+                    let result = run_scenario(&kit, &scenario).await;
+                    if !result.passed() {
+                        let difference = result.first_difference().unwrap_or_default();
+                        failed.push(format!("{} ({difference})", result.name));
+                    }
+                }
+                Err(error) => failed.push(format!("{}: {error}", file.display())),
+            }
+        }
+        if failed.is_empty() {
+            tracing::debug!(scenarios = files.len(), "scenario suite passed");
+            Ok(())
+        } else {
+            Err(DeployError::Scenarios {
+                total: files.len(),
+                failed,
+            })
+        }
+    }
+}
+
+/// The scenario files `paths` stand for, directories expanded (sorted, `_*.toml` left out).
+fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, DeployError> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|source| DeployError::Io {
+                context: format!("cannot list the scenario directory {}", path.display()),
+                source,
+            })?;
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .filter(|p| {
+                    !p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('_'))
+                })
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}

@@ -1,0 +1,442 @@
+//! The compiled-artifact cache and the component registry: deploy through the gates, activate,
+//! roll back, reopen; every rejection names its problem and leaves the active version alone.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use fulfilld::registry::{DeployError, Gates, Registry, RegistryError};
+use fulfilld::runtime::{CacheUse, Runtime, RuntimeConfig};
+
+fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig {
+        max_instances: 4,
+        ..RuntimeConfig::default()
+    })
+    .unwrap()
+}
+
+fn wasm(name: &str) -> Vec<u8> {
+    std::fs::read(common::component(name)).unwrap()
+}
+
+/// The same component with a custom section appended: another sha256, same name and version.
+fn variant(wasm: &[u8], tag: &str) -> Vec<u8> {
+    let name = b"fulfilld-test";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    assert!(payload.len() < 128, "one-byte LEB128 size");
+    let mut out = wasm.to_vec();
+    out.push(0);
+    out.push(payload.len() as u8);
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn cache_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn cache_second_load_is_a_hit_with_the_same_info_and_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime();
+    let bytes = wasm("fulfillment");
+    let (first, use1) = runtime.load_cached(&bytes, dir.path()).await.unwrap();
+    assert_eq!(use1, CacheUse::Miss);
+    let files = cache_files(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(
+        name,
+        format!("{}-{}.cwasm", first.digest(), runtime.engine_hash())
+    );
+
+    let (second, use2) = runtime.load_cached(&bytes, dir.path()).await.unwrap();
+    assert_eq!(use2, CacheUse::Hit);
+    assert_eq!(second.info(), first.info());
+    assert_eq!(second.digest(), first.digest());
+    assert_eq!(runtime.probe(&second).await.unwrap(), *first.info());
+
+    // A second runtime with the same configuration shares the artifacts.
+    let (_, use3) = self::runtime()
+        .load_cached(&bytes, dir.path())
+        .await
+        .unwrap();
+    assert_eq!(use3, CacheUse::Hit);
+}
+
+#[tokio::test]
+async fn cache_a_corrupted_artifact_is_deleted_and_recompiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime();
+    let bytes = wasm("fulfillment");
+    let (first, _) = runtime.load_cached(&bytes, dir.path()).await.unwrap();
+    let artifact = runtime.artifact_path(dir.path(), first.digest());
+    std::fs::write(&artifact, b"\x7fELF this is not an artifact").unwrap();
+
+    let (again, used) = runtime.load_cached(&bytes, dir.path()).await.unwrap();
+    assert_eq!(used, CacheUse::Miss);
+    assert_eq!(again.info(), first.info());
+    // Rewritten with a good artifact: the next load is a hit.
+    let (_, used) = runtime.load_cached(&bytes, dir.path()).await.unwrap();
+    assert_eq!(used, CacheUse::Hit);
+
+    // Truncated to nothing: the same.
+    std::fs::write(&artifact, b"").unwrap();
+    let (_, used) = runtime.load_cached(&bytes, dir.path()).await.unwrap();
+    assert_eq!(used, CacheUse::Miss);
+}
+
+#[tokio::test]
+async fn cache_still_checks_the_wasm() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = runtime()
+        .load_cached(&wasm("fixture-wrong-world"), dir.path())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("missing export"), "{error}");
+    assert!(cache_files(dir.path()).is_empty());
+}
+
+/// Everything logged in this test binary. A global subscriber rather than a per-thread one:
+/// tests running in parallel hit the same callsites, and a thread-scoped subscriber can miss
+/// events whose interest another thread cached while no subscriber was listening.
+fn global_logs() -> &'static common::LogCapture {
+    static LOGS: OnceLock<common::LogCapture> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let capture = common::LogCapture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(capture.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        capture
+    })
+}
+
+async fn open_registry(dir: &Path, gates: Gates) -> Registry {
+    Registry::open(dir, runtime(), gates).await.unwrap()
+}
+
+#[tokio::test]
+async fn deploy_activate_list_and_show_the_default_component() {
+    let logs = global_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open_registry(dir.path(), Gates::default()).await;
+    assert_eq!(registry.active().await.unwrap(), None);
+    assert!(registry.load_active().await.unwrap().is_none());
+
+    let bytes = wasm("fulfillment");
+    let meta = registry
+        .deploy(&bytes, "alice-logs", "target/fulfillment.wasm")
+        .await
+        .unwrap();
+    assert_eq!(meta.name, "fulfillment");
+    assert!(!meta.version.is_empty());
+    assert_eq!(meta.size, bytes.len() as u64);
+    assert_eq!(meta.deployed_by, "alice-logs");
+    assert_eq!(meta.source, "target/fulfillment.wasm");
+    assert_eq!(meta.sha256.len(), 64);
+    // Deployed, not active.
+    assert_eq!(registry.active().await.unwrap(), None);
+    assert!(
+        dir.path()
+            .join(format!("components/{}.wasm", meta.sha256))
+            .is_file()
+    );
+
+    let (active, loaded) = registry.activate(&meta.sha256).await.unwrap();
+    assert_eq!(active, meta);
+    assert_eq!(loaded.digest(), meta.sha256);
+    assert_eq!(loaded.info().name, "fulfillment");
+    assert_eq!(registry.active().await.unwrap(), Some(meta.clone()));
+    assert_eq!(registry.list().unwrap(), vec![meta.clone()]);
+    assert_eq!(registry.show(&meta.sha256).unwrap(), meta);
+
+    // Deploying the same bytes again keeps the original record.
+    let again = registry.deploy(&bytes, "bob", "elsewhere").await.unwrap();
+    assert_eq!(again, meta);
+
+    let text = logs.text();
+    let line = |message: &str| {
+        text.lines()
+            .find(|l| l.contains(message) && l.contains("deployed_by=alice-logs"))
+            .unwrap_or_else(|| panic!("no {message:?} line by alice-logs in {text}"))
+            .to_owned()
+    };
+    for message in ["component deployed", "component activated"] {
+        let line = line(message);
+        for field in [
+            format!("sha256={}", meta.sha256),
+            "name=fulfillment".into(),
+            format!("version={}", meta.version),
+        ] {
+            assert!(line.contains(&field), "{line} lacks {field}");
+        }
+    }
+
+    let missing = "0".repeat(64);
+    assert!(matches!(
+        registry.show(&missing),
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(matches!(
+        registry.activate("../active").await,
+        Err(RegistryError::InvalidId(_))
+    ));
+}
+
+/// A registry with the default component deployed and active.
+async fn with_active(dir: &Path, gates: Gates) -> (Registry, String) {
+    let registry = open_registry(dir, gates).await;
+    let meta = registry
+        .deploy(&wasm("fulfillment"), "alice", "build")
+        .await
+        .unwrap();
+    registry.activate(&meta.sha256).await.unwrap();
+    (registry, meta.sha256)
+}
+
+/// Deploys `bytes`, expects a rejection whose message contains `needle`, and checks the
+/// registry did not change.
+async fn rejected(registry: &Registry, active: &str, bytes: &[u8], needle: &str) -> DeployError {
+    let before = registry.list().unwrap();
+    let error = registry
+        .deploy(bytes, "mallory", "upload")
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    assert_eq!(registry.state().await.active.as_deref(), Some(active));
+    assert_eq!(registry.list().unwrap(), before);
+    error
+}
+
+#[tokio::test]
+async fn rejects_what_it_cannot_run_and_keeps_the_active_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, active) = with_active(dir.path(), Gates::default()).await;
+
+    let random: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let error = rejected(&registry, &active, &random, "not WebAssembly").await;
+    assert!(matches!(error, DeployError::NotAComponent(_)), "{error:?}");
+
+    let error = rejected(
+        &registry,
+        &active,
+        &wasm("fixture-wrong-world"),
+        "fulfilld:other/handler",
+    )
+    .await;
+    assert!(matches!(error, DeployError::MissingExport(_)), "{error:?}");
+
+    let error = rejected(
+        &registry,
+        &active,
+        &wasm("fixture-future-major"),
+        "incompatible WIT version",
+    )
+    .await;
+    assert!(
+        matches!(error, DeployError::IncompatibleVersion(_)),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("2.0.0") && message.contains("fulfilld:fulfillment@1.0.0"),
+        "{message}"
+    );
+
+    let error = rejected(
+        &registry,
+        &active,
+        &wasm("fixture-unknown-import"),
+        "fulfilld:fulfillment/secrets",
+    )
+    .await;
+    assert!(matches!(error, DeployError::WrongWorld(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn rejects_an_oversized_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, active) = with_active(dir.path(), Gates::default()).await;
+    let registry = {
+        drop(registry);
+        Registry::open(
+            dir.path(),
+            runtime(),
+            Gates {
+                max_size: 1000,
+                ..Gates::default()
+            },
+        )
+        .await
+        .unwrap()
+    };
+    let bytes = variant(&wasm("fulfillment"), "big");
+    let error = rejected(&registry, &active, &bytes, "over the 1000-byte limit").await;
+    assert!(
+        matches!(error, DeployError::TooLarge { size, limit: 1000 } if size == bytes.len()),
+        "{error:?}"
+    );
+}
+
+/// A copy of the shipped happy-path scenario (and its seed) expecting a wrong WHMCS order id.
+fn failing_suite(dir: &Path) -> PathBuf {
+    let scenarios = common::scenarios_dir();
+    let suite = dir.join("suite");
+    std::fs::create_dir_all(&suite).unwrap();
+    std::fs::copy(scenarios.join("_seed.toml"), suite.join("_seed.toml")).unwrap();
+    let happy = std::fs::read_to_string(scenarios.join("happy-path.toml")).unwrap();
+    assert!(happy.contains("WHMCS_Order_ID__c = \"1000\""));
+    let wrong = happy.replace(
+        "WHMCS_Order_ID__c = \"1000\"",
+        "WHMCS_Order_ID__c = \"4242\"",
+    );
+    std::fs::write(suite.join("happy-path-wrong.toml"), wrong).unwrap();
+    std::fs::copy(
+        scenarios.join("no-payment-method.toml"),
+        suite.join("no-payment-method.toml"),
+    )
+    .unwrap();
+    suite
+}
+
+#[tokio::test]
+async fn a_failing_scenario_suite_rejects_and_names_the_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let suite_dir = tempfile::tempdir().unwrap();
+    let suite = failing_suite(suite_dir.path());
+    let gates = Gates {
+        scenarios: vec![suite.clone()],
+        ..Gates::default()
+    };
+    let (registry, active) = with_active(dir.path(), Gates::default()).await;
+    drop(registry);
+    let registry = Registry::open(dir.path(), runtime(), gates).await.unwrap();
+    let bytes = variant(&wasm("fulfillment"), "candidate");
+    let error = rejected(&registry, &active, &bytes, "happy path").await;
+    match &error {
+        DeployError::Scenarios { total, failed } => {
+            assert_eq!(*total, 2, "{error}");
+            assert_eq!(failed.len(), 1, "{error}");
+            assert!(failed[0].contains("4242"), "{error}");
+        }
+        other => panic!("expected Scenarios, got {other:?}"),
+    }
+    assert!(
+        error.to_string().contains("1 of 2 scenarios failed"),
+        "{error}"
+    );
+
+    // With the expectation put right, the same candidate passes the suite.
+    std::fs::remove_file(suite.join("happy-path-wrong.toml")).unwrap();
+    std::fs::copy(
+        common::scenarios_dir().join("happy-path.toml"),
+        suite.join("happy-path.toml"),
+    )
+    .unwrap();
+    let meta = registry.deploy(&bytes, "alice", "ci").await.unwrap();
+    assert_ne!(meta.sha256, active);
+}
+
+#[tokio::test]
+async fn rollback_returns_to_the_previous_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, first) = with_active(dir.path(), Gates::default()).await;
+    assert!(matches!(
+        registry.rollback().await,
+        Err(RegistryError::NothingToRollBack)
+    ));
+
+    let second = registry
+        .deploy(&variant(&wasm("fulfillment"), "v2"), "bob", "build 2")
+        .await
+        .unwrap();
+    let (meta, loaded) = registry.activate(&second.sha256).await.unwrap();
+    assert_eq!(meta.sha256, second.sha256);
+    assert_eq!(loaded.digest(), second.sha256);
+    let state = registry.state().await;
+    assert_eq!(state.active.as_deref(), Some(second.sha256.as_str()));
+    assert_eq!(state.history, vec![first.clone()]);
+
+    let (meta, loaded) = registry.rollback().await.unwrap();
+    assert_eq!(meta.sha256, first);
+    assert_eq!(loaded.digest(), first);
+    let state = registry.state().await;
+    assert_eq!(state.active.as_deref(), Some(first.as_str()));
+    assert!(state.history.is_empty());
+    // The version rolled back from stays deployed.
+    assert_eq!(registry.show(&second.sha256).unwrap(), second);
+    assert_eq!(registry.list().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn the_history_keeps_only_the_configured_number_of_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open_registry(dir.path(), Gates::default())
+        .await
+        .with_keep_previous(1);
+    let base = wasm("fulfillment");
+    let mut shas = Vec::new();
+    for tag in ["a", "b", "c"] {
+        let meta = registry
+            .deploy(&variant(&base, tag), "ci", tag)
+            .await
+            .unwrap();
+        registry.activate(&meta.sha256).await.unwrap();
+        shas.push(meta.sha256);
+    }
+    let state = registry.state().await;
+    assert_eq!(state.active.as_deref(), Some(shas[2].as_str()));
+    assert_eq!(state.history, vec![shas[1].clone()]);
+    // `a` fell off the history: its bytes, metadata and artifact are gone.
+    assert!(matches!(
+        registry.show(&shas[0]),
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(
+        !dir.path()
+            .join(format!("components/{}.wasm", shas[0]))
+            .exists()
+    );
+    let artifacts = cache_files(&registry.cache_dir());
+    assert_eq!(artifacts.len(), 2, "{artifacts:?}");
+    assert!(
+        artifacts
+            .iter()
+            .all(|p| !p.to_string_lossy().contains(&shas[0]))
+    );
+}
+
+#[tokio::test]
+async fn reopening_keeps_the_active_version_and_loads_it_from_the_artifact_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, active) = with_active(dir.path(), Gates::default()).await;
+    drop(registry);
+
+    let reopened = open_registry(dir.path(), Gates::default()).await;
+    assert_eq!(
+        reopened.state().await.active.as_deref(),
+        Some(active.as_str())
+    );
+    let (meta, loaded, cache) = reopened.load_active().await.unwrap().unwrap();
+    assert_eq!(meta.sha256, active);
+    assert_eq!(loaded.digest(), active);
+    assert_eq!(cache, CacheUse::Hit, "compiled at deploy time, not again");
+}
