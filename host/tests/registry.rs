@@ -440,3 +440,25 @@ async fn reopening_keeps_the_active_version_and_loads_it_from_the_artifact_cache
     assert_eq!(loaded.digest(), active);
     assert_eq!(cache, CacheUse::Hit, "compiled at deploy time, not again");
 }
+
+#[tokio::test]
+async fn stored_bytes_that_no_longer_match_their_sha256_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, active) = with_active(dir.path(), Gates::default()).await;
+    let other = registry
+        .deploy(&variant(&wasm("fulfillment"), "tampered"), "ci", "build")
+        .await
+        .unwrap();
+    let blob = dir.path().join(format!("components/{}.wasm", other.sha256));
+    std::fs::write(&blob, wasm("fulfillment")).unwrap();
+    let error = registry.activate(&other.sha256).await.unwrap_err();
+    assert!(
+        matches!(&error, RegistryError::Corrupt { sha256, actual } if *sha256 == other.sha256 && *actual == active),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("corrupt"), "{error}");
+    assert_eq!(
+        registry.state().await.active.as_deref(),
+        Some(active.as_str())
+    );
+}
