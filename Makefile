@@ -36,6 +36,7 @@ fmt:
 bench: components
 	$(CARGO) bench -p fulfilld --bench fulfill
 	$(CARGO) bench -p fulfilld --bench pubsub
+	$(CARGO) bench -p fulfilld --bench pipeline
 
 ## The default component against the embedded mocked host: every shipped scenario.
 run: components
