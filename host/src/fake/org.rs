@@ -7,6 +7,7 @@
 //! the child's `<Parent>Id` field.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
@@ -40,6 +41,74 @@ pub struct FakeOrg {
 struct Table {
     name: String,
     records: Vec<Map<String, Value>>,
+    /// Record positions by id, so lookups by id (as Salesforce's own) do not scan the table:
+    /// by the case-sensitive 15-character form, and by the lowercased 18-character form.
+    by_id15: HashMap<String, usize>,
+    by_id18: HashMap<String, usize>,
+}
+
+impl Table {
+    fn new(name: String) -> Table {
+        Table {
+            name,
+            records: Vec::new(),
+            by_id15: HashMap::new(),
+            by_id18: HashMap::new(),
+        }
+    }
+
+    fn push(&mut self, record: Map<String, Value>) {
+        let position = self.records.len();
+        if let Some(id) = record_id(&record) {
+            let (key15, key18) = index_keys(id);
+            self.by_id15.insert(key15, position);
+            if let Some(key18) = key18 {
+                self.by_id18.insert(key18, position);
+            }
+        }
+        self.records.push(record);
+    }
+
+    /// The position of the record whose id matches `id` under [`id_eq`].
+    fn position(&self, id: &str) -> Option<usize> {
+        let (key15, key18) = index_keys(id);
+        let matches = |&position: &usize| {
+            self.records
+                .get(position)
+                .and_then(record_id)
+                .is_some_and(|rid| id_eq(rid, id))
+        };
+        self.by_id15
+            .get(&key15)
+            .filter(|p| matches(p))
+            .or_else(|| {
+                key18
+                    .and_then(|k| self.by_id18.get(&k))
+                    .filter(|p| matches(p))
+            })
+            .copied()
+    }
+
+    fn by_id(&self, id: &str) -> Option<&Map<String, Value>> {
+        self.position(id).and_then(|p| self.records.get(p))
+    }
+}
+
+/// The index keys of an id: its 15-character form (the whole id when it is not a Salesforce id)
+/// and, for an 18-character id (or a 15-character one, extended), its lowercased 18-character form.
+fn index_keys(id: &str) -> (String, Option<String>) {
+    if looks_like_sf_id(id) {
+        let id15 = id.get(..15).unwrap_or(id).to_owned();
+        let id18 = if id.len() == 18 {
+            id.to_ascii_lowercase()
+        } else {
+            format!("{id15}{}", id_suffix(&id15)).to_ascii_lowercase()
+        };
+        (id15, Some(id18))
+    } else {
+        let key18 = (id.len() == 18).then(|| id.to_ascii_lowercase());
+        (id.to_owned(), key18)
+    }
 }
 
 impl FakeOrg {
@@ -97,21 +166,19 @@ impl FakeOrg {
             .unwrap_or(sobject)
             .to_owned();
         match self.tables.iter_mut().find(|t| t.name == name) {
-            Some(table) => table.records.push(stored),
-            None => self.tables.push(Table {
-                name,
-                records: vec![stored],
-            }),
+            Some(table) => table.push(stored),
+            None => {
+                let mut table = Table::new(name);
+                table.push(stored);
+                self.tables.push(table);
+            }
         }
         Ok(id)
     }
 
     /// The record of `sobject` with `id` (15- or 18-character form).
     pub fn get(&self, sobject: &str, id: &str) -> Option<&Map<String, Value>> {
-        self.table(sobject)?
-            .records
-            .iter()
-            .find(|r| record_id(r).is_some_and(|rid| id_eq(rid, id)))
+        self.table(sobject)?.by_id(id)
     }
 
     /// All records of `sobject`, in insertion order.
@@ -177,9 +244,8 @@ impl FakeOrg {
             .iter_mut()
             .find(|t| t.name == name)
             .and_then(|t| {
-                t.records
-                    .iter_mut()
-                    .find(|r| record_id(r).is_some_and(|rid| id_eq(rid, id)))
+                let position = t.position(id)?;
+                t.records.get_mut(position)
             })
             .ok_or_else(|| {
                 CallError::rejected(
@@ -215,12 +281,9 @@ impl FakeOrg {
     }
 
     fn find_by_id(&self, id: &str) -> Option<(&str, &Map<String, Value>)> {
-        self.tables.iter().find_map(|t| {
-            t.records
-                .iter()
-                .find(|r| record_id(r).is_some_and(|rid| id_eq(rid, id)))
-                .map(|r| (t.name.as_str(), r))
-        })
+        self.tables
+            .iter()
+            .find_map(|t| t.by_id(id).map(|r| (t.name.as_str(), r)))
     }
 
     /// A fresh id with `sobject`'s key prefix, not used by any record.
@@ -248,7 +311,20 @@ impl FakeOrg {
     ) -> Result<Vec<Value>, CallError> {
         let mut matched: Vec<&Map<String, Value>> = Vec::new();
         if let Some(table) = self.table(sobject) {
-            for record in &table.records {
+            // `WHERE Id = '<id>'` is a lookup, as in Salesforce, not a scan.
+            let by_id: Option<Vec<&Map<String, Value>>> = match (&query.filter, parent) {
+                (Some(Expr::Cmp(path, CmpOp::Eq, Literal::Str(id))), None)
+                    if path.len() == 1 && path[0].eq_ignore_ascii_case("Id") =>
+                {
+                    Some(table.by_id(id).into_iter().collect())
+                }
+                _ => None,
+            };
+            let candidates: Box<dyn Iterator<Item = &Map<String, Value>>> = match by_id {
+                Some(found) => Box::new(found.into_iter()),
+                None => Box::new(table.records.iter()),
+            };
+            for record in candidates {
                 if let Some((parent_sobject, parent_id)) = parent {
                     let link = field(record, &format!("{parent_sobject}Id"));
                     if !link
@@ -356,10 +432,7 @@ impl FakeOrg {
         }
         let id = field(record, &format!("{relationship}Id"))?.as_str()?;
         if let Some(table) = self.table(relationship)
-            && let Some(parent) = table
-                .records
-                .iter()
-                .find(|r| record_id(r).is_some_and(|rid| id_eq(rid, id)))
+            && let Some(parent) = table.by_id(id)
         {
             return Some((table.name.as_str(), parent));
         }
