@@ -367,3 +367,75 @@ pub async fn dead_letters(
     }
     Ok(true)
 }
+
+/// `fulfilld component deploy | list | show | activate | rollback`: calls a running host's admin
+/// API (`FULFILLD_ADMIN_URL`, e.g. `http://fulfilld:8080`, with `FULFILLD_ADMIN_TOKEN`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAction {
+    /// Upload a `.wasm`; with `activate`, make it live once it passes the gates.
+    Deploy {
+        file: std::path::PathBuf,
+        activate: bool,
+        deployed_by: String,
+    },
+    List,
+    Show {
+        sha256: String,
+    },
+    Activate {
+        sha256: String,
+    },
+    Rollback,
+}
+
+/// Runs an admin command; prints the host's JSON answer. `Ok(false)` when the host refused it
+/// (the answer's `error` is printed).
+pub async fn admin(
+    base_url: &str,
+    token: &str,
+    action: AdminAction,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let base = format!("{}/admin", base_url.trim_end_matches('/'));
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(300))
+        .build()
+        .context("cannot build the HTTP client")?;
+    let request = match &action {
+        AdminAction::Deploy {
+            file,
+            activate,
+            deployed_by,
+        } => {
+            let wasm =
+                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            http.post(format!("{base}/components?activate={activate}"))
+                .header("x-deployed-by", deployed_by.as_str())
+                .body(wasm)
+        }
+        AdminAction::List => http.get(format!("{base}/components")),
+        AdminAction::Show { sha256 } => http.get(format!("{base}/components/{sha256}")),
+        AdminAction::Activate { sha256 } => {
+            http.post(format!("{base}/components/{sha256}/activate"))
+        }
+        AdminAction::Rollback => http.post(format!("{base}/rollback")),
+    };
+    let response = request
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the admin API at {base}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .with_context(|| format!("the admin API answered {status} without JSON"))?;
+    if status.is_success() {
+        writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
+        Ok(true)
+    } else {
+        let message = body["error"].as_str().unwrap_or("no error message");
+        writeln!(out, "refused ({status}): {message}")?;
+        Ok(false)
+    }
+}

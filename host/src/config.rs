@@ -99,6 +99,15 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// `FULFILLD_REPLICA_ID`: this process's name in leases and consumer groups.
     pub replica_id: String,
+    /// `FULFILLD_REGISTRY_DIR`: the component registry (deployed versions, the active one, the
+    /// compiled-artifact cache). Unset: `FULFILLD_COMPONENT` is loaded as is and cannot be
+    /// swapped while running.
+    pub registry_dir: Option<PathBuf>,
+    /// `FULFILLD_ADMIN_TOKEN`: the bearer token of the admin API (`/admin/...`); unset, the
+    /// admin API is off.
+    pub admin_token: Option<Secret>,
+    /// `FULFILLD_COMPONENT_MAX_BYTES`: the largest component a deploy accepts.
+    pub component_max_bytes: usize,
 }
 
 impl ServeConfig {
@@ -488,6 +497,20 @@ impl Reader<'_> {
         }
         let max_deliveries = self.number("FULFILLD_MAX_DELIVERIES", 5);
         let grace_ms = self.number("FULFILLD_SHUTDOWN_GRACE_MS", 30_000);
+        let component_max_bytes = self.number(
+            "FULFILLD_COMPONENT_MAX_BYTES",
+            crate::registry::gates::DEFAULT_MAX_SIZE as u64,
+        );
+        let admin_token = self.optional("FULFILLD_ADMIN_TOKEN").map(Secret::from);
+        if admin_token
+            .as_ref()
+            .is_some_and(|token| token.expose().trim().len() < 16)
+        {
+            self.fail(
+                "FULFILLD_ADMIN_TOKEN",
+                "must be at least 16 characters (a random secret)",
+            );
+        }
         let replica_id = self.optional("FULFILLD_REPLICA_ID").unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "fulfilld".to_owned());
             format!(
@@ -506,6 +529,9 @@ impl Reader<'_> {
             max_deliveries: u32::try_from(max_deliveries).unwrap_or(u32::MAX),
             shutdown_grace: Duration::from_millis(grace_ms),
             replica_id,
+            registry_dir: self.optional("FULFILLD_REGISTRY_DIR").map(PathBuf::from),
+            admin_token,
+            component_max_bytes: usize::try_from(component_max_bytes).unwrap_or(usize::MAX),
         }
     }
 

@@ -146,6 +146,25 @@ struct SandboxArgs {
 enum ComponentCommand {
     /// Check that a `.wasm` file is a component this host can run, and say what is wrong if not.
     Check { file: PathBuf },
+    /// Upload a component to a running host (FULFILLD_ADMIN_URL, FULFILLD_ADMIN_TOKEN); it goes
+    /// through the deploy gates first.
+    Deploy {
+        file: PathBuf,
+        /// Make it live right away (new jobs run on it; jobs in flight finish on theirs).
+        #[arg(long)]
+        activate: bool,
+        /// Who deploys (recorded with the version; default: $USER).
+        #[arg(long)]
+        deployed_by: Option<String>,
+    },
+    /// The deployed versions, the active one and the rollback history.
+    List,
+    /// One deployed version.
+    Show { sha256: String },
+    /// Make a deployed version live.
+    Activate { sha256: String },
+    /// Go back to the previously active version.
+    Rollback,
 }
 
 /// `FULFILLD_LOG` (or `RUST_LOG`) overrides `default` with the usual filter syntax.
@@ -174,9 +193,35 @@ async fn run(command: Command) -> anyhow::Result<bool> {
         } => {
             fulfilld::cli::test(&component, &scenarios, policy.as_deref(), verbose, &mut out).await
         }
-        Command::Component {
-            command: ComponentCommand::Check { file },
-        } => fulfilld::cli::component_check(&file, &mut out).await,
+        Command::Component { command } => {
+            use fulfilld::cli::AdminAction;
+            let action = match command {
+                ComponentCommand::Check { file } => {
+                    return fulfilld::cli::component_check(&file, &mut out).await;
+                }
+                ComponentCommand::Deploy {
+                    file,
+                    activate,
+                    deployed_by,
+                } => AdminAction::Deploy {
+                    file,
+                    activate,
+                    deployed_by: deployed_by
+                        .or_else(|| std::env::var("USER").ok())
+                        .unwrap_or_else(|| "cli".to_owned()),
+                },
+                ComponentCommand::List => AdminAction::List,
+                ComponentCommand::Show { sha256 } => AdminAction::Show { sha256 },
+                ComponentCommand::Activate { sha256 } => AdminAction::Activate { sha256 },
+                ComponentCommand::Rollback => AdminAction::Rollback,
+            };
+            let url = std::env::var("FULFILLD_ADMIN_URL").map_err(|_| {
+                anyhow::anyhow!("FULFILLD_ADMIN_URL: is required (the host's HTTP address, e.g. http://fulfilld:8080)")
+            })?;
+            let token = std::env::var("FULFILLD_ADMIN_TOKEN")
+                .map_err(|_| anyhow::anyhow!("FULFILLD_ADMIN_TOKEN: is required"))?;
+            fulfilld::cli::admin(&url, &token, action, &mut out).await
+        }
         Command::Fulfill {
             order_id,
             component,

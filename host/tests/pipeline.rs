@@ -1077,3 +1077,190 @@ async fn a_worker_whose_claim_was_taken_stops_before_provisioning() {
     rig.assert_exactly_once(&orders);
     host.shutdown().await;
 }
+
+/// The same component with a custom section appended: another sha256 (another registry
+/// version), same rules.
+fn with_custom_section(wasm: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"fulfilld-test";
+    let mut content = Vec::new();
+    leb(name.len(), &mut content);
+    content.extend_from_slice(name);
+    content.extend_from_slice(tag.as_bytes());
+    let mut out = wasm.to_vec();
+    out.push(0);
+    leb(content.len(), &mut out);
+    out.extend_from_slice(&content);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_deployed_mid_stream_takes_the_new_jobs_and_rolls_back() {
+    const TOKEN: &str = "admin-token-for-the-swap-test";
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let registry_dir = rig._dir.path().join("registry").display().to_string();
+    let host = rig
+        .host(&[
+            ("FULFILLD_REGISTRY_DIR", registry_dir.as_str()),
+            ("FULFILLD_ADMIN_TOKEN", TOKEN),
+        ])
+        .await;
+    let base = format!("http://{}/admin", host.http_addr());
+    let http = reqwest::Client::new();
+    let v1_wasm = std::fs::read(common::component("fulfillment")).unwrap();
+    let v1 = fulfilld::registry::sha256_hex(&v1_wasm);
+    let v2_wasm = with_custom_section(&v1_wasm, "v2");
+    let v2 = fulfilld::registry::sha256_hex(&v2_wasm);
+
+    // Without the token: refused. A file that is no component: refused, nothing changes.
+    let refused = http.get(format!("{base}/components")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let garbage = http
+        .post(format!("{base}/components?activate=true"))
+        .bearer_auth(TOKEN)
+        .body(b"not a component".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 422);
+    let text = garbage.text().await.unwrap();
+    assert!(
+        text.contains("not WebAssembly") || text.contains("rejected"),
+        "{text}"
+    );
+    let listed: serde_json::Value = http
+        .get(format!("{base}/components"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["active"], v1.as_str(), "{listed}");
+
+    // Continuous load; v2 goes live in the middle of it.
+    let orders = rig.orders(1, 80);
+    let mut published = Vec::new();
+    let mut swapped_at = None;
+    for (i, order) in orders[..60].iter().enumerate() {
+        if i == 30 {
+            let deployed = http
+                .post(format!("{base}/components?activate=true"))
+                .bearer_auth(TOKEN)
+                .header("x-deployed-by", "swap-test")
+                .body(v2_wasm.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
+            swapped_at = Some(published.len());
+        }
+        published.push(rig.publish(order).0);
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    rig.wait_activated(&orders[..60], Duration::from_secs(60))
+        .await;
+    let store = rig.store().await;
+    let record = |uuid: String| {
+        let store = store.clone();
+        async move {
+            for _ in 0..100 {
+                if let Some(record) = store.job_record(&uuid).await.unwrap() {
+                    return record;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("no job record for {uuid}");
+        }
+    };
+    let swapped_at = swapped_at.unwrap();
+    let mut on = BTreeMap::new();
+    for (i, uuid) in published.iter().enumerate() {
+        let record = record(uuid.clone()).await;
+        assert_eq!(record.outcome, "completed", "{record:?}");
+        assert!(
+            record.component_sha256 == v1 || record.component_sha256 == v2,
+            "{record:?}"
+        );
+        if i >= swapped_at {
+            assert_eq!(
+                record.component_sha256, v2,
+                "enqueued after the swap: {record:?}"
+            );
+        }
+        *on.entry(record.component_sha256.clone()).or_insert(0) += 1;
+    }
+    assert!(on.get(&v2).copied().unwrap_or(0) >= 30, "{on:?}");
+
+    // Roll back: new jobs run on v1 again.
+    let rolled = http
+        .post(format!("{base}/rollback"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rolled.status(), 200);
+    let mut after = Vec::new();
+    for order in &orders[60..] {
+        after.push(rig.publish(order).0);
+    }
+    rig.wait_activated(&orders, Duration::from_secs(60)).await;
+    rig.assert_exactly_once(&orders);
+    for uuid in after {
+        assert_eq!(record(uuid).await.component_sha256, v1);
+    }
+    // The CLI (`fulfilld component list`) talks to the same API.
+    let url = format!("http://{}", host.http_addr());
+    let mut out = Vec::new();
+    assert!(
+        fulfilld::cli::admin(&url, TOKEN, fulfilld::cli::AdminAction::List, &mut out)
+            .await
+            .unwrap()
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(listed["active"], v1.as_str(), "{listed}");
+    assert_eq!(listed["running"], v1.as_str(), "{listed}");
+    let mut out = Vec::new();
+    assert!(
+        !fulfilld::cli::admin(
+            &url,
+            "wrong-token-wrong-token",
+            fulfilld::cli::AdminAction::Rollback,
+            &mut out
+        )
+        .await
+        .unwrap()
+    );
+    assert!(String::from_utf8_lossy(&out).contains("401"));
+
+    // v2 again, by id; a restart keeps it (the registry's active version wins over the
+    // FULFILLD_COMPONENT file it has seen before).
+    let activated = http
+        .post(format!("{base}/components/{v2}/activate"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(activated.status(), 200);
+    host.shutdown().await;
+
+    let host = rig
+        .host(&[
+            ("FULFILLD_REGISTRY_DIR", registry_dir.as_str()),
+            ("FULFILLD_ADMIN_TOKEN", TOKEN),
+        ])
+        .await;
+    assert_eq!(host.shared().component.load().digest(), v2);
+    host.shutdown().await;
+}

@@ -220,6 +220,7 @@ mod suite {
             code: None,
             message: format!("{outcome} by the conformance suite"),
             component: "fulfillment@1.0.0".into(),
+            component_sha256: "ab".repeat(32),
             deliveries: job.deliveries,
             finished_at_ms: 1_700_000_000_000,
         }

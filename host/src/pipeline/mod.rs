@@ -7,6 +7,7 @@
 //!                                              store -> workers -> component -> record + ack
 //! ```
 
+mod admin;
 pub mod http;
 mod ingest;
 pub mod metrics;
@@ -24,6 +25,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ServeConfig, StoreConfig};
 use crate::pubsub::{Fallback, ReplayId, SessionSource, SubscriptionState};
+use crate::registry::Registry;
+use crate::registry::gates::Gates;
 use crate::runtime::{LoadedComponent, Runtime};
 use crate::salesforce::SalesforceClient;
 use crate::services::{LiveServices, Services};
@@ -65,8 +68,11 @@ pub struct Shared {
     pub store: SharedStore,
     pub runtime: Runtime,
     pub services: Arc<dyn Services>,
-    /// The version new jobs run on; swapped atomically.
+    /// The version new jobs run on; swapped atomically (a job keeps the version it started
+    /// with).
     pub component: ArcSwap<LoadedComponent>,
+    /// The component registry, when `FULFILLD_REGISTRY_DIR` is set.
+    pub registry: Option<Arc<Registry>>,
     pub metrics: Arc<Metrics>,
     pub events_enabled: bool,
     status: Mutex<SubscriberStatus>,
@@ -145,6 +151,55 @@ pub async fn open_store(config: &StoreConfig) -> anyhow::Result<SharedStore> {
     }
 }
 
+/// Opens the registry and picks the version to start on. A `FULFILLD_COMPONENT` file the
+/// registry has never seen counts as a deploy and goes live (it passes the same gates as any
+/// deploy); otherwise the registry's active version wins, so a version deployed or rolled back
+/// through the admin API survives a restart.
+async fn component_from_registry(
+    dir: &std::path::Path,
+    runtime: &Runtime,
+    serve: &ServeConfig,
+    path: &std::path::Path,
+    wasm: &[u8],
+) -> anyhow::Result<(LoadedComponent, Registry)> {
+    let gates = Gates {
+        max_size: serve.component_max_bytes,
+        scenarios: Vec::new(),
+    };
+    let registry = Registry::open(dir, runtime.clone(), gates)
+        .await
+        .with_context(|| format!("FULFILLD_REGISTRY_DIR: cannot open {}", dir.display()))?;
+    let sha = crate::registry::sha256_hex(wasm);
+    if registry.show(&sha).is_err() {
+        let meta = registry
+            .deploy(wasm, "FULFILLD_COMPONENT", "env")
+            .await
+            .with_context(|| format!("FULFILLD_COMPONENT: {} was refused", path.display()))?;
+        let (_, component) = registry
+            .activate(&meta.sha256)
+            .await
+            .context("FULFILLD_COMPONENT: cannot activate")?;
+        return Ok((component, registry));
+    }
+    match registry
+        .load_active()
+        .await
+        .context("FULFILLD_REGISTRY_DIR: cannot load the active version")?
+    {
+        Some((meta, component, cache)) => {
+            tracing::info!(name = %meta.name, version = %meta.version, sha256 = %meta.sha256, cache = ?cache, "starting on the registry's active component");
+            Ok((component, registry))
+        }
+        None => {
+            let (_, component) = registry
+                .activate(&sha)
+                .await
+                .context("FULFILLD_COMPONENT: cannot activate")?;
+            Ok((component, registry))
+        }
+    }
+}
+
 /// A running host. [`Host::shutdown`] stops it gracefully.
 pub struct Host {
     shared: Arc<Shared>,
@@ -170,6 +225,8 @@ pub struct HostParts {
     pub component: LoadedComponent,
     pub services: Arc<dyn Services>,
     pub session: Arc<dyn SessionSource>,
+    /// The registry `component` came from, if any: enables the admin API's deploys.
+    pub registry: Option<Registry>,
 }
 
 impl Host {
@@ -192,10 +249,19 @@ impl Host {
         let runtime = Runtime::new(config.runtime.clone())?;
         let wasm = std::fs::read(&path)
             .with_context(|| format!("FULFILLD_COMPONENT: cannot read {}", path.display()))?;
-        let component = runtime
-            .load(&wasm)
-            .await
-            .with_context(|| format!("FULFILLD_COMPONENT: cannot load {}", path.display()))?;
+        let (component, registry) = match &config.serve.registry_dir {
+            None => {
+                let component = runtime.load(&wasm).await.with_context(|| {
+                    format!("FULFILLD_COMPONENT: cannot load {}", path.display())
+                })?;
+                (component, None)
+            }
+            Some(dir) => {
+                let (component, registry) =
+                    component_from_registry(dir, &runtime, &config.serve, &path, &wasm).await?;
+                (component, Some(registry))
+            }
+        };
         let store = open_store(&config.serve.store).await?;
         Host::start(
             config,
@@ -205,6 +271,7 @@ impl Host {
                 component,
                 services,
                 session: Arc::new(salesforce),
+                registry,
             },
         )
         .await
@@ -228,6 +295,7 @@ impl Host {
             runtime: parts.runtime,
             services: parts.services,
             component: ArcSwap::from_pointee(parts.component),
+            registry: parts.registry.map(Arc::new),
             metrics: Arc::new(Metrics::default()),
             events_enabled: config.events_enabled,
             status: Mutex::new(SubscriberStatus {

@@ -156,6 +156,7 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
             code: code.clone(),
             message,
             component: version.clone(),
+            component_sha256: component.digest().to_owned(),
             deliveries: job.deliveries,
             finished_at_ms: crate::services::system_now_ms(),
         };

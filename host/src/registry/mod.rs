@@ -123,6 +123,12 @@ fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Regist
     move |source| RegistryError::Io { context, source }
 }
 
+/// The registry id of `wasm`: its sha256, lowercase hex.
+pub fn sha256_hex(wasm: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(wasm))
+}
+
 fn is_sha256(text: &str) -> bool {
     text.len() == 64
         && text

@@ -160,6 +160,9 @@ pub struct JobRecord {
     pub message: String,
     /// `name@version` of the component the job ran on.
     pub component: String,
+    /// sha256 of that component's `.wasm` (its registry id).
+    #[serde(default)]
+    pub component_sha256: String,
     pub deliveries: u32,
     pub finished_at_ms: i64,
 }
