@@ -118,27 +118,10 @@ pub async fn test(
     Ok(failed == 0)
 }
 
-/// Directories stand for the `*.toml` files in them (except `_*.toml`), sorted.
+/// The scenario files to run; at least one.
 fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("cannot list {}", path.display()))?
-                .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-                // `_seed.toml` and friends are shared data, not scenarios.
-                .filter(|p| {
-                    !p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with('_'))
-                })
-                .collect();
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(path.clone());
-        }
-    }
+    let files = crate::testkit::scenario::scenario_files(paths)
+        .map_err(|(dir, err)| anyhow::anyhow!("cannot list {}: {err}", dir.display()))?;
     anyhow::ensure!(!files.is_empty(), "no scenario files given");
     Ok(files)
 }

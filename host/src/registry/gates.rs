@@ -124,28 +124,10 @@ impl Gates {
     }
 }
 
-/// The scenario files `paths` stand for, directories expanded (sorted, `_*.toml` left out).
+/// The scenario files `paths` stand for (see [`crate::testkit::scenario::scenario_files`]).
 fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, DeployError> {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let entries = std::fs::read_dir(path).map_err(|source| DeployError::Io {
-                context: format!("cannot list the scenario directory {}", path.display()),
-                source,
-            })?;
-            let mut found: Vec<PathBuf> = entries
-                .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-                .filter(|p| {
-                    !p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with('_'))
-                })
-                .collect();
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(path.clone());
-        }
-    }
-    Ok(files)
+    crate::testkit::scenario::scenario_files(paths).map_err(|(dir, source)| DeployError::Io {
+        context: format!("cannot list the scenario directory {}", dir.display()),
+        source,
+    })
 }

@@ -26,7 +26,10 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::io::tcp::{TcpSettings, socket2};
-use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo as _, Script, Value};
+use redis::{
+    AsyncConnectionConfig, Client, FromRedisValue, IntoConnectionInfo as _, Script,
+    ScriptInvocation, Value,
+};
 
 use super::{
     Backend, ClaimOptions, DEDUPE_TTL, DeadLetter, DeadLetterKind, IngestBatch, IngestReport, Job,
@@ -174,11 +177,7 @@ impl RedisStore {
     /// Refuses a Redis older than 6.2 (`XPENDING ... IDLE` and `XAUTOCLAIM` semantics), and warns
     /// when the server may lose or evict what the guarantees rest on.
     async fn check_server(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let info: String = redis::cmd("INFO")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| unavailable("INFO", e))?;
+        let info: String = self.query(&redis::cmd("INFO"), "INFO").await?;
         let field = |name: &str| {
             info.lines()
                 .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
@@ -223,13 +222,35 @@ impl RedisStore {
         self.conn.clone()
     }
 
+    /// Runs one command; a failure is [`StoreError::Unavailable`] naming `what`.
+    async fn query<T: FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        what: &str,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        cmd.query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(what, e))
+    }
+
+    /// Runs one script (loading it when Redis does not know it); a failure is
+    /// [`StoreError::Unavailable`] naming `what`.
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        script: &ScriptInvocation<'_>,
+        what: &str,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        script
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(what, e))
+    }
+
     async fn ping_inner(&self) -> Result<Duration, StoreError> {
         let started = Instant::now();
-        let mut conn = self.conn();
-        let _: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| unavailable("PING", e))?;
+        let _: String = self.query(&redis::cmd("PING"), "PING").await?;
         Ok(started.elapsed())
     }
 
@@ -261,22 +282,22 @@ impl RedisStore {
         keys: &ChannelKeys,
         options: &ClaimOptions,
     ) -> Result<Vec<Job>, StoreError> {
-        let mut conn = self.conn();
         let reply: Value = self
-            .scripts
-            .reclaim
-            .key(&keys.jobs)
-            .key(&keys.dead)
-            .arg(&options.consumer)
-            .arg(ttl_ms(options.min_idle))
-            .arg(options.max)
-            .arg(options.max_deliveries.max(1))
-            .arg(now_ms())
-            .arg(GROUP)
-            .arg(RECLAIM_SCAN)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable("reclaim jobs", e))?;
+            .invoke(
+                self.scripts
+                    .reclaim
+                    .key(&keys.jobs)
+                    .key(&keys.dead)
+                    .arg(&options.consumer)
+                    .arg(ttl_ms(options.min_idle))
+                    .arg(options.max)
+                    .arg(options.max_deliveries.max(1))
+                    .arg(now_ms())
+                    .arg(GROUP)
+                    .arg(RECLAIM_SCAN),
+                "reclaim jobs",
+            )
+            .await?;
         // [[id, deliveries, [field, value, ...]], ...]
         let mut jobs = Vec::new();
         for item in array(reply) {
@@ -330,10 +351,7 @@ impl RedisStore {
                 }
             }
         } else {
-            let mut conn = self.conn();
-            cmd.query_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("XREADGROUP", e))?
+            self.query(&cmd, "XREADGROUP").await?
         };
         // Nil on timeout, else [[stream, [[id, [field, value, ...]], ...]]].
         let mut jobs = Vec::new();
@@ -502,12 +520,9 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<Option<ReplayId>, StoreError>> {
         async move {
             let key = cursor_key(channel);
-            let mut conn = self.conn();
-            let value: Option<String> = redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("GET cursor", e))?;
+            let value: Option<String> = self
+                .query(redis::cmd("GET").arg(&key), "GET cursor")
+                .await?;
             value
                 .map(|text| {
                     ReplayId::parse(&text).map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))
@@ -524,7 +539,6 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
             let key = cursor_key(channel);
-            let mut conn = self.conn();
             let cmd = match replay_id {
                 Some(id) => {
                     let mut cmd = redis::cmd("SET");
@@ -537,10 +551,7 @@ impl Store for RedisStore {
                     cmd
                 }
             };
-            let _: Value = cmd
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("write cursor", e))?;
+            let _: Value = self.query(&cmd, "write cursor").await?;
             Ok(())
         }
         .boxed()
@@ -548,13 +559,14 @@ impl Store for RedisStore {
 
     fn request_backfill<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
-            let mut conn = self.conn();
-            let _: Value = redis::cmd("SET")
-                .arg(self.keys(channel).backfill)
-                .arg(now_ms())
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("SET backfill", e))?;
+            let _: Value = self
+                .query(
+                    redis::cmd("SET")
+                        .arg(self.keys(channel).backfill)
+                        .arg(now_ms()),
+                    "SET backfill",
+                )
+                .await?;
             Ok(())
         }
         .boxed()
@@ -565,12 +577,12 @@ impl Store for RedisStore {
         channel: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         async move {
-            let mut conn = self.conn();
-            let n: i64 = redis::cmd("EXISTS")
-                .arg(self.keys(channel).backfill)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("EXISTS backfill", e))?;
+            let n: i64 = self
+                .query(
+                    redis::cmd("EXISTS").arg(self.keys(channel).backfill),
+                    "EXISTS backfill",
+                )
+                .await?;
             Ok(n > 0)
         }
         .boxed()
@@ -584,17 +596,17 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<Option<Lease>, StoreError>> {
         async move {
             let keys = self.keys(channel);
-            let mut conn = self.conn();
             let epoch: i64 = self
-                .scripts
-                .acquire
-                .key(&keys.lease)
-                .key(&keys.epoch)
-                .arg(holder)
-                .arg(ttl_ms(ttl))
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("acquire lease", e))?;
+                .invoke(
+                    self.scripts
+                        .acquire
+                        .key(&keys.lease)
+                        .key(&keys.epoch)
+                        .arg(holder)
+                        .arg(ttl_ms(ttl)),
+                    "acquire lease",
+                )
+                .await?;
             Ok(u64::try_from(epoch).ok().map(|epoch| Lease {
                 channel: channel.to_owned(),
                 holder: holder.to_owned(),
@@ -612,17 +624,17 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<Lease, StoreError>> {
         async move {
             let keys = self.keys(&lease.channel);
-            let mut conn = self.conn();
             let renewed: i64 = self
-                .scripts
-                .renew
-                .key(&keys.lease)
-                .arg(&lease.holder)
-                .arg(lease.epoch)
-                .arg(ttl_ms(ttl))
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("renew lease", e))?;
+                .invoke(
+                    self.scripts
+                        .renew
+                        .key(&keys.lease)
+                        .arg(&lease.holder)
+                        .arg(lease.epoch)
+                        .arg(ttl_ms(ttl)),
+                    "renew lease",
+                )
+                .await?;
             if renewed == 1 {
                 Ok(Lease {
                     ttl_ms: ttl_ms(ttl),
@@ -644,16 +656,16 @@ impl Store for RedisStore {
     fn release_lease<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
             let keys = self.keys(&lease.channel);
-            let mut conn = self.conn();
             let _: i64 = self
-                .scripts
-                .release
-                .key(&keys.lease)
-                .arg(&lease.holder)
-                .arg(lease.epoch)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("release lease", e))?;
+                .invoke(
+                    self.scripts
+                        .release
+                        .key(&keys.lease)
+                        .arg(&lease.holder)
+                        .arg(lease.epoch),
+                    "release lease",
+                )
+                .await?;
             Ok(())
         }
         .boxed()
@@ -735,11 +747,7 @@ impl Store for RedisStore {
                     .arg(letter.payload.as_slice())
                     .arg(&letter.reason);
             }
-            let mut conn = self.conn();
-            let reply: Value = invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("ingest", e))?;
+            let reply: Value = self.invoke(&invocation, "ingest").await?;
             let mut reply = array(reply).into_iter();
             let status = reply.next().map(text).unwrap_or_default();
             if status == "fenced" {
@@ -827,17 +835,17 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
             let keys = self.keys(&job.channel);
-            let mut conn = self.conn();
             let touched: i64 = self
-                .scripts
-                .touch
-                .key(&keys.jobs)
-                .arg(&job.id)
-                .arg(consumer)
-                .arg(GROUP)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("touch job", e))?;
+                .invoke(
+                    self.scripts
+                        .touch
+                        .key(&keys.jobs)
+                        .arg(&job.id)
+                        .arg(consumer)
+                        .arg(GROUP),
+                    "touch job",
+                )
+                .await?;
             if touched == 1 {
                 Ok(())
             } else {
@@ -859,26 +867,24 @@ impl Store for RedisStore {
             let keys = self.keys(&job.channel);
             let json = serde_json::to_string(&record)
                 .map_err(|e| StoreError::Invalid(format!("job record: {e}")))?;
-            let mut conn = self.conn();
             // The record first: a crash between the two leaves the job to be reclaimed and
             // re-run (the component resumes from what it recorded), never a lost outcome.
-            let _: Value = redis::cmd("SET")
-                .arg(self.record_key(&record.event_uuid))
-                .arg(json)
-                .arg("EX")
-                .arg(DEDUPE_TTL.as_secs())
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("SET job record", e))?;
+            let _: Value = self
+                .query(
+                    redis::cmd("SET")
+                        .arg(self.record_key(&record.event_uuid))
+                        .arg(json)
+                        .arg("EX")
+                        .arg(DEDUPE_TTL.as_secs()),
+                    "SET job record",
+                )
+                .await?;
             let _: i64 = self
-                .scripts
-                .finish
-                .key(&keys.jobs)
-                .arg(&job.id)
-                .arg(GROUP)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("ack job", e))?;
+                .invoke(
+                    self.scripts.finish.key(&keys.jobs).arg(&job.id).arg(GROUP),
+                    "ack job",
+                )
+                .await?;
             Ok(())
         }
         .boxed()
@@ -891,20 +897,20 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
             let keys = self.keys(&job.channel);
-            let mut conn = self.conn();
             let moved: i64 = self
-                .scripts
-                .dead_letter_job
-                .key(&keys.jobs)
-                .key(&keys.dead)
-                .arg(&job.id)
-                .arg(reason)
-                .arg(job.deliveries)
-                .arg(now_ms())
-                .arg(GROUP)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("dead-letter job", e))?;
+                .invoke(
+                    self.scripts
+                        .dead_letter_job
+                        .key(&keys.jobs)
+                        .key(&keys.dead)
+                        .arg(&job.id)
+                        .arg(reason)
+                        .arg(job.deliveries)
+                        .arg(now_ms())
+                        .arg(GROUP),
+                    "dead-letter job",
+                )
+                .await?;
             if moved == 1 {
                 Ok(())
             } else {
@@ -923,12 +929,9 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<Option<JobRecord>, StoreError>> {
         async move {
             let key = self.record_key(event_uuid);
-            let mut conn = self.conn();
-            let value: Option<String> = redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("GET job record", e))?;
+            let value: Option<String> = self
+                .query(redis::cmd("GET").arg(&key), "GET job record")
+                .await?;
             value
                 .map(|json| {
                     serde_json::from_str(&json)
@@ -946,16 +949,17 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<Vec<DeadLetter>, StoreError>> {
         async move {
             let keys = self.keys(channel);
-            let mut conn = self.conn();
-            let value: Value = redis::cmd("XRANGE")
-                .arg(&keys.dead)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(limit.max(1))
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("XRANGE dead letters", e))?;
+            let value: Value = self
+                .query(
+                    redis::cmd("XRANGE")
+                        .arg(&keys.dead)
+                        .arg("-")
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(limit.max(1)),
+                    "XRANGE dead letters",
+                )
+                .await?;
             array(value)
                 .into_iter()
                 .map(|entry| dead_letter_from_entry(channel, entry))
@@ -975,14 +979,12 @@ impl Store for RedisStore {
                 return Err(not_found());
             }
             let keys = self.keys(channel);
-            let mut conn = self.conn();
-            let value: Value = redis::cmd("XRANGE")
-                .arg(&keys.dead)
-                .arg(id)
-                .arg(id)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("XRANGE dead letter", e))?;
+            let value: Value = self
+                .query(
+                    redis::cmd("XRANGE").arg(&keys.dead).arg(id).arg(id),
+                    "XRANGE dead letter",
+                )
+                .await?;
             match array(value).into_iter().next() {
                 Some(entry) => dead_letter_from_entry(channel, entry),
                 None => Err(not_found()),
@@ -1002,18 +1004,18 @@ impl Store for RedisStore {
                 return Err(not_found());
             }
             let keys = self.keys(channel);
-            let mut conn = self.conn();
             let reply: Value = self
-                .scripts
-                .requeue
-                .key(&keys.dead)
-                .key(&keys.jobs)
-                .arg(id)
-                .arg(now_ms())
-                .arg(GROUP)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("requeue dead letter", e))?;
+                .invoke(
+                    self.scripts
+                        .requeue
+                        .key(&keys.dead)
+                        .key(&keys.jobs)
+                        .arg(id)
+                        .arg(now_ms())
+                        .arg(GROUP),
+                    "requeue dead letter",
+                )
+                .await?;
             let mut reply = array(reply).into_iter();
             match reply.next().map(text).as_deref() {
                 Some("ok") => Ok(reply.next().map(text).unwrap_or_default()),
@@ -1029,12 +1031,12 @@ impl Store for RedisStore {
 
     fn dead_letter_count<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
         async move {
-            let mut conn = self.conn();
-            let n: u64 = redis::cmd("XLEN")
-                .arg(self.keys(channel).dead)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("XLEN dead letters", e))?;
+            let n: u64 = self
+                .query(
+                    redis::cmd("XLEN").arg(self.keys(channel).dead),
+                    "XLEN dead letters",
+                )
+                .await?;
             Ok(n)
         }
         .boxed()
@@ -1042,12 +1044,9 @@ impl Store for RedisStore {
 
     fn queue_depth<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
         async move {
-            let mut conn = self.conn();
-            let n: u64 = redis::cmd("XLEN")
-                .arg(self.keys(channel).jobs)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("XLEN jobs", e))?;
+            let n: u64 = self
+                .query(redis::cmd("XLEN").arg(self.keys(channel).jobs), "XLEN jobs")
+                .await?;
             Ok(n)
         }
         .boxed()

@@ -16,7 +16,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -251,6 +251,31 @@ impl Scenario {
         host.with_whmcs(|whmcs| seed_whmcs(&self.whmcs, whmcs));
         Ok(host)
     }
+}
+
+/// The scenario files `paths` stand for: a directory stands for the `*.toml` files in it, sorted,
+/// except `_*.toml` (shared seed data such as `_seed.toml`). On failure, the directory that
+/// could not be listed and why.
+pub fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, (PathBuf, std::io::Error)> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|e| (path.clone(), e))?;
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .filter(|p| {
+                    !p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('_'))
+                })
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
 }
 
 /// Loads seed records into a fake org (scenarios, and the sandbox's admin API).
