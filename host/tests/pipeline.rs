@@ -196,6 +196,10 @@ async fn health(host: &Host) -> (u16, serde_json::Value) {
     (status, serde_json::from_str(&body).unwrap())
 }
 
+async fn metrics_text(host: &Host) -> String {
+    get(&format!("http://{}/metrics", host.http_addr())).await.1
+}
+
 async fn wait_for<F: Fn() -> bool>(what: &str, limit: Duration, check: F) {
     let start = Instant::now();
     while !check() {
@@ -252,7 +256,7 @@ async fn two_hundred_events_become_two_hundred_activated_orders_on_redis() {
     assert_eq!(body["component"]["name"], "fulfillment");
     assert_eq!(body["queue"]["dead_letters"], 0);
 
-    let (_, metrics) = get(&format!("http://{}/metrics", host.http_addr())).await;
+    let metrics = metrics_text(&host).await;
     assert!(
         metrics.contains("fulfilld_events_enqueued_total 200"),
         "{metrics}"
@@ -309,7 +313,7 @@ async fn the_same_event_uuid_twice_creates_one_whmcs_order() {
         Duration::from_secs(10),
     )
     .await;
-    let (_, metrics) = get(&format!("http://{}/metrics", host.http_addr())).await;
+    let metrics = metrics_text(&host).await;
     assert!(
         metrics.contains("fulfilld_events_duplicate_total 2"),
         "{metrics}"
@@ -842,7 +846,7 @@ async fn a_workers_only_host_runs_the_jobs_an_ingest_only_host_enqueues() {
     let reader = rig.host(&[("FULFILLD_WORKERS", "0")]).await;
     rig.wait_activated(&orders, Duration::from_secs(60)).await;
     rig.assert_exactly_once(&orders);
-    let (_, metrics) = get(&format!("http://{}/metrics", workers.http_addr())).await;
+    let metrics = metrics_text(&workers).await;
     assert!(
         metrics.contains("fulfilld_jobs_total{outcome=\"completed\""),
         "{metrics}"
@@ -934,7 +938,7 @@ async fn cursor_show_reset_clear_and_backfill_drive_the_next_subscription() {
         Duration::from_secs(20),
     )
     .await;
-    let (_, metrics) = get(&format!("http://{}/metrics", host.http_addr())).await;
+    let metrics = metrics_text(&host).await;
     assert!(
         metrics.contains("fulfilld_events_received_total 2"),
         "{metrics}"
@@ -957,7 +961,7 @@ async fn cursor_show_reset_clear_and_backfill_drive_the_next_subscription() {
     .await;
     let start = Instant::now();
     loop {
-        let (_, metrics) = get(&format!("http://{}/metrics", host.http_addr())).await;
+        let metrics = metrics_text(&host).await;
         if metrics.contains("fulfilld_events_duplicate_total 3") {
             break;
         }
@@ -1067,7 +1071,7 @@ async fn a_worker_whose_claim_was_taken_stops_before_provisioning() {
         0,
         "the worker that lost its claim went on"
     );
-    let (_, metrics) = get(&format!("http://{}/metrics", host.http_addr())).await;
+    let metrics = metrics_text(&host).await;
     assert!(
         metrics.contains("fulfilld_jobs_abandoned_total 1"),
         "{metrics}"
