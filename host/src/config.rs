@@ -547,6 +547,7 @@ impl Reader<'_> {
         );
         let timeout = self.number("FULFILLD_CALL_TIMEOUT_MS", millis(defaults.call_timeout));
         let instances = self.number("FULFILLD_MAX_INSTANCES", u64::from(defaults.max_instances));
+        let hold_ttl = self.number("FULFILLD_HOLD_TTL_MS", millis(defaults.hold_ttl));
         let policy = match self.optional("FULFILLD_POLICY_FILE") {
             None => CapabilityPolicy::default(),
             Some(path) => CapabilityPolicy::load(Path::new(&path)).unwrap_or_else(|err| {
@@ -561,6 +562,7 @@ impl Reader<'_> {
             max_host_calls: u32::try_from(calls).unwrap_or(u32::MAX),
             call_timeout: Duration::from_millis(timeout),
             max_instances: u32::try_from(instances).unwrap_or(u32::MAX),
+            hold_ttl: Duration::from_millis(hold_ttl.max(1)),
             policy,
         }
     }

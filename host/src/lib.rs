@@ -4,6 +4,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod fake;
+pub mod holds;
 pub mod pipeline;
 pub mod pubsub;
 pub mod registry;

@@ -26,7 +26,7 @@ fn the_default_component_passes_with_its_name_and_version() {
     let (code, text) = check(&common::component("fulfillment"));
     assert_eq!(code, 0, "{text}");
     assert!(
-        text.contains("ok: fulfillment 0.1.0 implements fulfilld:fulfillment@1.0.0"),
+        text.contains("ok: fulfillment 0.1.0 implements fulfilld:fulfillment@1.1.0"),
         "{text}"
     );
 }
@@ -55,7 +55,7 @@ fn a_missing_export_is_named() {
     assert_eq!(code, 1, "{text}");
     assert!(
         text.contains(
-            "missing export: the component does not export `fulfilld:fulfillment/handler@1.0.0`"
+            "missing export: the component does not export `fulfilld:fulfillment/handler@1.1.0`"
         ),
         "{text}"
     );
@@ -78,7 +78,7 @@ fn an_incompatible_major_version_is_refused_with_the_versions() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("incompatible WIT version"), "{text}");
     assert!(
-        text.contains("2.0.0") && text.contains("fulfilld:fulfillment@1.0.0"),
+        text.contains("2.0.0") && text.contains("fulfilld:fulfillment@1.1.0"),
         "{text}"
     );
 }
@@ -88,4 +88,14 @@ fn a_missing_file_is_an_error_naming_it() {
     let (code, text) = check(Path::new("/nonexistent/component.wasm"));
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("/nonexistent/component.wasm"), "{text}");
+}
+
+#[test]
+fn an_older_compatible_minor_passes() {
+    let (code, text) = check(&common::component("fixture-older-minor"));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("implements fulfilld:fulfillment@1.1.0"),
+        "{text}"
+    );
 }

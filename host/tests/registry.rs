@@ -257,7 +257,7 @@ async fn rejects_what_it_cannot_run_and_keeps_the_active_version() {
     );
     let message = error.to_string();
     assert!(
-        message.contains("2.0.0") && message.contains("fulfilld:fulfillment@1.0.0"),
+        message.contains("2.0.0") && message.contains("fulfilld:fulfillment@1.1.0"),
         "{message}"
     );
 

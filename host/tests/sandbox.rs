@@ -141,3 +141,27 @@ async fn a_write_outside_the_policy_is_forbidden_and_logged() {
     assert_eq!(counters.get(&("salesforce.update", "forbidden")), Some(&2));
     assert_eq!(counters.get(&("billing.call", "forbidden")), Some(&1));
 }
+
+/// WIT versioning: a component built against `fulfilld:fulfillment@1.0.0` (an older minor) loads
+/// on this 1.1 host and its imports work.
+#[tokio::test]
+async fn a_component_built_against_an_older_minor_loads_and_runs() {
+    let runtime = runtime();
+    let older = load(&runtime, "fixture-older-minor").await;
+    assert_eq!(older.info().name, "fixture-older-minor");
+    let report = runtime
+        .run(
+            &older,
+            seeded_host() as Arc<dyn Services>,
+            &order_event("801000000000001AAA"),
+            false,
+        )
+        .await;
+    let outcome = report.result.unwrap();
+    assert_eq!(outcome.disposition, Disposition::Skipped);
+    assert!(
+        outcome.message.contains("Activating"),
+        "the 1.0 component's query must reach the host: {}",
+        outcome.message
+    );
+}

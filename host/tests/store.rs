@@ -126,6 +126,8 @@ macro_rules! conformance {
             dropped_claim_loses_nothing,
             channels_are_isolated,
             data_survives_reopen,
+            holds_are_readers_writer_locks,
+            holds_expire_and_a_holder_never_waits_for_itself,
         );
     };
     (@tests $backend:ident, $harness:ident; $($test:ident),+ $(,)?) => {
@@ -149,6 +151,7 @@ mod suite {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
+    use fulfilld::holds::HoldMode;
     use fulfilld::pubsub::{ReplayId, random_uuid};
     use fulfilld::store::{
         ClaimOptions, DeadLetterKind, IngestBatch, Job, JobRecord, Lease, NewDeadLetter, NewJob,
@@ -985,6 +988,81 @@ mod suite {
         if expected == 2 {
             assert_eq!(jobs[0].deliveries, 2);
         }
+    }
+
+    pub async fn holds_are_readers_writer_locks(h: &Harness) {
+        let store = h.open().await;
+        let name = format!("whmcs-client:{}", h.tag);
+        let hold = |holder: &'static str, mode| {
+            let (store, name) = (store.clone(), name.clone());
+            async move { store.try_hold(&name, holder, mode, LONG).await.unwrap() }
+        };
+        assert!(hold("job-a", HoldMode::Shared).await);
+        assert!(hold("job-b", HoldMode::Shared).await);
+        // A writer waits for the readers and, while it waits, keeps new readers out.
+        assert!(!hold("job-w", HoldMode::Exclusive).await);
+        assert!(!hold("job-c", HoldMode::Shared).await);
+        store.release_hold(&name, "job-a").await.unwrap();
+        assert!(!hold("job-w", HoldMode::Exclusive).await);
+        store.release_hold(&name, "job-b").await.unwrap();
+        assert!(hold("job-w", HoldMode::Exclusive).await);
+        assert!(!hold("job-x", HoldMode::Exclusive).await);
+        assert!(!hold("job-c", HoldMode::Shared).await);
+        // Other names are independent.
+        assert!(
+            store
+                .try_hold(&format!("{name}-other"), "job-c", HoldMode::Exclusive, LONG)
+                .await
+                .unwrap()
+        );
+        store.release_hold(&name, "job-w").await.unwrap();
+        assert!(hold("job-c", HoldMode::Shared).await);
+        // Releasing what one does not hold changes nothing.
+        store.release_hold(&name, "job-nobody").await.unwrap();
+        assert!(!hold("job-w", HoldMode::Exclusive).await);
+        store.release_hold(&name, "job-w").await.unwrap();
+    }
+
+    pub async fn holds_expire_and_a_holder_never_waits_for_itself(h: &Harness) {
+        let store = h.open().await;
+        let name = format!("whmcs-client:{}", h.tag);
+        let short = Duration::from_millis(300);
+        // A job that died holding its shared hold: the same job, delivered again, is the same
+        // holder and does not wait for it; another job waits until it expires.
+        assert!(
+            store
+                .try_hold(&name, "uuid-1", HoldMode::Shared, short)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .try_hold(&name, "uuid-1", HoldMode::Exclusive, LONG)
+                .await
+                .unwrap()
+        );
+        store.release_hold(&name, "uuid-1").await.unwrap();
+        assert!(
+            store
+                .try_hold(&name, "uuid-2", HoldMode::Shared, short)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .try_hold(&name, "uuid-3", HoldMode::Exclusive, short)
+                .await
+                .unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        // Both the dead reader and the writer's waiting registration have run out.
+        assert!(
+            store
+                .try_hold(&name, "uuid-4", HoldMode::Exclusive, LONG)
+                .await
+                .unwrap()
+        );
+        store.release_hold(&name, "uuid-4").await.unwrap();
     }
 
     pub async fn channels_are_isolated(h: &Harness) {

@@ -13,14 +13,17 @@
 //!   operators retry from Salesforce, which publishes a new event.
 //! - Persist the WHMCS order id the moment AddOrder succeeds, so a retry resumes at AcceptOrder
 //!   instead of creating a second WHMCS order.
+//! - Hold the WHMCS client (`whmcs-client:<id>`) from AddOrder to that save; a job delivered
+//!   again (`job.delivery > 1`) holds it exclusively and adopts the Pending order a dead run left
+//!   instead of creating another (docs/component-authoring.md, section 4.3a).
 
 use fulfillment_sdk::salesforce::order_fields as field;
 use fulfillment_sdk::serde_json::{Value, json};
 use fulfillment_sdk::whmcs::is_order_not_pending;
 use fulfillment_sdk::{
     ActivationStatus, AddOrder, AddOrderItem, BillingCycle, ErrorKind, Event, Failure, Fulfillment,
-    Host, HostError, Info, Log, Order, OrderItem, OrderStatus, Outcome, Salesforce, Whmcs,
-    export_component, json as lenient, truncate_field,
+    Hold, HoldMode, Host, HostError, Info, Log, Order, OrderItem, OrderStatus, Outcome, Salesforce,
+    Whmcs, WhmcsOrder, export_component, json as lenient, truncate_field,
 };
 
 /// Step names, as the runbook's logging cheatsheet lists them.
@@ -496,6 +499,31 @@ fn create_whmcs_order(
         return resume_whmcs_order(ctx, existing);
     }
 
+    // WHMCS has no idempotency key. Every AddOrder for a client happens under a shared hold on
+    // the client and keeps it until WHMCS_Order_ID__c is saved; a re-delivered job (an earlier
+    // run died, perhaps right after AddOrder) takes the hold exclusively, so while it looks,
+    // every Pending order of the client that no Order claims is an orphan of a dead run.
+    let delivery = ctx.host.delivery();
+    let mode = if delivery > 1 {
+        HoldMode::Exclusive
+    } else {
+        HoldMode::Shared
+    };
+    let hold_name = format!("whmcs-client:{}", customer.client_id);
+    let _hold = Hold::take(ctx.host, &hold_name, mode).map_err(|e| {
+        StepFailure::new(
+            WHMCS_CREATE,
+            &e.code,
+            format!("hold {hold_name}: {}; nothing was sent to WHMCS", e.message),
+        )
+    })?;
+    if delivery > 1
+        && let Some(adopted) = adopt_orphan(ctx, order, customer, &lines, delivery)?
+    {
+        attempt.created_whmcs_order = Some(adopted.order_id);
+        return Ok(adopted);
+    }
+
     let request = AddOrder {
         client_id: customer.client_id,
         payment_method: customer.payment_method.clone(),
@@ -549,6 +577,111 @@ fn create_whmcs_order(
         order_id: created.order_id,
         needs_accept: true,
     })
+}
+
+/// A re-delivered job (an earlier run died) reconciles before AddOrder, holding the client's
+/// hold exclusively: a Pending WHMCS order of this client, with this payment method and these
+/// lines, that no Salesforce Order claims was left by a dead run between AddOrder and the save
+/// of its id. The oldest such order is adopted (saved on this Order) instead of creating another.
+/// `None` when there is nothing to adopt.
+fn adopt_orphan(
+    ctx: &Ctx,
+    order: &Order,
+    customer: &Customer,
+    lines: &[AddOrderItem],
+    delivery: u32,
+) -> Result<Option<WhmcsOrderRef>, StepFailure> {
+    let log = ctx.log.step(WHMCS_CREATE);
+    log.info(
+        "Job delivered again: reconciling with WHMCS before AddOrder",
+        &[
+            ("delivery", &delivery.to_string()),
+            ("client_id", &customer.client_id.to_string()),
+        ],
+    );
+    let pending = ctx
+        .whmcs
+        .client_orders(customer.client_id, "Pending")
+        .map_err(|e| StepFailure::host(WHMCS_CREATE, "GetOrders (reconcile)", e))?;
+    let mut candidates: Vec<u64> = pending
+        .iter()
+        .filter(|o| {
+            o.payment_method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(&customer.payment_method))
+                && same_lines(o, lines)
+        })
+        .map(|o| o.id)
+        .collect();
+    if candidates.is_empty() {
+        log.info("No orphan WHMCS order found; creating one", &[]);
+        return Ok(None);
+    }
+    candidates.sort_unstable();
+    let quoted: Vec<String> = candidates.iter().map(|id| format!("'{id}'")).collect();
+    let soql = format!(
+        "SELECT Id, {} FROM Order WHERE {} IN ({})",
+        field::WHMCS_ORDER_ID,
+        field::WHMCS_ORDER_ID,
+        quoted.join(", ")
+    );
+    let claimed: Vec<Value> = ctx
+        .sf
+        .query(&soql)
+        .map_err(|e| StepFailure::host(WHMCS_CREATE, "Order query (reconcile)", e))?;
+    let claimed: Vec<u64> = claimed
+        .iter()
+        .filter_map(|r| r.get(field::WHMCS_ORDER_ID))
+        .filter_map(lenient::u64_from)
+        .collect();
+    let Some(orphan) = candidates.into_iter().find(|id| !claimed.contains(id)) else {
+        log.info(
+            "Every matching Pending WHMCS order belongs to another Order; creating one",
+            &[],
+        );
+        return Ok(None);
+    };
+    let id_text = orphan.to_string();
+    ctx.sf
+        .update(ORDER, &order.id, json!({ field::WHMCS_ORDER_ID: id_text }))
+        .map_err(|e| {
+            StepFailure::new(
+                WHMCS_CREATE,
+                &e.code,
+                format!(
+                    "WHMCS order {orphan} adopted but WHMCS_Order_ID__c not saved ({}); \
+                     reconcile before retry",
+                    e.message
+                ),
+            )
+        })?;
+    log.info(
+        "Adopted the WHMCS order an earlier delivery created; AddOrder skipped",
+        &[("whmcs_order_id", &id_text)],
+    );
+    Ok(Some(WhmcsOrderRef {
+        order_id: orphan,
+        needs_accept: true,
+    }))
+}
+
+/// Whether a WHMCS order has the lines AddOrder would create for `lines`: as many lines (one
+/// per item, or one per unit) with the same billing cycles.
+fn same_lines(order: &WhmcsOrder, lines: &[AddOrderItem]) -> bool {
+    let mut have: Vec<Option<BillingCycle>> = order.lines.iter().map(|l| l.billing_cycle).collect();
+    have.sort_unstable_by_key(|c| c.map(BillingCycle::as_whmcs));
+    let per_item = || lines.iter().map(|l| Some(l.billing_cycle));
+    let per_unit = || {
+        lines.iter().flat_map(|l| {
+            std::iter::repeat_n(Some(l.billing_cycle), usize::try_from(l.qty).unwrap_or(0))
+        })
+    };
+    [per_item().collect::<Vec<_>>(), per_unit().collect()]
+        .into_iter()
+        .any(|mut want| {
+            want.sort_unstable_by_key(|c| c.map(BillingCycle::as_whmcs));
+            want == have
+        })
 }
 
 /// An earlier attempt got past AddOrder: continue from the WHMCS order's current state.

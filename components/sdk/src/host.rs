@@ -1,6 +1,6 @@
 //! The raw host interface and the trait a component implements.
 
-use crate::types::{Event, Failure, HostError, Info, Level, Outcome};
+use crate::types::{Event, Failure, HoldMode, HostError, Info, Level, Outcome};
 
 /// The WIT imports, one method per import function, with JSON still as text.
 ///
@@ -21,6 +21,53 @@ pub trait Host {
     fn config(&self, key: &str) -> Option<String>;
     /// `clock.now-ms`: wall-clock milliseconds since the Unix epoch, as the host sees it.
     fn now_ms(&self) -> i64;
+
+    /// `job.delivery` (WIT 1.1): 1 on a job's first run, more when it was handed out again
+    /// after an earlier run died. The default (for native test hosts) is 1.
+    fn delivery(&self) -> u32 {
+        1
+    }
+
+    /// `holds.acquire` (WIT 1.1): waits for the named hold. Prefer [`Hold::take`], which
+    /// releases it when dropped. The default (for single-threaded native test hosts, where
+    /// nothing runs concurrently) grants every hold at once.
+    fn acquire_hold(&self, name: &str, mode: HoldMode) -> Result<(), HostError> {
+        let _ = (name, mode);
+        Ok(())
+    }
+
+    /// `holds.release` (WIT 1.1).
+    fn release_hold(&self, name: &str) {
+        let _ = name;
+    }
+}
+
+/// A hold taken through the host's `holds` import, released when dropped (the host also
+/// releases every hold when the job ends).
+pub struct Hold<'h> {
+    host: &'h dyn Host,
+    name: String,
+}
+
+impl<'h> Hold<'h> {
+    /// Waits for `name` in `mode`; see the WIT `holds` interface for the semantics.
+    pub fn take(host: &'h dyn Host, name: &str, mode: HoldMode) -> Result<Self, HostError> {
+        host.acquire_hold(name, mode)?;
+        Ok(Self {
+            host,
+            name: name.to_owned(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.host.release_hold(&self.name);
+    }
 }
 
 /// What a component implements; [`export_component!`](crate::export_component) exports it as the

@@ -34,16 +34,19 @@ pub mod text;
 mod types;
 pub mod whmcs;
 
-pub use host::{Fulfillment, Host};
+pub use host::{Fulfillment, Hold, Host};
 pub use log::{Log, StepLog};
 pub use salesforce::{
     AccountRef, ActivationStatus, Order, OrderItem, Product2Ref, QueryResult, Salesforce,
     soql_escape, soql_quote,
 };
 pub use text::{TEXT_FIELD_MAX, truncate, truncate_field};
-pub use types::{Disposition, ErrorKind, Event, Failure, HostError, Info, Level, Outcome};
+pub use types::{
+    Disposition, ErrorKind, Event, Failure, HoldMode, HostError, Info, Level, Outcome,
+};
 pub use whmcs::{
-    AddOrder, AddOrderItem, AddOrderResult, BillingCycle, OrderStatus, PayMethod, Whmcs, WhmcsOrder,
+    AddOrder, AddOrderItem, AddOrderResult, BillingCycle, OrderStatus, PayMethod, Whmcs,
+    WhmcsLineItem, WhmcsOrder,
 };
 
 /// Re-exported so rules build JSON values (`update` fields, `call` params) without their own

@@ -202,6 +202,15 @@ impl fmt::Display for HostError {
 
 impl std::error::Error for HostError {}
 
+/// Mode of a hold (WIT `holds.hold-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HoldMode {
+    /// Any number of holders at once.
+    Shared,
+    /// One holder, after every shared holder has released.
+    Exclusive,
+}
+
 /// Log level (WIT `log.level`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {

@@ -212,31 +212,79 @@ pub struct WhmcsOrder {
     pub status: OrderStatus,
     pub payment_method: Option<String>,
     pub invoice_id: Option<u64>,
+    /// `lineitems.lineitem[]`, in WHMCS's order.
+    pub lines: Vec<WhmcsLineItem>,
+}
+
+/// One line of a [`WhmcsOrder`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WhmcsLineItem {
+    /// `product`, the product's display name.
+    pub product: String,
+    /// `billingcycle` (a display label such as `Monthly`), parsed; `None` when unrecognised.
+    pub billing_cycle: Option<BillingCycle>,
+}
+
+/// `orders.order[]` of a GetOrders response; an empty result may come as `"orders": ""` or a
+/// single object instead of an array.
+fn orders_in(resp: &Value) -> Vec<&Value> {
+    match resp.get("orders").and_then(|o| o.get("order")) {
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(obj @ Value::Object(_)) => vec![obj],
+        _ => Vec::new(),
+    }
 }
 
 impl WhmcsOrder {
-    /// Finds order `id` in a GetOrders response (`orders.order[]`; an empty result may come as
-    /// `"orders": ""` or a single object instead of an array).
+    /// Finds order `id` in a GetOrders response.
     pub fn find_in(resp: &Value, id: u64) -> Option<Self> {
-        let orders = resp.get("orders")?.get("order")?;
-        let list: Vec<&Value> = match orders {
-            Value::Array(items) => items.iter().collect(),
-            obj @ Value::Object(_) => vec![obj],
+        orders_in(resp)
+            .into_iter()
+            .filter_map(Self::from_json)
+            .find(|o| o.id == id)
+    }
+
+    /// Every order of a GetOrders response.
+    pub fn all_in(resp: &Value) -> Vec<Self> {
+        orders_in(resp)
+            .into_iter()
+            .filter_map(Self::from_json)
+            .collect()
+    }
+
+    fn from_json(o: &Value) -> Option<Self> {
+        let lines = match o.get("lineitems").and_then(|l| l.get("lineitem")) {
+            Some(Value::Array(items)) => items.iter().collect(),
+            Some(obj @ Value::Object(_)) => vec![obj],
             _ => Vec::new(),
         };
-        list.into_iter()
-            .find(|o| o.get("id").and_then(json::u64_from) == Some(id))
-            .map(|o| Self {
-                id,
-                status: OrderStatus::parse(o.get("status").and_then(Value::as_str).unwrap_or("")),
-                payment_method: o.get("paymentmethod").and_then(json::text_from),
-                invoice_id: o
-                    .get("invoiceid")
-                    .and_then(json::u64_from)
-                    .filter(|i| *i != 0),
-            })
+        Some(Self {
+            id: o.get("id").and_then(json::u64_from)?,
+            status: OrderStatus::parse(o.get("status").and_then(Value::as_str).unwrap_or("")),
+            payment_method: o.get("paymentmethod").and_then(json::text_from),
+            invoice_id: o
+                .get("invoiceid")
+                .and_then(json::u64_from)
+                .filter(|i| *i != 0),
+            lines: lines
+                .into_iter()
+                .map(|line| WhmcsLineItem {
+                    product: text_field(line, "product"),
+                    billing_cycle: line
+                        .get("billingcycle")
+                        .and_then(Value::as_str)
+                        .and_then(BillingCycle::parse),
+                })
+                .collect(),
+        })
     }
 }
+
+/// Orders GetOrders returns per page when [`Whmcs::client_orders`] pages through them.
+const ORDERS_PAGE: u64 = 100;
+/// Pages [`Whmcs::client_orders`] reads at most (a client with more orders in one status is
+/// not one the rules should guess about).
+const MAX_ORDER_PAGES: u64 = 20;
 
 /// Typed WHMCS calls. Cheap to create; borrows the host.
 #[derive(Clone, Copy)]
@@ -293,6 +341,38 @@ impl<'h> Whmcs<'h> {
     pub fn get_order(&self, order_id: u64) -> Result<Option<WhmcsOrder>, HostError> {
         let resp = self.call("GetOrders", json!({ "id": order_id }))?;
         Ok(WhmcsOrder::find_in(&resp, order_id))
+    }
+
+    /// GetOrders for a client in one status (e.g. `Pending`), every page, newest first.
+    pub fn client_orders(
+        &self,
+        client_id: u64,
+        status: &str,
+    ) -> Result<Vec<WhmcsOrder>, HostError> {
+        let mut orders = Vec::new();
+        for page in 0..MAX_ORDER_PAGES {
+            let resp = self.call(
+                "GetOrders",
+                json!({
+                    "userid": client_id,
+                    "status": status,
+                    "limitstart": page * ORDERS_PAGE,
+                    "limitnum": ORDERS_PAGE,
+                }),
+            )?;
+            let batch = WhmcsOrder::all_in(&resp);
+            let total = resp.get("totalresults").and_then(json::u64_from);
+            let done = (batch.len() as u64) < ORDERS_PAGE
+                || total.is_some_and(|t| (orders.len() + batch.len()) as u64 >= t);
+            orders.extend(batch);
+            if done {
+                return Ok(orders);
+            }
+        }
+        Err(HostError::bad_response(format!(
+            "GetOrders: client {client_id} has more than {} {status} orders",
+            MAX_ORDER_PAGES * ORDERS_PAGE
+        )))
     }
 }
 

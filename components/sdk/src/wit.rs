@@ -2,9 +2,11 @@
 //! conversions [`export_component!`](crate::export_component) uses for the `handler` export.
 
 use crate::bindings::exports::fulfilld::fulfillment::handler as wit_handler;
-use crate::bindings::fulfilld::fulfillment::{billing, clock, config, log, salesforce, types};
+use crate::bindings::fulfilld::fulfillment::{
+    billing, clock, config, holds, job, log, salesforce, types,
+};
 use crate::host::{Fulfillment, Host};
-use crate::types::{Disposition, ErrorKind, Event, HostError, Level};
+use crate::types::{Disposition, ErrorKind, Event, HoldMode, HostError, Level};
 
 /// [`Host`] implemented by the component's WIT imports.
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,6 +42,22 @@ impl Host for WitHost {
 
     fn now_ms(&self) -> i64 {
         clock::now_ms()
+    }
+
+    fn delivery(&self) -> u32 {
+        job::delivery()
+    }
+
+    fn acquire_hold(&self, name: &str, mode: HoldMode) -> Result<(), HostError> {
+        let mode = match mode {
+            HoldMode::Shared => holds::HoldMode::Shared,
+            HoldMode::Exclusive => holds::HoldMode::Exclusive,
+        };
+        holds::acquire(name, mode).map_err(host_error)
+    }
+
+    fn release_hold(&self, name: &str) {
+        holds::release(name);
     }
 }
 

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ServeConfig, StoreConfig};
+use crate::holds::{SharedHolds, StoreHolds};
 use crate::pubsub::{Fallback, ReplayId, SessionSource, SubscriptionState};
 use crate::registry::Registry;
 use crate::registry::gates::Gates;
@@ -66,6 +67,8 @@ pub struct Shared {
     pub fallback: Fallback,
     pub serve: ServeConfig,
     pub store: SharedStore,
+    /// The store's holds, for the components' `holds` import.
+    pub holds: SharedHolds,
     pub runtime: Runtime,
     pub services: Arc<dyn Services>,
     /// The version new jobs run on; swapped atomically (a job keeps the version it started
@@ -291,6 +294,7 @@ impl Host {
             channel: config.channel.clone(),
             fallback: config.replay,
             serve: serve.clone(),
+            holds: Arc::new(StoreHolds(Arc::clone(&parts.store))),
             store: parts.store,
             runtime: parts.runtime,
             services: parts.services,

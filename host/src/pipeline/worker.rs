@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use super::Shared;
-use crate::runtime::{Disposition, Event, FailureSource, LoadedComponent};
+use crate::runtime::{Disposition, Event, FailureSource, LoadedComponent, RunOptions};
 use crate::store::{ClaimOptions, Job, JobRecord, StoreError};
 
 /// How long a claim waits for work before checking for shutdown.
@@ -88,9 +88,15 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
         // Keep the claim fresh while the component runs so the job is not reclaimed. The
         // heartbeat lives in this future, so a worker that dies takes its heartbeat with it.
         let every = (shared.serve.reclaim_after / 3).max(Duration::from_millis(100));
-        let run = shared
-            .runtime
-            .run(&component, Arc::clone(&shared.services), &event, false);
+        let options = RunOptions {
+            record: false,
+            delivery: job.deliveries,
+            holds: Some(Arc::clone(&shared.holds)),
+        };
+        let run =
+            shared
+                .runtime
+                .run_with(&component, Arc::clone(&shared.services), &event, options);
         tokio::pin!(run);
         // A failed refresh is retried every `RETRY`; once the claim is known to be another
         // worker's (it was reclaimed while this one could not reach the store), the run is

@@ -9,4 +9,6 @@ wasmtime::component::bindgen!({
 });
 
 // `self::` because the generated `fulfilld` module (the WIT namespace) shares its name with this crate.
-pub(crate) use self::fulfilld::fulfillment::{billing, clock, config, log, salesforce, types};
+pub(crate) use self::fulfilld::fulfillment::{
+    billing, clock, config, holds, job, log, salesforce, types,
+};

@@ -13,11 +13,20 @@ pub const WIT_PACKAGE: &str = "fulfilld:fulfillment";
 /// Its version; components built against any `1.x` with `x <=` this minor load.
 pub const WIT_VERSION: Version = Version {
     major: 1,
-    minor: 0,
+    minor: 1,
     patch: 0,
 };
 /// Interfaces of [`WIT_PACKAGE`] a component may import.
-pub const HOST_INTERFACES: [&str; 6] = ["types", "salesforce", "billing", "log", "config", "clock"];
+pub const HOST_INTERFACES: [&str; 8] = [
+    "types",
+    "salesforce",
+    "billing",
+    "log",
+    "config",
+    "clock",
+    "job",
+    "holds",
+];
 /// The interface a component must export.
 pub const EXPORT_INTERFACE: &str = "handler";
 
@@ -246,7 +255,12 @@ mod tests {
         assert_eq!(check_surface(&ok), Ok(()));
         let patch = surface_of(&[], &["fulfilld:fulfillment/handler@1.0.7"]);
         assert_eq!(check_surface(&patch), Ok(()));
-        let newer_minor = surface_of(&[], &["fulfilld:fulfillment/handler@1.1.0"]);
+        let current = surface_of(
+            &["fulfilld:fulfillment/job@1.1.0"],
+            &["fulfilld:fulfillment/handler@1.1.0"],
+        );
+        assert_eq!(check_surface(&current), Ok(()));
+        let newer_minor = surface_of(&[], &["fulfilld:fulfillment/handler@1.2.0"]);
         assert!(check_surface(&newer_minor).is_err());
     }
 
@@ -275,7 +289,7 @@ mod tests {
         let err = check_surface(&future).unwrap_err();
         assert!(matches!(err, CheckError::IncompatibleVersion { .. }));
         assert!(
-            err.to_string().contains("2.0.0") && err.to_string().contains("1.0.0"),
+            err.to_string().contains("2.0.0") && err.to_string().contains("1.1.0"),
             "{err}"
         );
 

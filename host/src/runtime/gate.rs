@@ -278,6 +278,17 @@ impl Gate {
         }
     }
 
+    /// Counts a coordination call (holds) by outcome. These stay out of the journal, which
+    /// lists what a job asked of Salesforce and WHMCS.
+    pub(crate) fn count(&self, op: &'static str, outcome: &'static str) {
+        self.counters.bump(op, outcome);
+    }
+
+    /// Time spent waiting on the host's behalf (not guest CPU time).
+    pub(crate) fn add_host_time(&mut self, spent: Duration) {
+        self.host_time += spent;
+    }
+
     /// Counts a call that needs no I/O (config, clock).
     pub(crate) fn count_local(&self, op: &'static str) {
         self.counters.bump(op, "ok");

@@ -25,6 +25,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::error::CallError;
+use crate::holds::{HoldTable, SharedHolds};
 use crate::services::Services;
 use bindings::{Fulfillment, FulfillmentPre};
 pub use cache::CacheUse;
@@ -46,6 +47,10 @@ pub struct RuntimeConfig {
     pub call_timeout: Duration,
     /// Component instances that may be alive at once (the pool's size, so the job concurrency).
     pub max_instances: u32,
+    /// Lifetime of a `holds` hold: the longest a hold outlives a job whose host died. A job
+    /// asking for a hold waits at most this long plus one second, so a dead holder's hold
+    /// always runs out within the wait.
+    pub hold_ttl: Duration,
     /// What components may write and call.
     pub policy: CapabilityPolicy,
 }
@@ -59,6 +64,8 @@ impl Default for RuntimeConfig {
             max_host_calls: 1000,
             call_timeout: Duration::from_secs(30),
             max_instances: 64,
+            // A hold spans a couple of calls (AddOrder, then the Salesforce write).
+            hold_ttl: Duration::from_secs(70),
             policy: CapabilityPolicy::default(),
         }
     }
@@ -201,12 +208,46 @@ pub struct JobReport {
     pub journal: Option<Journal>,
 }
 
+/// What a run knows about its job beyond the event.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// Keep a journal of the job's calls and logs (the test kit does).
+    pub record: bool,
+    /// How many times the job has been handed out, this run included (the `job.delivery`
+    /// import).
+    pub delivery: u32,
+    /// Where `holds` live; `None` uses a table private to this runtime (one process).
+    pub holds: Option<SharedHolds>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            record: false,
+            delivery: 1,
+            holds: None,
+        }
+    }
+}
+
+/// The job-level part of [`JobState`]: delivery count and the holds the job has.
+pub(crate) struct JobContext {
+    pub(crate) delivery: u32,
+    /// The job's identity as a holder: its EventUuid (see [`crate::holds`]).
+    pub(crate) holder: String,
+    pub(crate) holds: SharedHolds,
+    pub(crate) hold_ttl: Duration,
+    /// Names this job holds, released when it ends.
+    pub(crate) held: Vec<String>,
+}
+
 /// Store data of one job.
 pub(crate) struct JobState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: JobLimiter,
     gate: gate::Gate,
+    job: JobContext,
     /// What the guest wrote to stderr (bounded), shown when it traps.
     stderr: MemoryOutputPipe,
 }
@@ -303,6 +344,8 @@ struct RuntimeInner {
     config: RuntimeConfig,
     policy: Arc<CapabilityPolicy>,
     counters: Arc<CallCounters>,
+    /// Holds of jobs run without a store's holds (see [`RunOptions::holds`]).
+    holds: Arc<HoldTable>,
     _ticker: EpochTicker,
 }
 
@@ -340,6 +383,7 @@ impl Runtime {
                 policy: Arc::new(config.policy.clone()),
                 config,
                 counters: Arc::new(CallCounters::default()),
+                holds: Arc::new(HoldTable::new()),
                 _ticker: ticker,
             }),
         })
@@ -402,7 +446,7 @@ impl Runtime {
         &self,
         pre: &FulfillmentPre<JobState>,
     ) -> Result<ComponentInfo, LoadError> {
-        let mut store = self.new_store(Arc::new(NoServices), false);
+        let mut store = self.new_store(Arc::new(NoServices), RunOptions::default(), "");
         let instance = pre
             .instantiate_async(&mut store)
             .await
@@ -418,7 +462,12 @@ impl Runtime {
         })
     }
 
-    fn new_store(&self, services: Arc<dyn Services>, record: bool) -> Store<JobState> {
+    fn new_store(
+        &self,
+        services: Arc<dyn Services>,
+        options: RunOptions,
+        holder: &str,
+    ) -> Store<JobState> {
         let config = &self.inner.config;
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut wasi = WasiCtxBuilder::new();
@@ -437,8 +486,17 @@ impl Runtime {
                 Arc::clone(&self.inner.counters),
                 config.call_timeout,
                 config.max_host_calls,
-                record,
+                options.record,
             ),
+            job: JobContext {
+                delivery: options.delivery,
+                holder: holder.to_owned(),
+                holds: options
+                    .holds
+                    .unwrap_or_else(|| Arc::clone(&self.inner.holds) as SharedHolds),
+                hold_ttl: config.hold_ttl,
+                held: Vec::new(),
+            },
             stderr,
         };
         let mut store = Store::new(&self.inner.engine, state);
@@ -467,8 +525,23 @@ impl Runtime {
         event: &Event,
         record: bool,
     ) -> JobReport {
+        let options = RunOptions {
+            record,
+            ..RunOptions::default()
+        };
+        self.run_with(component, services, event, options).await
+    }
+
+    /// [`Runtime::run`] with the job's delivery count and hold backend.
+    pub async fn run_with(
+        &self,
+        component: &LoadedComponent,
+        services: Arc<dyn Services>,
+        event: &Event,
+        options: RunOptions,
+    ) -> JobReport {
         let started = Instant::now();
-        let mut store = self.new_store(services, record);
+        let mut store = self.new_store(services, options, &event.event_uuid);
         let wit_event = bindings::types::Event {
             event_uuid: event.event_uuid.clone(),
             replay_id: event.replay_id.clone(),
@@ -517,6 +590,7 @@ impl Runtime {
             }),
         };
         let state = store.data_mut();
+        host::release_all_holds(&mut state.job).await;
         JobReport {
             result,
             component: component.info.clone(),

@@ -34,6 +34,7 @@ use super::{
     Backend, ClaimOptions, DEDUPE_TTL, DeadLetter, DeadLetterKind, IngestBatch, IngestReport, Job,
     JobRecord, Lease, LeaseInfo, Store, StoreError, now_ms,
 };
+use crate::holds::{HoldBackend as _, HoldMode, HoldTable};
 use crate::pubsub::ReplayId;
 
 /// Version of the layout below, stored under `meta`.
@@ -64,6 +65,9 @@ pub struct EmbeddedStore {
     path: PathBuf,
     /// Signalled when jobs are enqueued, so blocked claims look again.
     jobs_added: Arc<Notify>,
+    /// Holds live in memory: the embedded store belongs to one process, and a hold dies with
+    /// the process that took it.
+    holds: Arc<HoldTable>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -105,6 +109,7 @@ impl EmbeddedStore {
             db: Arc::new(db),
             path: path.to_owned(),
             jobs_added: Arc::new(Notify::new()),
+            holds: Arc::new(HoldTable::new()),
         })
     }
 
@@ -1207,5 +1212,23 @@ impl Store for EmbeddedStore {
             count_channel(&open_r(txn, JOBS)?, &channel)
         })
         .boxed()
+    }
+
+    fn try_hold<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        mode: HoldMode,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.holds.try_hold(name, holder, mode, ttl)
+    }
+
+    fn release_hold<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.holds.release(name, holder)
     }
 }

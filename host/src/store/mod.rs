@@ -24,6 +24,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use crate::holds::HoldMode;
 use crate::pubsub::ReplayId;
 
 /// How long an EventUuid is remembered: well past the 72 h the Pub/Sub API retains events, so a
@@ -332,6 +333,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Jobs enqueued and not yet completed or dead-lettered (claimed ones included).
     fn queue_depth<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// One attempt at a named hold (see [`crate::holds`]): `true` when `holder` now holds `name`
+    /// in `mode`. Redis keeps holds where every replica sees them; the embedded store keeps
+    /// them in this process (it is single-process).
+    fn try_hold<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        mode: HoldMode,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Drops every hold `holder` has on `name`.
+    fn release_hold<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// A shared store handle.

@@ -35,6 +35,7 @@ use super::{
     Backend, ClaimOptions, DEDUPE_TTL, DeadLetter, DeadLetterKind, IngestBatch, IngestReport, Job,
     JobRecord, Lease, LeaseInfo, Store, StoreError, cursor_key, now_ms,
 };
+use crate::holds::HoldMode;
 use crate::pubsub::ReplayId;
 
 /// The consumer group every worker of every replica reads jobs through.
@@ -71,6 +72,8 @@ struct Scripts {
     finish: Script,
     dead_letter_job: Script,
     requeue: Script,
+    hold: Script,
+    unhold: Script,
 }
 
 impl Scripts {
@@ -85,6 +88,8 @@ impl Scripts {
             finish: Script::new(FINISH_LUA),
             dead_letter_job: Script::new(DEAD_LETTER_JOB_LUA),
             requeue: Script::new(REQUEUE_LUA),
+            hold: Script::new(HOLD_LUA),
+            unhold: Script::new(UNHOLD_LUA),
         }
     }
 }
@@ -212,6 +217,13 @@ impl RedisStore {
 
     fn keys(&self, channel: &str) -> ChannelKeys {
         ChannelKeys::new(&self.namespace, channel)
+    }
+
+    /// The two keys of a hold, in one hash slot: holders in shared mode (a sorted set scored by
+    /// expiry) and the exclusive holder (a string with a TTL).
+    fn hold_keys(&self, name: &str) -> (String, String) {
+        let base = format!("{}:{{hold:{name}}}", self.namespace);
+        (format!("{base}:shared"), format!("{base}:exclusive"))
     }
 
     fn record_key(&self, event_uuid: &str) -> String {
@@ -1051,9 +1063,83 @@ impl Store for RedisStore {
         }
         .boxed()
     }
+
+    fn try_hold<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        mode: HoldMode,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let (shared, exclusive) = self.hold_keys(name);
+            let held: i64 = self
+                .invoke(
+                    self.scripts
+                        .hold
+                        .key(&shared)
+                        .key(&exclusive)
+                        .arg(holder)
+                        .arg(mode.as_str())
+                        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)),
+                    "take a hold",
+                )
+                .await?;
+            Ok(held == 1)
+        }
+        .boxed()
+    }
+
+    fn release_hold<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let (shared, exclusive) = self.hold_keys(name);
+            let _: i64 = self
+                .invoke(
+                    self.scripts.unhold.key(&shared).key(&exclusive).arg(holder),
+                    "release a hold",
+                )
+                .await?;
+            Ok(())
+        }
+        .boxed()
+    }
 }
 
-// The scripts. Each touches only keys of one channel (one hash slot).
+// The scripts. Each touches only keys of one channel (one hash slot), or of one hold.
+
+/// KEYS: shared (zset holder -> expiry ms), exclusive. ARGV: holder, mode, ttl_ms.
+/// Returns 1 when held. An exclusive attempt registers the holder even when it returns 0, so
+/// new shared holds wait for it. Time is Redis's own, so replicas' clocks do not matter.
+const HOLD_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local owner = redis.call('GET', KEYS[2])
+if owner and owner ~= ARGV[1] then return 0 end
+if ARGV[2] == 'shared' then
+  if owner then return 1 end
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  return 1
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl)
+local others = redis.call('ZCARD', KEYS[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then others = others - 1 end
+if others > 0 then return 0 end
+return 1
+"#;
+
+/// KEYS: shared, exclusive. ARGV: holder.
+const UNHOLD_LUA: &str = r#"
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
+"#;
 
 /// KEYS: lease, epoch. ARGV: holder, ttl_ms. Returns the epoch, or -1 when another holds it.
 const ACQUIRE_LUA: &str = r#"

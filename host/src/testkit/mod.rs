@@ -396,11 +396,28 @@ impl TestKit {
         &self.component
     }
 
-    /// Runs `fulfill(event)` against `host`, recording every import call.
+    /// Runs `fulfill(event)` against `host` as the job's first delivery, recording every
+    /// import call.
     pub async fn fulfill(&self, host: &Arc<FakeHost>, event: &Event) -> JobReport {
+        self.fulfill_delivery(host, event, 1).await
+    }
+
+    /// [`TestKit::fulfill`] as the job's `delivery`-th delivery (`job.delivery`): 2 or more is
+    /// a job handed out again after an earlier run died.
+    pub async fn fulfill_delivery(
+        &self,
+        host: &Arc<FakeHost>,
+        event: &Event,
+        delivery: u32,
+    ) -> JobReport {
         let services: Arc<dyn Services> = Arc::clone(host) as Arc<dyn Services>;
+        let options = crate::runtime::RunOptions {
+            record: true,
+            delivery,
+            holds: None,
+        };
         self.runtime
-            .run(&self.component, services, event, true)
+            .run_with(&self.component, services, event, options)
             .await
     }
 }

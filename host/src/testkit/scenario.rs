@@ -98,6 +98,10 @@ pub struct Run {
     /// The event's EventUuid (default: derived from the scenario name and run number).
     #[serde(default)]
     pub event_uuid: Option<String>,
+    /// The job's delivery count as `job.delivery` reports it (default 1); 2 or more runs the
+    /// job as one handed out again after an earlier run died.
+    #[serde(default)]
+    pub delivery: Option<u32>,
     /// Field updates applied to the org before this run (an operator resetting a status);
     /// `""` clears a field.
     #[serde(default)]
@@ -378,7 +382,9 @@ pub async fn run_scenario(kit: &TestKit, scenario: &Scenario) -> ScenarioResult 
             created_date: host_now(&host),
             payload: run.event.clone(),
         };
-        let report = kit.fulfill(&host, &event).await;
+        let report = kit
+            .fulfill_delivery(&host, &event, run.delivery.unwrap_or(1).max(1))
+            .await;
         let differences = compare(&run.expect, &report, &host);
         result.runs.push(RunResult {
             name,

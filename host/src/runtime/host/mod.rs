@@ -4,8 +4,12 @@
 mod billing;
 mod clock;
 mod config;
+mod holds;
+mod job;
 mod log;
 mod salesforce;
+
+pub(crate) use holds::release_all_holds;
 
 use super::JobState;
 use super::bindings::types;

@@ -1,0 +1,264 @@
+//! Named holds: the readers-writer locks components take through the `holds` import.
+//!
+//! A name is held `shared` by any number of holders or `exclusive` by one. Asking for
+//! `exclusive` registers the holder at once, which stops new `shared` holds of the name; the
+//! exclusive hold is granted when no other holder's `shared` hold is left. Every hold carries a
+//! time-to-live, so the holds of a process that died expire on their own.
+//!
+//! The holder is the job's EventUuid, so a job handed out again after its host died is the same
+//! holder as its dead earlier run: its `exclusive` request does not wait for the `shared` hold
+//! that run left behind.
+//!
+//! Backends: the store (Redis holds are seen by every replica; see
+//! [`crate::store::Store::try_hold`]) and [`HoldTable`], a process-local table used by the
+//! embedded store and by the runtime when no store is attached (the test kit, `component run`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+
+use crate::store::{SharedStore, StoreError};
+
+/// Longest hold name, in bytes.
+pub const MAX_NAME_LEN: usize = 200;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldMode {
+    Shared,
+    Exclusive,
+}
+
+impl HoldMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldMode::Shared => "shared",
+            HoldMode::Exclusive => "exclusive",
+        }
+    }
+}
+
+impl fmt::Display for HoldMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a hold name is refused, or `None` when it is fine.
+pub fn invalid_name(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Some(format!(
+            "hold name must be 1 to {MAX_NAME_LEN} bytes, got {}",
+            name.len()
+        ));
+    }
+    if !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Some(format!(
+            "hold name {name:?} must be printable ASCII without spaces"
+        ));
+    }
+    None
+}
+
+/// Where holds live.
+pub trait HoldBackend: Send + Sync + 'static {
+    /// One attempt, never waiting: `true` when `holder` now holds `name` in `mode` (for
+    /// `exclusive`: when no other holder's `shared` hold is left). A `false` exclusive attempt
+    /// leaves the holder registered, blocking new `shared` holds until it retries, releases or
+    /// its `ttl` runs out.
+    fn try_hold<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        mode: HoldMode,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Drops every hold `holder` has on `name` (no-op when it has none).
+    fn release<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// Holds kept in this process's memory.
+#[derive(Debug, Default)]
+pub struct HoldTable {
+    names: Mutex<HashMap<String, NameHolds>>,
+}
+
+#[derive(Debug, Default)]
+struct NameHolds {
+    shared: HashMap<String, Instant>,
+    exclusive: Option<(String, Instant)>,
+}
+
+impl NameHolds {
+    fn purge(&mut self, now: Instant) {
+        self.shared.retain(|_, expires| *expires > now);
+        if self.exclusive.as_ref().is_some_and(|(_, e)| *e <= now) {
+            self.exclusive = None;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.shared.is_empty() && self.exclusive.is_none()
+    }
+}
+
+impl HoldTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// [`HoldBackend::try_hold`] without the future.
+    pub fn try_hold_now(
+        &self,
+        name: &str,
+        holder: &str,
+        mode: HoldMode,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut names = self
+            .names
+            .lock()
+            .map_err(|_| StoreError::Unavailable("the hold table's lock is poisoned".into()))?;
+        let now = Instant::now();
+        let holds = names.entry(name.to_owned()).or_default();
+        holds.purge(now);
+        if holds.exclusive.as_ref().is_some_and(|(owner, _)| owner != holder) {
+            return Ok(false);
+        }
+        let expires = now + ttl;
+        match mode {
+            HoldMode::Shared => {
+                if holds.exclusive.is_none() {
+                    holds.shared.insert(holder.to_owned(), expires);
+                }
+                Ok(true)
+            }
+            HoldMode::Exclusive => {
+                holds.exclusive = Some((holder.to_owned(), expires));
+                Ok(holds.shared.keys().all(|other| other == holder))
+            }
+        }
+    }
+
+    /// [`HoldBackend::release`] without the future.
+    pub fn release_now(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let mut names = self
+            .names
+            .lock()
+            .map_err(|_| StoreError::Unavailable("the hold table's lock is poisoned".into()))?;
+        if let Some(holds) = names.get_mut(name) {
+            holds.shared.remove(holder);
+            if holds.exclusive.as_ref().is_some_and(|(h, _)| h == holder) {
+                holds.exclusive = None;
+            }
+            holds.purge(Instant::now());
+            if holds.is_empty() {
+                names.remove(name);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl HoldBackend for HoldTable {
+    fn try_hold<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        mode: HoldMode,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move { self.try_hold_now(name, holder, mode, ttl) })
+    }
+
+    fn release<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move { self.release_now(name, holder) })
+    }
+}
+
+/// Holds kept in a store.
+pub struct StoreHolds(pub SharedStore);
+
+impl HoldBackend for StoreHolds {
+    fn try_hold<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        mode: HoldMode,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.0.try_hold(name, holder, mode, ttl)
+    }
+
+    fn release<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.release_hold(name, holder)
+    }
+}
+
+/// A shared hold backend handle.
+pub type SharedHolds = Arc<dyn HoldBackend>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn readers_share_and_a_writer_waits_for_them() {
+        let t = HoldTable::new();
+        assert!(t.try_hold_now("c", "a", HoldMode::Shared, TTL).unwrap());
+        assert!(t.try_hold_now("c", "b", HoldMode::Shared, TTL).unwrap());
+        assert!(!t.try_hold_now("c", "w", HoldMode::Exclusive, TTL).unwrap());
+        // The waiting writer blocks new readers.
+        assert!(!t.try_hold_now("c", "d", HoldMode::Shared, TTL).unwrap());
+        t.release_now("c", "a").unwrap();
+        t.release_now("c", "b").unwrap();
+        assert!(t.try_hold_now("c", "w", HoldMode::Exclusive, TTL).unwrap());
+        assert!(!t.try_hold_now("c", "x", HoldMode::Exclusive, TTL).unwrap());
+        t.release_now("c", "w").unwrap();
+        assert!(t.try_hold_now("c", "d", HoldMode::Shared, TTL).unwrap());
+    }
+
+    #[test]
+    fn a_holder_does_not_wait_for_itself_and_holds_expire() {
+        let t = HoldTable::new();
+        assert!(t.try_hold_now("c", "job", HoldMode::Shared, TTL).unwrap());
+        assert!(
+            t.try_hold_now("c", "job", HoldMode::Exclusive, TTL)
+                .unwrap()
+        );
+        t.release_now("c", "job").unwrap();
+        let short = Duration::from_millis(20);
+        assert!(
+            t.try_hold_now("c", "dead", HoldMode::Shared, short)
+                .unwrap()
+        );
+        assert!(!t.try_hold_now("c", "w", HoldMode::Exclusive, TTL).unwrap());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(t.try_hold_now("c", "w", HoldMode::Exclusive, TTL).unwrap());
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(invalid_name("whmcs-client:7").is_none());
+        assert!(invalid_name("").is_some());
+        assert!(invalid_name("a b").is_some());
+        assert!(invalid_name(&"x".repeat(MAX_NAME_LEN + 1)).is_some());
+    }
+}
