@@ -16,6 +16,9 @@ all: lint test
 components:
 	@command -v rustup >/dev/null && rustup target add $(WASM_TARGET) >/dev/null 2>&1 || true
 	$(CARGO) build --profile component --target $(WASM_TARGET) $(COMPONENT_PACKAGES)
+	$(CARGO) build --profile component --target $(WASM_TARGET) -p fixture-rules-v2 \
+		--target-dir $(CURDIR)/target/rules-v2
+	cp $(CURDIR)/target/rules-v2/$(WASM_TARGET)/component/fixture_rules_v2.wasm $(COMPONENT_DIR)/
 	@ls -1 $(COMPONENT_DIR)/*.wasm
 
 ## Every test: unit, integration (real HTTP on loopback, the built components), and the

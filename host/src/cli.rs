@@ -360,6 +360,10 @@ pub enum AdminAction {
         file: std::path::PathBuf,
         activate: bool,
         deployed_by: String,
+        /// The signature file; `None` picks up `<file>.sig` when it exists.
+        signature: Option<std::path::PathBuf>,
+        /// A directory of scenario files shipped with the deploy.
+        scenarios: Option<std::path::PathBuf>,
     },
     List,
     Show {
@@ -369,6 +373,95 @@ pub enum AdminAction {
         sha256: String,
     },
     Rollback,
+}
+
+/// The multipart body of a deploy: the component, its signature (the given file, or
+/// `<file>.sig` when it exists) and the scenario files of `scenarios`.
+fn deploy_form(
+    file: &Path,
+    signature: Option<&Path>,
+    scenarios: Option<&Path>,
+) -> anyhow::Result<reqwest::multipart::Form> {
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "component.wasm".into());
+    let mut form = reqwest::multipart::Form::new().part(
+        "component",
+        reqwest::multipart::Part::bytes(wasm).file_name(name),
+    );
+    let default_sig = {
+        let mut path = file.as_os_str().to_owned();
+        path.push(".sig");
+        std::path::PathBuf::from(path)
+    };
+    let sig_path = match signature {
+        Some(path) => Some(path.to_path_buf()),
+        None => default_sig.is_file().then_some(default_sig),
+    };
+    if let Some(path) = sig_path {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read the signature {}", path.display()))?;
+        form = form.text("signature", text.trim().to_owned());
+    }
+    if let Some(dir) = scenarios {
+        let entries = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read the scenario directory {}", dir.display()))?;
+        let mut count = 0;
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("cannot read {}", dir.display()))?
+                .path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let bytes = std::fs::read(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                form = form.part(
+                    "scenario",
+                    reqwest::multipart::Part::bytes(bytes).file_name(name),
+                );
+                count += 1;
+            }
+        }
+        if count == 0 {
+            anyhow::bail!("no scenario files (*.toml) in {}", dir.display());
+        }
+    }
+    Ok(form)
+}
+
+/// `fulfilld component sign`: writes the base64 ed25519 signature of `file`.
+pub fn component_sign(
+    file: &Path,
+    key: &Path,
+    out_path: Option<&Path>,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let key = crate::registry::signature::read_signing_key(key).map_err(anyhow::Error::msg)?;
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let signature = crate::registry::signature::sign(&key, &wasm);
+    let target = match out_path {
+        Some(path) => path.to_path_buf(),
+        None => {
+            let mut path = file.as_os_str().to_owned();
+            path.push(".sig");
+            std::path::PathBuf::from(path)
+        }
+    };
+    std::fs::write(&target, format!("{signature}\n"))
+        .with_context(|| format!("cannot write {}", target.display()))?;
+    writeln!(
+        out,
+        "signed {} (sha256 {}): {}",
+        file.display(),
+        crate::registry::sha256_hex(&wasm),
+        target.display()
+    )?;
+    Ok(true)
 }
 
 /// Runs an admin command; prints the host's JSON answer. `Ok(false)` when the host refused it
@@ -389,12 +482,13 @@ pub async fn admin(
             file,
             activate,
             deployed_by,
+            signature,
+            scenarios,
         } => {
-            let wasm =
-                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let form = deploy_form(file, signature.as_deref(), scenarios.as_deref())?;
             http.post(format!("{base}/components?activate={activate}"))
                 .header("x-deployed-by", deployed_by.as_str())
-                .body(wasm)
+                .multipart(form)
         }
         AdminAction::List => http.get(format!("{base}/components")),
         AdminAction::Show { sha256 } => http.get(format!("{base}/components/{sha256}")),

@@ -108,6 +108,13 @@ pub struct ServeConfig {
     pub admin_token: Option<Secret>,
     /// `FULFILLD_COMPONENT_MAX_BYTES`: the largest component a deploy accepts.
     pub component_max_bytes: usize,
+    /// `FULFILLD_COMPONENT_PUBLIC_KEY` (a PEM ed25519 public key) and `FULFILLD_REQUIRE_SIGNED`.
+    pub signatures: crate::registry::signature::SignaturePolicy,
+    /// `FULFILLD_DEPLOY_DIR`: a directory watched for `.wasm` files to deploy and activate.
+    pub deploy_dir: Option<PathBuf>,
+    /// `FULFILLD_COMPONENT_POLL_MS`: how often the deploy directory and (with Redis) the
+    /// replicas' shared active version are looked at.
+    pub component_poll: Duration,
 }
 
 impl ServeConfig {
@@ -511,6 +518,29 @@ impl Reader<'_> {
                 "must be at least 16 characters (a random secret)",
             );
         }
+        let public_key = self
+            .optional("FULFILLD_COMPONENT_PUBLIC_KEY")
+            .and_then(|path| {
+                crate::registry::signature::read_public_key(Path::new(&path))
+                    .map_err(|err| self.fail("FULFILLD_COMPONENT_PUBLIC_KEY", err))
+                    .ok()
+            });
+        let require_signed = self.boolean("FULFILLD_REQUIRE_SIGNED", false);
+        if require_signed && self.optional("FULFILLD_COMPONENT_PUBLIC_KEY").is_none() {
+            self.fail(
+                "FULFILLD_REQUIRE_SIGNED",
+                "is true but FULFILLD_COMPONENT_PUBLIC_KEY is not set: nothing could verify a signature",
+            );
+        }
+        let poll_ms = self.number("FULFILLD_COMPONENT_POLL_MS", 1000).max(50);
+        if self.optional("FULFILLD_DEPLOY_DIR").is_some()
+            && self.optional("FULFILLD_REGISTRY_DIR").is_none()
+        {
+            self.fail(
+                "FULFILLD_DEPLOY_DIR",
+                "needs FULFILLD_REGISTRY_DIR: deployed versions are kept in the registry",
+            );
+        }
         let replica_id = self.optional("FULFILLD_REPLICA_ID").unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "fulfilld".to_owned());
             format!(
@@ -532,6 +562,12 @@ impl Reader<'_> {
             registry_dir: self.optional("FULFILLD_REGISTRY_DIR").map(PathBuf::from),
             admin_token,
             component_max_bytes: usize::try_from(component_max_bytes).unwrap_or(usize::MAX),
+            signatures: crate::registry::signature::SignaturePolicy {
+                key: public_key,
+                require: require_signed,
+            },
+            deploy_dir: self.optional("FULFILLD_DEPLOY_DIR").map(PathBuf::from),
+            component_poll: Duration::from_millis(poll_ms),
         }
     }
 

@@ -129,7 +129,11 @@ impl HoldTable {
         let now = Instant::now();
         let holds = names.entry(name.to_owned()).or_default();
         holds.purge(now);
-        if holds.exclusive.as_ref().is_some_and(|(owner, _)| owner != holder) {
+        if holds
+            .exclusive
+            .as_ref()
+            .is_some_and(|(owner, _)| owner != holder)
+        {
             return Ok(false);
         }
         let expires = now + ttl;

@@ -156,6 +156,23 @@ enum ComponentCommand {
         /// Who deploys (recorded with the version; default: $USER).
         #[arg(long)]
         deployed_by: Option<String>,
+        /// The component's signature (base64 ed25519, as `component sign` writes it).
+        /// Default: `<file>.sig` when that file exists.
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// The component's own scenario suite (a directory of scenario files, seeds included);
+        /// the host runs it against the candidate before accepting it.
+        #[arg(long)]
+        scenarios: Option<PathBuf>,
+    },
+    /// Sign a component with an ed25519 private key (PEM, `openssl genpkey -algorithm ed25519`);
+    /// writes the base64 signature to `<file>.sig` (or `--out`).
+    Sign {
+        file: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// The deployed versions, the active one and the rollback history.
     List,
@@ -199,16 +216,23 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                 ComponentCommand::Check { file } => {
                     return fulfilld::cli::component_check(&file, &mut out).await;
                 }
+                ComponentCommand::Sign { file, key, out: to } => {
+                    return fulfilld::cli::component_sign(&file, &key, to.as_deref(), &mut out);
+                }
                 ComponentCommand::Deploy {
                     file,
                     activate,
                     deployed_by,
+                    signature,
+                    scenarios,
                 } => AdminAction::Deploy {
                     file,
                     activate,
                     deployed_by: deployed_by
                         .or_else(|| std::env::var("USER").ok())
                         .unwrap_or_else(|| "cli".to_owned()),
+                    signature,
+                    scenarios,
                 },
                 ComponentCommand::List => AdminAction::List,
                 ComponentCommand::Show { sha256 } => AdminAction::Show { sha256 },

@@ -141,6 +141,27 @@ impl Rig {
         (field("Activation_Status__c"), field("WHMCS_Order_ID__c"))
     }
 
+    /// Sets the quantity of the items `add_orders` created for Orders `first..first + count`.
+    fn set_quantities(&self, first: u64, count: u64, quantity: u64) {
+        let org = self.sandbox.salesforce().org();
+        let mut org = org.lock().unwrap();
+        for n in first..first + count {
+            let mut fields = serde_json::Map::new();
+            fields.insert("Quantity".into(), quantity.into());
+            org.update("OrderItem", &format!("8029{n:011}AAA"), &fields)
+                .unwrap();
+        }
+    }
+
+    /// The quantity of each line of the WHMCS order the Order names.
+    fn whmcs_lines(&self, order_id: &str) -> Vec<u64> {
+        let id: u64 = self.status(order_id).1.parse().unwrap();
+        let whmcs = self.sandbox.whmcs().whmcs();
+        let whmcs = whmcs.lock().unwrap();
+        let order = whmcs.orders().iter().find(|o| o.id == id).unwrap();
+        order.items.iter().map(|item| item.qty).collect()
+    }
+
     fn whmcs_orders(&self) -> usize {
         self.sandbox.whmcs().whmcs().lock().unwrap().orders().len()
     }
@@ -1212,7 +1233,9 @@ async fn a_version_deployed_mid_stream_takes_the_new_jobs_and_rolls_back() {
     let http = reqwest::Client::new();
     let v1_wasm = std::fs::read(common::component("fulfillment")).unwrap();
     let v1 = fulfilld::registry::sha256_hex(&v1_wasm);
-    let v2_wasm = with_custom_section(&v1_wasm, "v2");
+    // v2 is the real second version of the rules: one WHMCS line per unit instead of one line
+    // with the quantity (tests/fixtures/rules-v2).
+    let v2_wasm = std::fs::read(common::component("fixture-rules-v2")).unwrap();
     let v2 = fulfilld::registry::sha256_hex(&v2_wasm);
 
     // Without the token: refused. A file that is no component: refused, nothing changes.
@@ -1242,8 +1265,10 @@ async fn a_version_deployed_mid_stream_takes_the_new_jobs_and_rolls_back() {
         .unwrap();
     assert_eq!(listed["active"], v1.as_str(), "{listed}");
 
-    // Continuous load; v2 goes live in the middle of it.
+    // Continuous load; v2 goes live in the middle of it. Every Order has one item of quantity
+    // 2, so its WHMCS order shows which rules ran it: v1 one line (qty 2), v2 two lines (qty 1).
     let orders = rig.orders(1, 80);
+    rig.set_quantities(1, 80, 2);
     let mut published = Vec::new();
     let mut swapped_at = None;
     for (i, order) in orders[..60].iter().enumerate() {
@@ -1286,6 +1311,15 @@ async fn a_version_deployed_mid_stream_takes_the_new_jobs_and_rolls_back() {
             record.component_sha256 == v1 || record.component_sha256 == v2,
             "{record:?}"
         );
+        // Wholly on one version: the WHMCS order has the shape of the rules the job recorded.
+        let lines = rig.whmcs_lines(record.order_id.as_deref().unwrap());
+        if record.component_sha256 == v2 {
+            assert_eq!(record.component, "fulfillment@2.0.0", "{record:?}");
+            assert_eq!(lines, vec![1, 1], "v2 splits quantities: {record:?}");
+        } else {
+            assert_eq!(record.component, "fulfillment@0.1.0", "{record:?}");
+            assert_eq!(lines, vec![2], "v1 keeps the quantity: {record:?}");
+        }
         if i >= swapped_at {
             assert_eq!(
                 record.component_sha256, v2,
@@ -1355,5 +1389,266 @@ async fn a_version_deployed_mid_stream_takes_the_new_jobs_and_rolls_back() {
         ])
         .await;
     assert_eq!(host.shared().component.load().digest(), v2);
+    host.shutdown().await;
+}
+
+/// Waits until `host` runs the version `sha256`; returns how long that took.
+async fn wait_running(host: &Host, sha256: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    while host.shared().component.load().digest() != sha256 {
+        assert!(
+            start.elapsed() < limit,
+            "still on {} after {limit:?}, expected {sha256}",
+            host.shared().component.load().digest()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_one_redis_converge_on_a_newly_activated_version() {
+    const TOKEN: &str = "admin-token-for-the-converge-test";
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let dir_a = rig._dir.path().join("registry-a").display().to_string();
+    let dir_b = rig._dir.path().join("registry-b").display().to_string();
+    let a = rig
+        .host(&[
+            ("FULFILLD_REGISTRY_DIR", dir_a.as_str()),
+            ("FULFILLD_ADMIN_TOKEN", TOKEN),
+            ("FULFILLD_REPLICA_ID", "replica-a"),
+        ])
+        .await;
+    let b = rig
+        .host(&[
+            ("FULFILLD_REGISTRY_DIR", dir_b.as_str()),
+            ("FULFILLD_REPLICA_ID", "replica-b"),
+        ])
+        .await;
+    let v1_wasm = std::fs::read(common::component("fulfillment")).unwrap();
+    let v1 = fulfilld::registry::sha256_hex(&v1_wasm);
+    let v2_wasm = with_custom_section(&v1_wasm, "converge");
+    let v2 = fulfilld::registry::sha256_hex(&v2_wasm);
+    assert_eq!(b.shared().component.load().digest(), v1);
+
+    // Deployed and activated on A only; B has never seen v2's bytes.
+    let base = format!("http://{}/admin", a.http_addr());
+    let http = reqwest::Client::new();
+    let deployed = http
+        .post(format!("{base}/components?activate=true"))
+        .bearer_auth(TOKEN)
+        .body(v2_wasm)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
+    assert_eq!(a.shared().component.load().digest(), v2);
+    let took = wait_running(&b, &v2, Duration::from_secs(10)).await;
+    eprintln!(
+        "replica B converged on v2 {} ms after A activated it",
+        took.as_millis()
+    );
+    let b_registry = b.shared().registry.as_ref().unwrap();
+    assert!(b_registry.contains(&v2), "B fetched v2 from the store");
+    assert_eq!(
+        b_registry.state().await.active.as_deref(),
+        Some(v2.as_str())
+    );
+
+    // A rollback on A is followed too.
+    let rolled = http
+        .post(format!("{base}/rollback"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rolled.status(), 200);
+    wait_running(&b, &v1, Duration::from_secs(10)).await;
+
+    // A replica starting later starts on the shared version, not on its FULFILLD_COMPONENT.
+    let activated = http
+        .post(format!("{base}/components/{v2}/activate"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(activated.status(), 200);
+    let dir_c = rig._dir.path().join("registry-c").display().to_string();
+    let c = rig
+        .host(&[
+            ("FULFILLD_REGISTRY_DIR", dir_c.as_str()),
+            ("FULFILLD_REPLICA_ID", "replica-c"),
+        ])
+        .await;
+    // C's FULFILLD_COMPONENT (v1) was new to its empty registry, so it counted as a deploy and
+    // became the shared version; every replica follows the newest activation.
+    wait_running(&c, &v1, Duration::from_secs(10)).await;
+    wait_running(&a, &v1, Duration::from_secs(10)).await;
+    wait_running(&b, &v1, Duration::from_secs(10)).await;
+    for host in [a, b, c] {
+        host.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_deploy_directory_deploys_good_files_and_rejects_bad_ones() {
+    let rig = Rig::new().await;
+    let registry_dir = rig._dir.path().join("registry").display().to_string();
+    let deploy_dir = rig._dir.path().join("deploy");
+    std::fs::create_dir_all(&deploy_dir).unwrap();
+    let deploy_dir_text = deploy_dir.display().to_string();
+    let host = rig
+        .host(&[
+            ("FULFILLD_REGISTRY_DIR", registry_dir.as_str()),
+            ("FULFILLD_DEPLOY_DIR", deploy_dir_text.as_str()),
+            ("FULFILLD_COMPONENT_POLL_MS", "100"),
+        ])
+        .await;
+    let v1_wasm = std::fs::read(common::component("fulfillment")).unwrap();
+    let v2_wasm = with_custom_section(&v1_wasm, "deploy-dir");
+    let v2 = fulfilld::registry::sha256_hex(&v2_wasm);
+
+    // Written elsewhere, then renamed in: the way a CI job should drop a file.
+    let staging = rig._dir.path().join("v2.wasm");
+    std::fs::write(&staging, &v2_wasm).unwrap();
+    std::fs::rename(&staging, deploy_dir.join("v2.wasm")).unwrap();
+    wait_running(&host, &v2, Duration::from_secs(10)).await;
+    let listed = |sub: &str| -> Vec<String> {
+        std::fs::read_dir(deploy_dir.join(sub))
+            .map(|entries| {
+                entries
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    wait_for("v2.wasm moved to deployed/", Duration::from_secs(5), || {
+        listed("deployed").iter().any(|n| n.ends_with("-v2.wasm"))
+    })
+    .await;
+    assert!(!deploy_dir.join("v2.wasm").exists());
+
+    std::fs::write(deploy_dir.join("broken.wasm"), b"not a component").unwrap();
+    wait_for("broken.wasm rejected", Duration::from_secs(10), || {
+        listed("rejected")
+            .iter()
+            .any(|n| n.ends_with("-broken.wasm.error"))
+    })
+    .await;
+    let error_file = listed("rejected")
+        .into_iter()
+        .find(|n| n.ends_with(".error"))
+        .unwrap();
+    let reason = std::fs::read_to_string(deploy_dir.join("rejected").join(error_file)).unwrap();
+    assert!(reason.contains("not WebAssembly"), "{reason}");
+    assert_eq!(host.shared().component.load().digest(), v2);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn require_signed_refuses_unsigned_and_badly_signed_deploys_through_the_cli() {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
+    use fulfilld::cli::AdminAction;
+
+    const TOKEN: &str = "admin-token-for-the-signing-test";
+    let rig = Rig::new().await;
+    let dir = rig._dir.path();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[11; 32]);
+    let private_pem = dir.join("signing.pem");
+    let public_pem = dir.join("verify.pem");
+    std::fs::write(
+        &private_pem,
+        key.to_pkcs8_pem(Default::default()).unwrap().as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(
+        &public_pem,
+        key.verifying_key()
+            .to_public_key_pem(Default::default())
+            .unwrap(),
+    )
+    .unwrap();
+    // The start-up component is signed too: `<file>.sig` next to it.
+    let v1_path = dir.join("fulfillment.wasm");
+    std::fs::copy(common::component("fulfillment"), &v1_path).unwrap();
+    let mut out = Vec::new();
+    assert!(fulfilld::cli::component_sign(&v1_path, &private_pem, None, &mut out).unwrap());
+    let registry_dir = dir.join("registry").display().to_string();
+    let (v1_text, public_text) = (
+        v1_path.display().to_string(),
+        public_pem.display().to_string(),
+    );
+    let host = rig
+        .host(&[
+            ("FULFILLD_COMPONENT", v1_text.as_str()),
+            ("FULFILLD_REGISTRY_DIR", registry_dir.as_str()),
+            ("FULFILLD_ADMIN_TOKEN", TOKEN),
+            ("FULFILLD_COMPONENT_PUBLIC_KEY", public_text.as_str()),
+            ("FULFILLD_REQUIRE_SIGNED", "true"),
+        ])
+        .await;
+    let v1 = host.shared().component.load().digest().to_owned();
+    let url = format!("http://{}", host.http_addr());
+    let v2_path = dir.join("v2.wasm");
+    let v2_wasm = with_custom_section(&std::fs::read(&v1_path).unwrap(), "signed");
+    std::fs::write(&v2_path, &v2_wasm).unwrap();
+    let deploy = |signature: Option<std::path::PathBuf>, scenarios: Option<std::path::PathBuf>| {
+        AdminAction::Deploy {
+            file: v2_path.clone(),
+            activate: true,
+            deployed_by: "signing-test".into(),
+            signature,
+            scenarios,
+        }
+    };
+    let run = |action: AdminAction| {
+        let url = url.clone();
+        async move {
+            let mut out = Vec::new();
+            let ok = fulfilld::cli::admin(&url, TOKEN, action, &mut out)
+                .await
+                .unwrap();
+            (ok, String::from_utf8_lossy(&out).into_owned())
+        }
+    };
+
+    let (ok, text) = run(deploy(None, None)).await;
+    assert!(!ok && text.contains("unsigned"), "{text}");
+    // v1's signature does not cover v2's bytes.
+    let (ok, text) = run(deploy(Some(dir.join("fulfillment.wasm.sig")), None)).await;
+    assert!(!ok && text.contains("bad signature"), "{text}");
+    assert_eq!(host.shared().component.load().digest(), v1);
+
+    // Signed, but its own scenario suite fails: refused, naming the scenario.
+    let mut out = Vec::new();
+    assert!(fulfilld::cli::component_sign(&v2_path, &private_pem, None, &mut out).unwrap());
+    let suite = dir.join("suite");
+    std::fs::create_dir_all(&suite).unwrap();
+    let scenarios = common::scenarios_dir();
+    std::fs::copy(scenarios.join("_seed.toml"), suite.join("_seed.toml")).unwrap();
+    let happy = std::fs::read_to_string(scenarios.join("happy-path.toml")).unwrap();
+    std::fs::write(
+        suite.join("happy-path.toml"),
+        happy.replace(
+            "WHMCS_Order_ID__c = \"1000\"",
+            "WHMCS_Order_ID__c = \"4242\"",
+        ),
+    )
+    .unwrap();
+    let (ok, text) = run(deploy(None, Some(suite.clone()))).await;
+    assert!(
+        !ok && text.contains("scenarios failed") && text.contains("4242"),
+        "{text}"
+    );
+    assert_eq!(host.shared().component.load().digest(), v1);
+
+    // Signed (`v2.wasm.sig` picked up by default) with a passing suite: live.
+    std::fs::write(suite.join("happy-path.toml"), happy).unwrap();
+    let (ok, text) = run(deploy(None, Some(suite))).await;
+    assert!(ok, "{text}");
+    let v2 = fulfilld::registry::sha256_hex(&v2_wasm);
+    assert_eq!(host.shared().component.load().digest(), v2);
+    let shown: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(shown["deployed"]["signed"], true, "{text}");
     host.shutdown().await;
 }

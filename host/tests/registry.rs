@@ -462,3 +462,111 @@ async fn stored_bytes_that_no_longer_match_their_sha256_are_refused() {
         Some(active.as_str())
     );
 }
+
+/// A key pair for the signature gate: the private key signs, the public key verifies.
+fn signing_key(seed: u8) -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+}
+
+#[tokio::test]
+async fn under_require_signed_a_missing_or_bad_signature_is_refused() {
+    use fulfilld::registry::Extras;
+    use fulfilld::registry::signature::{SignaturePolicy, sign};
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = signing_key(7);
+    let gates = Gates {
+        signatures: SignaturePolicy {
+            key: Some(key.verifying_key()),
+            require: true,
+        },
+        ..Gates::default()
+    };
+    let registry = open_registry(dir.path(), gates).await;
+    let v1 = wasm("fulfillment");
+    let good = sign(&key, &v1);
+    let meta = registry
+        .deploy_with(
+            &v1,
+            Extras {
+                signature: Some(&good),
+                scenarios: None,
+            },
+            "alice",
+            "ci",
+        )
+        .await
+        .unwrap();
+    assert!(meta.signed);
+    registry.activate(&meta.sha256).await.unwrap();
+    let active = meta.sha256;
+
+    let candidate = variant(&v1, "unsigned");
+    let error = rejected(&registry, &active, &candidate, "unsigned").await;
+    assert!(matches!(error, DeployError::Signature(_)), "{error:?}");
+    assert!(
+        error.to_string().contains("FULFILLD_REQUIRE_SIGNED"),
+        "{error}"
+    );
+
+    for (signature, needle) in [
+        // Signed by someone else's key.
+        (sign(&signing_key(9), &candidate), "bad signature"),
+        // The right key, but over other bytes (v1's signature on the candidate).
+        (good.clone(), "bad signature"),
+        ("not base64!".to_owned(), "not base64"),
+    ] {
+        let before = registry.list().unwrap();
+        let error = registry
+            .deploy_with(
+                &candidate,
+                Extras {
+                    signature: Some(&signature),
+                    scenarios: None,
+                },
+                "mallory",
+                "upload",
+            )
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains(needle), "{error}");
+        assert_eq!(
+            registry.state().await.active.as_deref(),
+            Some(active.as_str())
+        );
+        assert_eq!(registry.list().unwrap(), before);
+    }
+}
+
+#[tokio::test]
+async fn a_scenario_suite_shipped_with_the_deploy_must_pass() {
+    use fulfilld::registry::Extras;
+
+    let dir = tempfile::tempdir().unwrap();
+    let suite_dir = tempfile::tempdir().unwrap();
+    let suite = failing_suite(suite_dir.path());
+    let (registry, active) = with_active(dir.path(), Gates::default()).await;
+    let candidate = variant(&wasm("fulfillment"), "shipped-suite");
+    let before = registry.list().unwrap();
+    let error = registry
+        .deploy_with(
+            &candidate,
+            Extras {
+                signature: None,
+                scenarios: Some(&suite),
+            },
+            "alice",
+            "ci",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, DeployError::Scenarios { failed, .. } if failed[0].contains("4242")),
+        "{error}"
+    );
+    assert_eq!(
+        registry.state().await.active.as_deref(),
+        Some(active.as_str())
+    );
+    assert_eq!(registry.list().unwrap(), before);
+}

@@ -23,7 +23,7 @@ use fulfillment_sdk::whmcs::is_order_not_pending;
 use fulfillment_sdk::{
     ActivationStatus, AddOrder, AddOrderItem, BillingCycle, ErrorKind, Event, Failure, Fulfillment,
     Hold, HoldMode, Host, HostError, Info, Log, Order, OrderItem, OrderStatus, Outcome, Salesforce,
-    Whmcs, WhmcsOrder, export_component, json as lenient, truncate_field,
+    Whmcs, WhmcsOrder, json as lenient, truncate_field,
 };
 
 /// Step names, as the runbook's logging cheatsheet lists them.
@@ -68,49 +68,69 @@ impl Fulfillment for Rules {
     }
 
     fn fulfill(host: &dyn Host, event: Event) -> Result<Outcome, Failure> {
-        let ctx = Ctx::new(host);
-        let started_ms = host.now_ms();
-        ctx.log.step(ORCHESTRATOR).info(
-            "Starting fulfillment orchestration",
-            &[
-                ("event_uuid", &event.event_uuid),
-                ("replay_id", &event.replay_id),
-                ("channel", &event.channel),
-            ],
-        );
-
-        // Until the Order is read and the guard passes there is nothing to record a failure on.
-        let order = match load_order(&ctx, &event) {
-            Ok(order) => order,
-            Err(failure) => {
-                ctx.log.step(failure.step).error(
-                    "Fulfillment failed before the Order could be updated",
-                    &[("code", &failure.code), ("message", &failure.message)],
-                );
-                return Err(failure.into_failure());
-            }
-        };
-        if let Some(skipped) = guard(&ctx, &order) {
-            return Ok(skipped);
-        }
-
-        let mut attempt = Attempt::default();
-        let result = provision(&ctx, &order, &mut attempt);
-        let elapsed_ms = (host.now_ms() - started_ms).to_string();
-        match result {
-            Ok(outcome) => {
-                ctx.log.step(ORCHESTRATOR).info(
-                    "Fulfillment completed",
-                    &[("outcome", &outcome.message), ("elapsed_ms", &elapsed_ms)],
-                );
-                Ok(outcome)
-            }
-            Err(failure) => Err(record_failure(&ctx, &order, &attempt, failure)),
-        }
+        fulfill_with(host, event, &RuleOptions::default())
     }
 }
 
-export_component!(Rules);
+// The Wasm export of the default rules. Off (`default-features = false`) for crates that reuse
+// these rules under their own export, such as the `rules-v2` test fixture.
+#[cfg(feature = "component")]
+fulfillment_sdk::export_component!(Rules);
+
+/// Variations of the default rules. `RuleOptions::default()` is the default component.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleOptions {
+    /// Send an item of Quantity N > 1 as N AddOrder lines of qty 1 (same pid and billing
+    /// cycle) instead of one line of qty N.
+    pub split_quantities: bool,
+}
+
+/// The default rules with `options`: what [`Rules::fulfill`] runs with the default options.
+pub fn fulfill_with(
+    host: &dyn Host,
+    event: Event,
+    options: &RuleOptions,
+) -> Result<Outcome, Failure> {
+    let ctx = Ctx::new(host);
+    let started_ms = host.now_ms();
+    ctx.log.step(ORCHESTRATOR).info(
+        "Starting fulfillment orchestration",
+        &[
+            ("event_uuid", &event.event_uuid),
+            ("replay_id", &event.replay_id),
+            ("channel", &event.channel),
+        ],
+    );
+
+    // Until the Order is read and the guard passes there is nothing to record a failure on.
+    let order = match load_order(&ctx, &event) {
+        Ok(order) => order,
+        Err(failure) => {
+            ctx.log.step(failure.step).error(
+                "Fulfillment failed before the Order could be updated",
+                &[("code", &failure.code), ("message", &failure.message)],
+            );
+            return Err(failure.into_failure());
+        }
+    };
+    if let Some(skipped) = guard(&ctx, &order) {
+        return Ok(skipped);
+    }
+
+    let mut attempt = Attempt::default();
+    let result = provision(&ctx, &order, options, &mut attempt);
+    let elapsed_ms = (host.now_ms() - started_ms).to_string();
+    match result {
+        Ok(outcome) => {
+            ctx.log.step(ORCHESTRATOR).info(
+                "Fulfillment completed",
+                &[("outcome", &outcome.message), ("elapsed_ms", &elapsed_ms)],
+            );
+            Ok(outcome)
+        }
+        Err(failure) => Err(record_failure(&ctx, &order, &attempt, failure)),
+    }
+}
 
 /// The typed host layers every step uses.
 struct Ctx<'h> {
@@ -183,12 +203,17 @@ struct WhmcsOrderRef {
     needs_accept: bool,
 }
 
-fn provision(ctx: &Ctx, order: &Order, attempt: &mut Attempt) -> Result<Outcome, StepFailure> {
+fn provision(
+    ctx: &Ctx,
+    order: &Order,
+    options: &RuleOptions,
+    attempt: &mut Attempt,
+) -> Result<Outcome, StepFailure> {
     let customer = validate_order(ctx, order)?;
     mark_activating(ctx, order)?;
     let items = order_details(ctx, order)?;
-    let lines = map_items(ctx, &items)?;
-    let whmcs_order = create_whmcs_order(ctx, order, &customer, lines, attempt)?;
+    let lines = map_items(ctx, &items, options)?;
+    let whmcs_order = create_whmcs_order(ctx, order, &customer, lines, options, attempt)?;
     accept_whmcs_order(ctx, &whmcs_order)?;
     mark_activated(ctx, order, whmcs_order.order_id)
 }
@@ -355,12 +380,19 @@ fn order_details(ctx: &Ctx, order: &Order) -> Result<Vec<OrderItem>, StepFailure
 }
 
 /// `mapping`: every item to a WHMCS line, with a report line per item. Any unmapped item fails
-/// the order, naming each one and why.
-fn map_items(ctx: &Ctx, items: &[OrderItem]) -> Result<Vec<AddOrderItem>, StepFailure> {
+/// the order, naming each one and why. The lines stay one per item (reconciliation compares
+/// WHMCS orders with them); with `split_quantities` the logs also count the AddOrder lines
+/// ([`add_order_lines`]) each item becomes.
+fn map_items(
+    ctx: &Ctx,
+    items: &[OrderItem],
+    options: &RuleOptions,
+) -> Result<Vec<AddOrderItem>, StepFailure> {
     let log = ctx.log.step(MAPPING);
     log.info("started", &[]);
 
     let mut lines = Vec::with_capacity(items.len());
+    let mut add_order_line_count = 0_usize;
     let mut unmapped = Vec::new();
     for item in items {
         let product = item.product_name().unwrap_or("");
@@ -368,17 +400,24 @@ fn map_items(ctx: &Ctx, items: &[OrderItem]) -> Result<Vec<AddOrderItem>, StepFa
         let cycle = item.billing_cycle.as_deref().unwrap_or("");
         match map_item(item) {
             Ok(line) => {
-                log.info(
-                    "item mapped",
-                    &[
-                        ("item_id", &item.id),
-                        ("product", product),
-                        ("pid", &line.pid.to_string()),
-                        ("cycle", line.billing_cycle.as_whmcs()),
-                        ("qty", &line.qty.to_string()),
-                        ("status", "mapped"),
-                    ],
-                );
+                let pid_text = line.pid.to_string();
+                let qty_text = line.qty.to_string();
+                let mut fields = vec![
+                    ("item_id", item.id.as_str()),
+                    ("product", product),
+                    ("pid", pid_text.as_str()),
+                    ("cycle", line.billing_cycle.as_whmcs()),
+                    ("qty", qty_text.as_str()),
+                    ("status", "mapped"),
+                ];
+                let item_lines = split_line(line.clone(), options).len();
+                add_order_line_count += item_lines;
+                // Only the split rules add `lines`: the default rules' log lines stay as documented.
+                let lines_text = item_lines.to_string();
+                if options.split_quantities {
+                    fields.push(("lines", lines_text.as_str()));
+                }
+                log.info("item mapped", &fields);
                 lines.push(line);
             }
             Err(reason) => {
@@ -398,14 +437,19 @@ fn map_items(ctx: &Ctx, items: &[OrderItem]) -> Result<Vec<AddOrderItem>, StepFa
         }
     }
 
-    log.info(
-        "mapping report",
-        &[
-            ("items", &items.len().to_string()),
-            ("mapped", &lines.len().to_string()),
-            ("unmapped", &unmapped.len().to_string()),
-        ],
-    );
+    let items_text = items.len().to_string();
+    let mapped_text = lines.len().to_string();
+    let unmapped_text = unmapped.len().to_string();
+    let lines_text = add_order_line_count.to_string();
+    let mut report = vec![
+        ("items", items_text.as_str()),
+        ("mapped", mapped_text.as_str()),
+        ("unmapped", unmapped_text.as_str()),
+    ];
+    if options.split_quantities {
+        report.push(("lines", lines_text.as_str()));
+    }
+    log.info("mapping report", &report);
     if !unmapped.is_empty() {
         return Err(StepFailure::new(
             MAPPING,
@@ -415,6 +459,28 @@ fn map_items(ctx: &Ctx, items: &[OrderItem]) -> Result<Vec<AddOrderItem>, StepFa
     }
     log.info("finished", &[]);
     Ok(lines)
+}
+
+/// The lines AddOrder sends for the mapped `lines`: as they are, or with `split_quantities`
+/// each line of qty N > 1 as N lines of qty 1 (same pid and billing cycle).
+fn add_order_lines(lines: Vec<AddOrderItem>, options: &RuleOptions) -> Vec<AddOrderItem> {
+    if !options.split_quantities {
+        return lines;
+    }
+    lines
+        .into_iter()
+        .flat_map(|line| split_line(line, options))
+        .collect()
+}
+
+/// The AddOrder lines for one mapped line: the line itself, or with `split_quantities` a line
+/// of qty N > 1 as N lines of qty 1 (same pid and billing cycle).
+fn split_line(line: AddOrderItem, options: &RuleOptions) -> Vec<AddOrderItem> {
+    if !options.split_quantities || line.qty <= 1 {
+        return vec![line];
+    }
+    let units = usize::try_from(line.qty).unwrap_or(1);
+    std::iter::repeat_n(AddOrderItem { qty: 1, ..line }, units).collect()
 }
 
 /// One item to a WHMCS line, or every reason it cannot be mapped (`; `-separated).
@@ -484,12 +550,15 @@ fn map_item(item: &OrderItem) -> Result<AddOrderItem, String> {
 }
 
 /// `whmcs_create`: resume the WHMCS order an earlier attempt created, or AddOrder and persist
-/// its id on the Order at once.
+/// its id on the Order at once. AddOrder sends [`add_order_lines`]; reconciliation compares
+/// orphans with the mapped `lines` (one per item or one per unit), so the default and the
+/// `split_quantities` rules adopt each other's orphans.
 fn create_whmcs_order(
     ctx: &Ctx,
     order: &Order,
     customer: &Customer,
     lines: Vec<AddOrderItem>,
+    options: &RuleOptions,
     attempt: &mut Attempt,
 ) -> Result<WhmcsOrderRef, StepFailure> {
     let log = ctx.log.step(WHMCS_CREATE);
@@ -527,7 +596,7 @@ fn create_whmcs_order(
     let request = AddOrder {
         client_id: customer.client_id,
         payment_method: customer.payment_method.clone(),
-        items: lines,
+        items: add_order_lines(lines, options),
         ..AddOrder::default()
     };
     let created = ctx.whmcs.add_order(&request).map_err(|e| {
@@ -884,6 +953,54 @@ mod tests {
                 billing_cycle: BillingCycle::SemiAnnually,
                 qty: 2
             })
+        );
+    }
+
+    #[test]
+    fn splits_quantities_only_when_asked() {
+        let line = AddOrderItem {
+            pid: 7,
+            billing_cycle: BillingCycle::Monthly,
+            qty: 3,
+        };
+        assert_eq!(
+            split_line(line.clone(), &RuleOptions::default()),
+            vec![line.clone()]
+        );
+
+        let split = RuleOptions {
+            split_quantities: true,
+        };
+        let unit = AddOrderItem {
+            qty: 1,
+            ..line.clone()
+        };
+        assert_eq!(
+            split_line(line.clone(), &split),
+            [unit.clone(), unit.clone(), unit.clone()]
+        );
+        assert_eq!(split_line(unit.clone(), &split), vec![unit.clone()]);
+
+        let annual = AddOrderItem {
+            pid: 8,
+            billing_cycle: BillingCycle::Annually,
+            qty: 2,
+        };
+        let lines = vec![line, annual.clone()];
+        assert_eq!(
+            add_order_lines(lines.clone(), &RuleOptions::default()),
+            lines
+        );
+        let annual_unit = AddOrderItem { qty: 1, ..annual };
+        assert_eq!(
+            add_order_lines(lines, &split),
+            [
+                unit.clone(),
+                unit.clone(),
+                unit,
+                annual_unit.clone(),
+                annual_unit
+            ]
         );
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest as _, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,9 +19,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Shared;
-use crate::registry::{ComponentMeta, RegistryError};
-use crate::runtime::LoadedComponent;
+use super::deploy::{self, Submission, SubmitError};
+use crate::registry::RegistryError;
 use crate::secret::Secret;
+
+/// Bytes a deploy body may carry beyond the component: its signature and scenario suite.
+const SUITE_ALLOWANCE: usize = 4 << 20;
 
 /// The admin routes, or `None` when the admin API is off.
 pub(crate) fn routes(shared: &Arc<Shared>) -> Option<Router<Arc<Shared>>> {
@@ -34,9 +37,13 @@ pub(crate) fn routes(shared: &Arc<Shared>) -> Option<Router<Arc<Shared>>> {
             .route("/admin/components/{sha256}", get(show))
             .route("/admin/components/{sha256}/activate", post(activate))
             .route("/admin/rollback", post(rollback))
-            // Bodies one byte over the limit still reach the size gate and its clear message.
+            // Bodies one byte over the limit still reach the size gate and its clear message;
+            // a multipart body may also carry a signature and a scenario suite.
             .layer(DefaultBodyLimit::max(
-                shared.serve.component_max_bytes.saturating_add(1),
+                shared
+                    .serve
+                    .component_max_bytes
+                    .saturating_add(SUITE_ALLOWANCE),
             ))
             .layer(middleware::from_fn(move |request: Request, next: Next| {
                 let token = Arc::clone(&token);
@@ -93,10 +100,14 @@ fn registry_error(err: RegistryError) -> Response {
     error(status, err)
 }
 
-/// Makes `component` the version new jobs run on.
-fn go_live(shared: &Shared, meta: &ComponentMeta, component: LoadedComponent) {
-    shared.component.store(Arc::new(component));
-    tracing::info!(name = %meta.name, version = %meta.version, sha256 = %meta.sha256, "component live: new jobs run on it");
+fn submit_error(err: SubmitError) -> Response {
+    match err {
+        SubmitError::NoRegistry => no_registry(),
+        SubmitError::Rejected(err) => error(StatusCode::UNPROCESSABLE_ENTITY, err),
+        SubmitError::BadRequest(message) => error(StatusCode::BAD_REQUEST, message),
+        SubmitError::Registry(err) => registry_error(err),
+        err @ SubmitError::Share(_) => error(StatusCode::SERVICE_UNAVAILABLE, err),
+    }
 }
 
 async fn list(State(shared): State<Arc<Shared>>) -> Response {
@@ -133,73 +144,107 @@ struct DeployQuery {
     activate: bool,
 }
 
-/// `POST /admin/components[?activate=true]` with the `.wasm` as the body; `X-Deployed-By`
-/// names who deploys (recorded with the version).
+/// `POST /admin/components[?activate=true]`. The body is either the `.wasm` itself (with an
+/// optional `X-Component-Signature: <base64>` header), or `multipart/form-data` with a
+/// `component` part (the `.wasm`), an optional `signature` part and any number of `scenario`
+/// parts (the component's own scenario suite, `_*.toml` seed files included; each part's file
+/// name is kept). `X-Deployed-By` names who deploys.
 async fn deploy(
     State(shared): State<Arc<Shared>>,
     Query(query): Query<DeployQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Response {
-    let Some(registry) = shared.registry.as_ref() else {
-        return no_registry();
-    };
-    let deployed_by = headers
-        .get("x-deployed-by")
+    let deployed_by = header_text(&headers, "x-deployed-by").unwrap_or_else(|| "admin-api".into());
+    let is_multipart = headers
+        .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or("admin-api")
-        .to_owned();
-    let meta = match registry.deploy(&body, &deployed_by, "api").await {
-        Ok(meta) => meta,
-        Err(err) => {
-            tracing::warn!(deployed_by = %deployed_by, error = %err, "component deploy rejected; the active version is unchanged");
-            return error(StatusCode::UNPROCESSABLE_ENTITY, err);
-        }
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let mut submission = Submission {
+        deployed_by,
+        source: "api".into(),
+        activate: query.activate,
+        signature: header_text(&headers, "x-component-signature"),
+        ..Submission::default()
     };
-    if !query.activate {
-        return (
-            StatusCode::CREATED,
-            axum::Json(json!({ "deployed": meta, "active": false })),
-        )
-            .into_response();
-    }
-    match registry.activate(&meta.sha256).await {
-        Ok((meta, component)) => {
-            go_live(&shared, &meta, component);
-            (
-                StatusCode::CREATED,
-                axum::Json(json!({ "deployed": meta, "active": true })),
-            )
-                .into_response()
+    if is_multipart {
+        let mut multipart = match Multipart::from_request(request, &()).await {
+            Ok(multipart) => multipart,
+            Err(err) => return error(StatusCode::BAD_REQUEST, err.body_text()),
+        };
+        if let Err(message) = read_parts(&mut multipart, &mut submission).await {
+            return error(StatusCode::BAD_REQUEST, message);
         }
-        Err(err) => registry_error(err),
+    } else {
+        match Bytes::from_request(request, &()).await {
+            Ok(body) => submission.wasm = body.to_vec(),
+            Err(err) => return error(err.status(), err.body_text()),
+        }
+    }
+    match deploy::submit(&shared, submission).await {
+        Ok((meta, active)) => (
+            StatusCode::CREATED,
+            axum::Json(json!({ "deployed": meta, "active": active })),
+        )
+            .into_response(),
+        Err(err) => submit_error(err),
     }
 }
 
-async fn activate(State(shared): State<Arc<Shared>>, Path(sha256): Path<String>) -> Response {
-    let Some(registry) = shared.registry.as_ref() else {
-        return no_registry();
-    };
-    match registry.activate(&sha256).await {
-        Ok((meta, component)) => {
-            go_live(&shared, &meta, component);
-            axum::Json(json!({ "active": meta })).into_response()
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+async fn read_parts(multipart: &mut Multipart, submission: &mut Submission) -> Result<(), String> {
+    let mut component = None;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| format!("unreadable multipart body: {}", e.body_text()))?
+    {
+        let name = field.name().unwrap_or("").to_owned();
+        let file_name = field.file_name().map(str::to_owned);
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|e| format!("unreadable part `{name}`: {}", e.body_text()))?;
+        match name.as_str() {
+            "component" => component = Some(bytes.to_vec()),
+            "signature" => {
+                submission.signature = Some(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            "scenario" => {
+                let file_name =
+                    file_name.ok_or_else(|| "a `scenario` part needs a file name".to_owned())?;
+                submission.scenarios.push((file_name, bytes.to_vec()));
+            }
+            other => {
+                return Err(format!(
+                    "unexpected part `{other}` (expected component, signature, scenario)"
+                ));
+            }
         }
-        Err(err) => registry_error(err),
+    }
+    submission.wasm = component.ok_or_else(|| "no `component` part".to_owned())?;
+    Ok(())
+}
+
+async fn activate(State(shared): State<Arc<Shared>>, Path(sha256): Path<String>) -> Response {
+    match deploy::activate(&shared, &sha256).await {
+        Ok(meta) => axum::Json(json!({ "active": meta })).into_response(),
+        Err(err) => submit_error(err),
     }
 }
 
 async fn rollback(State(shared): State<Arc<Shared>>) -> Response {
-    let Some(registry) = shared.registry.as_ref() else {
-        return no_registry();
-    };
-    match registry.rollback().await {
-        Ok((meta, component)) => {
-            go_live(&shared, &meta, component);
-            axum::Json(json!({ "active": meta })).into_response()
-        }
-        Err(err) => registry_error(err),
+    match deploy::rollback(&shared).await {
+        Ok(meta) => axum::Json(json!({ "active": meta })).into_response(),
+        Err(err) => submit_error(err),
     }
 }
 

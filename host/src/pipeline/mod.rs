@@ -8,6 +8,7 @@
 //! ```
 
 mod admin;
+pub mod deploy;
 pub mod http;
 mod ingest;
 pub mod metrics;
@@ -164,25 +165,39 @@ async fn component_from_registry(
     serve: &ServeConfig,
     path: &std::path::Path,
     wasm: &[u8],
-) -> anyhow::Result<(LoadedComponent, Registry)> {
+) -> anyhow::Result<(LoadedComponent, Registry, bool)> {
     let gates = Gates {
         max_size: serve.component_max_bytes,
         scenarios: Vec::new(),
+        signatures: serve.signatures.clone(),
     };
     let registry = Registry::open(dir, runtime.clone(), gates)
         .await
         .with_context(|| format!("FULFILLD_REGISTRY_DIR: cannot open {}", dir.display()))?;
     let sha = crate::registry::sha256_hex(wasm);
-    if registry.show(&sha).is_err() {
+    if !registry.contains(&sha) {
+        // A signature next to the file (`<file>.sig`) goes through the signature gate.
+        let mut sig_path = path.as_os_str().to_owned();
+        sig_path.push(".sig");
+        let signature = std::fs::read_to_string(std::path::PathBuf::from(sig_path)).ok();
+        let extras = crate::registry::Extras {
+            signature: signature.as_deref(),
+            scenarios: None,
+        };
         let meta = registry
-            .deploy(wasm, "FULFILLD_COMPONENT", "env")
+            .deploy_with(
+                wasm,
+                extras,
+                "FULFILLD_COMPONENT",
+                &path.display().to_string(),
+            )
             .await
             .with_context(|| format!("FULFILLD_COMPONENT: {} was refused", path.display()))?;
         let (_, component) = registry
             .activate(&meta.sha256)
             .await
             .context("FULFILLD_COMPONENT: cannot activate")?;
-        return Ok((component, registry));
+        return Ok((component, registry, true));
     }
     match registry
         .load_active()
@@ -191,14 +206,14 @@ async fn component_from_registry(
     {
         Some((meta, component, cache)) => {
             tracing::info!(name = %meta.name, version = %meta.version, sha256 = %meta.sha256, cache = ?cache, "starting on the registry's active component");
-            Ok((component, registry))
+            Ok((component, registry, false))
         }
         None => {
             let (_, component) = registry
                 .activate(&sha)
                 .await
                 .context("FULFILLD_COMPONENT: cannot activate")?;
-            Ok((component, registry))
+            Ok((component, registry, true))
         }
     }
 }
@@ -210,6 +225,8 @@ pub struct Host {
     shutdown: watch::Sender<bool>,
     ingest: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
+    /// The deploy directory and shared-version watcher (with a registry).
+    watcher: Option<JoinHandle<()>>,
     http: JoinHandle<()>,
 }
 
@@ -230,6 +247,9 @@ pub struct HostParts {
     pub session: Arc<dyn SessionSource>,
     /// The registry `component` came from, if any: enables the admin API's deploys.
     pub registry: Option<Registry>,
+    /// `component` was deployed from `FULFILLD_COMPONENT` at this start-up (a file the registry
+    /// had not seen): it becomes the replicas' shared active version instead of following it.
+    pub fresh_component: bool,
 }
 
 impl Host {
@@ -252,17 +272,17 @@ impl Host {
         let runtime = Runtime::new(config.runtime.clone())?;
         let wasm = std::fs::read(&path)
             .with_context(|| format!("FULFILLD_COMPONENT: cannot read {}", path.display()))?;
-        let (component, registry) = match &config.serve.registry_dir {
+        let (component, registry, fresh_component) = match &config.serve.registry_dir {
             None => {
                 let component = runtime.load(&wasm).await.with_context(|| {
                     format!("FULFILLD_COMPONENT: cannot load {}", path.display())
                 })?;
-                (component, None)
+                (component, None, false)
             }
             Some(dir) => {
-                let (component, registry) =
+                let (component, registry, fresh) =
                     component_from_registry(dir, &runtime, &config.serve, &path, &wasm).await?;
-                (component, Some(registry))
+                (component, Some(registry), fresh)
             }
         };
         let store = open_store(&config.serve.store).await?;
@@ -275,6 +295,7 @@ impl Host {
                 services,
                 session: Arc::new(salesforce),
                 registry,
+                fresh_component,
             },
         )
         .await
@@ -315,6 +336,27 @@ impl Host {
             stopping: AtomicBool::new(false),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
+        // Start on the version the replicas share (Redis), before any job runs.
+        if shared.registry.is_some() {
+            if parts.fresh_component {
+                if let (Some(registry), Some(meta)) = (
+                    shared.registry.as_deref(),
+                    shared
+                        .registry
+                        .as_deref()
+                        .and_then(|r| r.show(shared.component.load().digest()).ok()),
+                ) && let Err(err) = deploy::publish_active(&shared, registry, &meta).await
+                {
+                    tracing::warn!(error = %err, "FULFILLD_COMPONENT is active here but not recorded for the other replicas");
+                }
+            } else {
+                deploy::follow_shared(&shared, &mut None).await;
+            }
+        }
+        let watcher = shared
+            .registry
+            .is_some()
+            .then(|| tokio::spawn(deploy::watch(Arc::clone(&shared), shutdown_rx.clone())));
         let http = tokio::spawn(http::serve(
             listener,
             Arc::clone(&shared),
@@ -358,6 +400,7 @@ impl Host {
             shutdown,
             ingest,
             workers,
+            watcher,
             http,
         })
     }
@@ -406,6 +449,9 @@ impl Drop for Host {
         let _ = self.shutdown.send(true);
         if let Some(ingest) = &self.ingest {
             ingest.abort();
+        }
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
         }
         for worker in &self.workers {
             worker.abort();

@@ -11,6 +11,7 @@ use crate::testkit::TestKit;
 use crate::testkit::scenario::{Scenario, run_scenario};
 
 use super::DeployError;
+use super::signature::{SignatureCheck, SignaturePolicy};
 
 /// Default largest `.wasm` accepted: rules components are tens to hundreds of KB in release
 /// builds and a few MB in debug builds.
@@ -24,6 +25,8 @@ pub struct Gates {
     /// Scenario files, or directories standing for their `*.toml` files except `_*.toml`
     /// (shared seed data), every one of which must pass. Empty: no suite.
     pub scenarios: Vec<PathBuf>,
+    /// Signature verification and whether unsigned components are refused.
+    pub signatures: SignaturePolicy,
 }
 
 impl Default for Gates {
@@ -31,8 +34,19 @@ impl Default for Gates {
         Gates {
             max_size: DEFAULT_MAX_SIZE,
             scenarios: Vec::new(),
+            signatures: SignaturePolicy::default(),
         }
     }
+}
+
+/// What a deploy brings besides the bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras<'a> {
+    /// Base64 ed25519 signature of the bytes.
+    pub signature: Option<&'a str>,
+    /// The component's own scenario suite (a directory of scenario files), run in addition to
+    /// the host's configured suite.
+    pub scenarios: Option<&'a Path>,
 }
 
 impl From<CheckError> for DeployError {
@@ -60,67 +74,72 @@ impl From<LoadError> for DeployError {
 }
 
 impl Gates {
-    /// Runs every gate on `wasm`; the loaded candidate on success.
+    /// Runs every gate on `wasm`: size, signature (cheap checks first), then the world check,
+    /// compile, link and `info()`, then the scenario suites. The loaded candidate on success.
     pub async fn run(
         &self,
         runtime: &Runtime,
         wasm: &[u8],
+        extras: Extras<'_>,
         cache_dir: &Path,
-    ) -> Result<LoadedComponent, DeployError> {
+    ) -> Result<(LoadedComponent, SignatureCheck), DeployError> {
         if wasm.len() > self.max_size {
             return Err(DeployError::TooLarge {
                 size: wasm.len(),
                 limit: self.max_size,
             });
         }
+        let signed = self
+            .signatures
+            .check(wasm, extras.signature)
+            .map_err(DeployError::Signature)?;
         let (component, _) = runtime.load_cached(wasm, cache_dir).await?;
         if !self.scenarios.is_empty() {
-            self.run_scenarios(runtime, &component).await?;
+            run_scenarios(&self.scenarios, runtime, &component).await?;
         }
-        Ok(component)
+        if let Some(shipped) = extras.scenarios {
+            run_scenarios(&[shipped.to_path_buf()], runtime, &component).await?;
+        }
+        Ok((component, signed))
     }
+}
 
-    async fn run_scenarios(
-        &self,
-        runtime: &Runtime,
-        component: &LoadedComponent,
-    ) -> Result<(), DeployError> {
-        let files = scenario_files(&self.scenarios)?;
-        if files.is_empty() {
-            // A suite that was asked for but finds nothing is a misconfiguration, not a pass.
-            let paths: Vec<String> = self
-                .scenarios
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
-            return Err(DeployError::Scenarios {
-                total: 0,
-                failed: vec![format!("no scenario files in {}", paths.join(", "))],
-            });
-        }
-        let kit = TestKit::from_parts(runtime.clone(), component.clone());
-        let mut failed = Vec::new();
-        for file in &files {
-            match Scenario::load(file) {
-                Ok(scenario) => {
-                    let result = run_scenario(&kit, &scenario).await;
-                    if !result.passed() {
-                        let difference = result.first_difference().unwrap_or_default();
-                        failed.push(format!("{} ({difference})", result.name));
-                    }
+async fn run_scenarios(
+    paths: &[PathBuf],
+    runtime: &Runtime,
+    component: &LoadedComponent,
+) -> Result<(), DeployError> {
+    let files = scenario_files(paths)?;
+    if files.is_empty() {
+        // A suite that was asked for but finds nothing is a misconfiguration, not a pass.
+        let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        return Err(DeployError::Scenarios {
+            total: 0,
+            failed: vec![format!("no scenario files in {}", paths.join(", "))],
+        });
+    }
+    let kit = TestKit::from_parts(runtime.clone(), component.clone());
+    let mut failed = Vec::new();
+    for file in &files {
+        match Scenario::load(file) {
+            Ok(scenario) => {
+                let result = run_scenario(&kit, &scenario).await;
+                if !result.passed() {
+                    let difference = result.first_difference().unwrap_or_default();
+                    failed.push(format!("{} ({difference})", result.name));
                 }
-                Err(error) => failed.push(format!("{}: {error}", file.display())),
             }
+            Err(error) => failed.push(format!("{}: {error}", file.display())),
         }
-        if failed.is_empty() {
-            tracing::debug!(scenarios = files.len(), "scenario suite passed");
-            Ok(())
-        } else {
-            Err(DeployError::Scenarios {
-                total: files.len(),
-                failed,
-            })
-        }
+    }
+    if failed.is_empty() {
+        tracing::debug!(scenarios = files.len(), "scenario suite passed");
+        Ok(())
+    } else {
+        Err(DeployError::Scenarios {
+            total: files.len(),
+            failed,
+        })
     }
 }
 

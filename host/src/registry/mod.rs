@@ -20,6 +20,7 @@
 //! that `activate`/`rollback`/`load_active` return and install it.
 
 pub mod gates;
+pub mod signature;
 
 use std::path::{Path, PathBuf};
 
@@ -31,7 +32,8 @@ use tokio::sync::Mutex;
 use crate::runtime::cache::write_atomic;
 use crate::runtime::check::CheckError;
 use crate::runtime::{CacheUse, LoadError, LoadedComponent, Runtime};
-pub use gates::Gates;
+pub use gates::{Extras, Gates};
+use signature::SignatureCheck;
 
 /// Previously active versions kept for rollback by default.
 pub const DEFAULT_KEEP_PREVIOUS: usize = 5;
@@ -52,6 +54,10 @@ pub struct ComponentMeta {
     pub deployed_at_ms: i64,
     /// Where it came from (a path, a URL, a build id), as the caller states it.
     pub source: String,
+    /// It came with a signature that verified against the configured public key (the
+    /// signature is kept next to the bytes as `<sha256>.sig`).
+    #[serde(default)]
+    pub signed: bool,
 }
 
 /// The contents of `active.json`.
@@ -83,6 +89,8 @@ pub enum DeployError {
     Link(String),
     #[error("rejected: the component's info() export failed: {0}")]
     InfoFailed(String),
+    #[error("rejected: {0}")]
+    Signature(String),
     #[error(
         "rejected: {} of {total} scenarios failed: {}",
         .failed.len(),
@@ -226,17 +234,33 @@ impl Registry {
         self.dir.join("components").join(format!("{sha256}.json"))
     }
 
-    /// Runs the gates on `wasm` and stores it; does not activate it. Deploying bytes already in
-    /// the registry re-runs the gates and returns the stored metadata unchanged.
+    fn signature_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join("components").join(format!("{sha256}.sig"))
+    }
+
+    /// [`Registry::deploy_with`] without a signature or a shipped scenario suite.
     pub async fn deploy(
         &self,
         wasm: &[u8],
         deployed_by: &str,
         source: &str,
     ) -> Result<ComponentMeta, DeployError> {
-        let candidate = self
+        self.deploy_with(wasm, Extras::default(), deployed_by, source)
+            .await
+    }
+
+    /// Runs the gates on `wasm` and stores it; does not activate it. Deploying bytes already in
+    /// the registry re-runs the gates and returns the stored metadata unchanged.
+    pub async fn deploy_with(
+        &self,
+        wasm: &[u8],
+        extras: Extras<'_>,
+        deployed_by: &str,
+        source: &str,
+    ) -> Result<ComponentMeta, DeployError> {
+        let (candidate, signed) = self
             .gates
-            .run(&self.runtime, wasm, &self.cache_dir())
+            .run(&self.runtime, wasm, extras, &self.cache_dir())
             .await?;
         let sha256 = candidate.digest().to_owned();
         let _writes = self.state.lock().await;
@@ -259,12 +283,20 @@ impl Registry {
             deployed_by: deployed_by.to_owned(),
             deployed_at_ms: crate::services::system_now_ms(),
             source: source.to_owned(),
+            signed: signed == SignatureCheck::Verified,
         };
         let blob_path = self.blob_path(&sha256);
         write_atomic(&blob_path, wasm).map_err(|source| DeployError::Io {
             context: format!("cannot write {}", blob_path.display()),
             source,
         })?;
+        if let (true, Some(text)) = (meta.signed, extras.signature) {
+            let path = self.signature_path(&sha256);
+            write_atomic(&path, text.trim().as_bytes()).map_err(|source| DeployError::Io {
+                context: format!("cannot write {}", path.display()),
+                source,
+            })?;
+        }
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| DeployError::Io {
             context: "cannot encode the component metadata".into(),
             source: std::io::Error::other(e),
@@ -280,9 +312,27 @@ impl Registry {
             deployed_by = %meta.deployed_by,
             size = meta.size,
             source = %meta.source,
+            signed = meta.signed,
             "component deployed"
         );
         Ok(meta)
+    }
+
+    /// Whether version `sha256` is deployed here.
+    pub fn contains(&self, sha256: &str) -> bool {
+        is_sha256(sha256) && self.meta_path(sha256).is_file()
+    }
+
+    /// The stored bytes and signature of a deployed version (to share it with other replicas).
+    pub fn bytes(&self, sha256: &str) -> Result<(Vec<u8>, Option<String>), RegistryError> {
+        check_id(sha256)?;
+        let path = self.blob_path(sha256);
+        let wasm = std::fs::read(&path).map_err(io_error(format!(
+            "cannot read the component {}",
+            path.display()
+        )))?;
+        let signature = std::fs::read_to_string(self.signature_path(sha256)).ok();
+        Ok((wasm, signature))
     }
 
     /// Makes the deployed version `sha256` the active one and returns it loaded (from the
@@ -438,7 +488,11 @@ impl Registry {
             if state.active.as_ref() == Some(sha) || state.history.contains(sha) {
                 continue;
             }
-            let mut paths = vec![self.meta_path(sha), self.blob_path(sha)];
+            let mut paths = vec![
+                self.meta_path(sha),
+                self.blob_path(sha),
+                self.signature_path(sha),
+            ];
             if let Ok(entries) = std::fs::read_dir(self.cache_dir()) {
                 let prefix = format!("{sha}-");
                 paths.extend(

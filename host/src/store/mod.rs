@@ -351,6 +351,64 @@ pub trait Store: Send + Sync + 'static {
         name: &'a str,
         holder: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Whether component versions are shared between replicas through this store (Redis). The
+    /// embedded store serves one node: each registry's own directory is the truth.
+    fn shares_components(&self) -> bool {
+        false
+    }
+
+    /// Publishes a deployed component version so other replicas can fetch it.
+    fn share_component<'a>(
+        &'a self,
+        component: &'a SharedComponent,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = component;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// A version another replica published, by sha256.
+    fn shared_component<'a>(
+        &'a self,
+        sha256: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SharedComponent>, StoreError>> {
+        let _ = sha256;
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Records the version every replica should run.
+    fn set_shared_active<'a>(
+        &'a self,
+        active: &'a SharedActive,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = active;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The version every replica should run, if one was recorded.
+    fn shared_active(&self) -> BoxFuture<'_, Result<Option<SharedActive>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// A component version as replicas share it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedComponent {
+    pub sha256: String,
+    /// The registry's metadata, JSON.
+    pub meta_json: String,
+    pub wasm: Vec<u8>,
+    /// Its base64 signature, when it came with one.
+    pub signature: Option<String>,
+}
+
+/// The version every replica should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedActive {
+    pub sha256: String,
+    /// The replica that activated it.
+    pub by: String,
+    pub at_ms: i64,
 }
 
 /// A shared store handle.

@@ -35,6 +35,7 @@ use super::{
     Backend, ClaimOptions, DEDUPE_TTL, DeadLetter, DeadLetterKind, IngestBatch, IngestReport, Job,
     JobRecord, Lease, LeaseInfo, Store, StoreError, cursor_key, now_ms,
 };
+use super::{SharedActive, SharedComponent};
 use crate::holds::HoldMode;
 use crate::pubsub::ReplayId;
 
@@ -217,6 +218,16 @@ impl RedisStore {
 
     fn keys(&self, channel: &str) -> ChannelKeys {
         ChannelKeys::new(&self.namespace, channel)
+    }
+
+    /// A shared component version: hash of `meta` (JSON), `wasm` and `signature`.
+    fn component_key(&self, sha256: &str) -> String {
+        format!("{}:component:{sha256}", self.namespace)
+    }
+
+    /// The version every replica should run (JSON [`SharedActive`]).
+    fn active_component_key(&self) -> String {
+        format!("{}:component:active", self.namespace)
     }
 
     /// The two keys of a hold, in one hash slot: holders in shared mode (a sorted set scored by
@@ -1060,6 +1071,92 @@ impl Store for RedisStore {
                 .query(redis::cmd("XLEN").arg(self.keys(channel).jobs), "XLEN jobs")
                 .await?;
             Ok(n)
+        }
+        .boxed()
+    }
+
+    fn shares_components(&self) -> bool {
+        true
+    }
+
+    fn share_component<'a>(
+        &'a self,
+        component: &'a SharedComponent,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let key = self.component_key(&component.sha256);
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(&key)
+                .arg("meta")
+                .arg(&component.meta_json)
+                .arg("wasm")
+                .arg(component.wasm.as_slice());
+            if let Some(signature) = &component.signature {
+                cmd.arg("signature").arg(signature);
+            }
+            let _: i64 = self.query(&cmd, "HSET component").await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn shared_component<'a>(
+        &'a self,
+        sha256: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SharedComponent>, StoreError>> {
+        async move {
+            let key = self.component_key(sha256);
+            let (meta, wasm, signature): (Option<String>, Option<Vec<u8>>, Option<String>) = self
+                .query(
+                    redis::cmd("HMGET")
+                        .arg(&key)
+                        .arg("meta")
+                        .arg("wasm")
+                        .arg("signature"),
+                    "HMGET component",
+                )
+                .await?;
+            Ok(match (meta, wasm) {
+                (Some(meta_json), Some(wasm)) => Some(SharedComponent {
+                    sha256: sha256.to_owned(),
+                    meta_json,
+                    wasm,
+                    signature,
+                }),
+                _ => None,
+            })
+        }
+        .boxed()
+    }
+
+    fn set_shared_active<'a>(
+        &'a self,
+        active: &'a SharedActive,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let json = serde_json::to_string(active)
+                .map_err(|e| StoreError::Invalid(format!("active component: {e}")))?;
+            let _: () = self
+                .query(
+                    redis::cmd("SET").arg(self.active_component_key()).arg(json),
+                    "SET active component",
+                )
+                .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn shared_active(&self) -> BoxFuture<'_, Result<Option<SharedActive>, StoreError>> {
+        async move {
+            let key = self.active_component_key();
+            let json: Option<String> = self
+                .query(redis::cmd("GET").arg(&key), "GET active component")
+                .await?;
+            json.map(|text| {
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))
+            })
+            .transpose()
         }
         .boxed()
     }

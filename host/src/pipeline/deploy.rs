@@ -1,0 +1,439 @@
+//! One code path for every way a component version goes live: the admin API (and the CLI on
+//! top of it), the watched deploy directory, a new `FULFILLD_COMPONENT` at start-up, and a
+//! replica following the version another replica activated (Redis).
+//!
+//! Order of a deploy: the registry's gates (size, signature, world and WIT version, compile,
+//! link, `info()`, scenario suites), then the version is stored and, with Redis, published for
+//! the other replicas. Activation swaps the version new jobs run on (one atomic pointer store;
+//! jobs in flight keep theirs) and records it as the replicas' shared active version, which every
+//! replica polls every `FULFILLD_COMPONENT_POLL_MS`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+
+use super::Shared;
+use crate::registry::{ComponentMeta, DeployError, Extras, Registry, RegistryError};
+use crate::runtime::LoadedComponent;
+use crate::store::{SharedActive, SharedComponent, StoreError};
+
+/// A version submitted for deployment.
+#[derive(Debug, Default)]
+pub struct Submission {
+    pub wasm: Vec<u8>,
+    /// Base64 ed25519 signature of `wasm`.
+    pub signature: Option<String>,
+    /// The component's own scenario suite: (file name, contents); `_*.toml` seed files included.
+    pub scenarios: Vec<(String, Vec<u8>)>,
+    pub deployed_by: String,
+    pub source: String,
+    /// Make it live once it passes the gates.
+    pub activate: bool,
+}
+
+/// Why a submission or an activation did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("no component registry configured (FULFILLD_REGISTRY_DIR)")]
+    NoRegistry,
+    /// The gates refused it; nothing changed.
+    #[error(transparent)]
+    Rejected(#[from] DeployError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// It is live on this replica, but the other replicas could not be told.
+    #[error(
+        "active on this replica, but the store could not record it for the other replicas: {0}; \
+         activate it again once the store is reachable"
+    )]
+    Share(StoreError),
+}
+
+fn registry(shared: &Shared) -> Result<&Registry, SubmitError> {
+    shared.registry.as_deref().ok_or(SubmitError::NoRegistry)
+}
+
+/// Makes `component` the version new jobs run on.
+fn go_live(shared: &Shared, meta: &ComponentMeta, component: LoadedComponent) {
+    shared.component.store(Arc::new(component));
+    tracing::info!(name = %meta.name, version = %meta.version, sha256 = %meta.sha256, "component live: new jobs run on it");
+}
+
+/// Runs the gates on a submission and stores it; activates it when asked. Returns the metadata
+/// and whether it is now active.
+pub async fn submit(
+    shared: &Shared,
+    submission: Submission,
+) -> Result<(ComponentMeta, bool), SubmitError> {
+    let registry = registry(shared)?;
+    let suite = ShippedSuite::write(registry, &submission.scenarios)?;
+    let extras = Extras {
+        signature: submission.signature.as_deref(),
+        scenarios: suite.as_ref().map(ShippedSuite::dir),
+    };
+    let deployed = registry
+        .deploy_with(
+            &submission.wasm,
+            extras,
+            &submission.deployed_by,
+            &submission.source,
+        )
+        .await;
+    drop(suite);
+    let meta = match deployed {
+        Ok(meta) => meta,
+        Err(err) => {
+            tracing::warn!(deployed_by = %submission.deployed_by, source = %submission.source, error = %err, "component deploy rejected; the active version is unchanged");
+            return Err(err.into());
+        }
+    };
+    if !submission.activate {
+        if let Err(err) = share_version(shared, registry, &meta).await {
+            tracing::warn!(sha256 = %meta.sha256, error = %err, "deployed here, but not published for the other replicas; activating it will try again");
+        }
+        return Ok((meta, false));
+    }
+    let meta = activate(shared, &meta.sha256).await?;
+    Ok((meta, true))
+}
+
+/// Activates deployed version `sha256` here and records it for every replica.
+pub async fn activate(shared: &Shared, sha256: &str) -> Result<ComponentMeta, SubmitError> {
+    let registry = registry(shared)?;
+    let (meta, component) = registry.activate(sha256).await?;
+    go_live(shared, &meta, component);
+    publish_active(shared, registry, &meta).await?;
+    Ok(meta)
+}
+
+/// Returns to the previously active version here and records it for every replica.
+pub async fn rollback(shared: &Shared) -> Result<ComponentMeta, SubmitError> {
+    let registry = registry(shared)?;
+    let (meta, component) = registry.rollback().await?;
+    go_live(shared, &meta, component);
+    publish_active(shared, registry, &meta).await?;
+    Ok(meta)
+}
+
+/// Publishes a version's bytes for the other replicas (no-op on the embedded store).
+async fn share_version(
+    shared: &Shared,
+    registry: &Registry,
+    meta: &ComponentMeta,
+) -> Result<(), SubmitError> {
+    if !shared.store.shares_components() {
+        return Ok(());
+    }
+    let (wasm, signature) = registry.bytes(&meta.sha256)?;
+    let meta_json = serde_json::to_string(meta)
+        .map_err(|e| SubmitError::BadRequest(format!("cannot encode the metadata: {e}")))?;
+    let component = SharedComponent {
+        sha256: meta.sha256.clone(),
+        meta_json,
+        wasm,
+        signature,
+    };
+    shared
+        .store
+        .share_component(&component)
+        .await
+        .map_err(SubmitError::Share)
+}
+
+/// Publishes `meta`'s bytes and makes it the replicas' shared active version.
+pub async fn publish_active(
+    shared: &Shared,
+    registry: &Registry,
+    meta: &ComponentMeta,
+) -> Result<(), SubmitError> {
+    if !shared.store.shares_components() {
+        return Ok(());
+    }
+    share_version(shared, registry, meta).await?;
+    let active = SharedActive {
+        sha256: meta.sha256.clone(),
+        by: shared.serve.replica_id.clone(),
+        at_ms: crate::services::system_now_ms(),
+    };
+    shared
+        .store
+        .set_shared_active(&active)
+        .await
+        .map_err(SubmitError::Share)?;
+    tracing::info!(sha256 = %meta.sha256, "component recorded as the active version for every replica");
+    Ok(())
+}
+
+/// A shipped scenario suite, written to a private directory for the length of the deploy.
+struct ShippedSuite {
+    dir: PathBuf,
+}
+
+impl ShippedSuite {
+    fn write(
+        registry: &Registry,
+        files: &[(String, Vec<u8>)],
+    ) -> Result<Option<ShippedSuite>, SubmitError> {
+        if files.is_empty() {
+            return Ok(None);
+        }
+        let dir = registry
+            .dir()
+            .join("incoming")
+            .join(crate::pubsub::random_uuid());
+        let suite = ShippedSuite { dir };
+        std::fs::create_dir_all(&suite.dir).map_err(|e| {
+            SubmitError::BadRequest(format!("cannot create {}: {e}", suite.dir.display()))
+        })?;
+        for (name, contents) in files {
+            let valid = name.ends_with(".toml")
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && !name.starts_with('.');
+            if !valid {
+                return Err(SubmitError::BadRequest(format!(
+                    "scenario file name `{name}`: expected `<name>.toml` (letters, digits, `._-`)"
+                )));
+            }
+            let path = suite.dir.join(name);
+            std::fs::write(&path, contents).map_err(|e| {
+                SubmitError::BadRequest(format!("cannot write {}: {e}", path.display()))
+            })?;
+        }
+        Ok(Some(suite))
+    }
+
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for ShippedSuite {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.dir) {
+            tracing::debug!(dir = %self.dir.display(), error = %error, "cannot remove a shipped scenario suite");
+        }
+    }
+}
+
+/// Follows the replicas' shared active version: when another replica activated a version this
+/// one does not run, fetch it (if needed), pass it through the gates and make it live here.
+/// A version that fails here is reported once and not retried until the shared version changes.
+pub(crate) async fn follow_shared(shared: &Shared, failed: &mut Option<String>) {
+    let Some(registry) = shared.registry.as_deref() else {
+        return;
+    };
+    if !shared.store.shares_components() {
+        return;
+    }
+    let active = match shared.store.shared_active().await {
+        Ok(Some(active)) => active,
+        Ok(None) => return,
+        Err(err) => {
+            tracing::debug!(error = %err, "cannot read the shared active component; retrying");
+            return;
+        }
+    };
+    if active.sha256 == shared.component.load().digest() || failed.as_ref() == Some(&active.sha256)
+    {
+        return;
+    }
+    match adopt(shared, registry, &active).await {
+        Ok(meta) => {
+            *failed = None;
+            tracing::info!(name = %meta.name, version = %meta.version, sha256 = %meta.sha256, activated_by = %active.by, "following the component version another replica activated");
+        }
+        Err(err) => {
+            tracing::error!(sha256 = %active.sha256, activated_by = %active.by, error = %err, "cannot follow the component version another replica activated; this replica keeps its version");
+            *failed = Some(active.sha256.clone());
+        }
+    }
+}
+
+async fn adopt(
+    shared: &Shared,
+    registry: &Registry,
+    active: &SharedActive,
+) -> Result<ComponentMeta, SubmitError> {
+    if !registry.contains(&active.sha256) {
+        let component = shared
+            .store
+            .shared_component(&active.sha256)
+            .await
+            .map_err(SubmitError::Share)?
+            .ok_or_else(|| {
+                SubmitError::BadRequest(format!("component {} is not in the store", active.sha256))
+            })?;
+        let meta: ComponentMeta = serde_json::from_str(&component.meta_json).map_err(|e| {
+            SubmitError::BadRequest(format!("component {}: bad metadata: {e}", active.sha256))
+        })?;
+        let extras = Extras {
+            signature: component.signature.as_deref(),
+            scenarios: None,
+        };
+        let source = format!("replica {}", active.by);
+        let stored = registry
+            .deploy_with(&component.wasm, extras, &meta.deployed_by, &source)
+            .await?;
+        if stored.sha256 != active.sha256 {
+            return Err(SubmitError::BadRequest(format!(
+                "component {} in the store hashes to {}",
+                active.sha256, stored.sha256
+            )));
+        }
+    }
+    let (meta, component) = registry.activate(&active.sha256).await?;
+    go_live(shared, &meta, component);
+    Ok(meta)
+}
+
+/// The watched deploy directory (`FULFILLD_DEPLOY_DIR`): a `<name>.wasm` file, with an optional
+/// `<name>.wasm.sig` signature and `<name>.scenarios/` suite next to it, is deployed and
+/// activated once its size and modification time stay the same for one poll (so a file still
+/// being copied is not taken). Then it moves to `deployed/` or, with a `.error` file saying why,
+/// to `rejected/`.
+#[derive(Debug, Default)]
+pub(crate) struct DeployDir {
+    seen: HashMap<PathBuf, (u64, Option<SystemTime>)>,
+}
+
+impl DeployDir {
+    pub(crate) async fn scan(&mut self, shared: &Shared, dir: &Path) {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), error = %error, "cannot read the deploy directory");
+                return;
+            }
+        };
+        let mut present = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if !metadata.is_file() || path.extension().is_none_or(|e| e != "wasm") {
+                continue;
+            }
+            present.push(path.clone());
+            let stamp = (metadata.len(), metadata.modified().ok());
+            if self.seen.insert(path.clone(), stamp) == Some(stamp) {
+                self.seen.remove(&path);
+                deploy_file(shared, dir, &path).await;
+            }
+        }
+        self.seen.retain(|path, _| present.contains(path));
+    }
+}
+
+async fn deploy_file(shared: &Shared, dir: &Path, path: &Path) {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let signature_path = dir.join(format!("{name}.sig"));
+    let stem = name.trim_end_matches(".wasm");
+    let suite_dir = dir.join(format!("{stem}.scenarios"));
+    let result = match read_submission(path, &signature_path, &suite_dir) {
+        Ok(submission) => submit(shared, submission).await.map(|(meta, _)| meta),
+        Err(message) => Err(SubmitError::BadRequest(message)),
+    };
+    let stamp = crate::services::system_now_ms();
+    let (target, outcome) = match &result {
+        Ok(meta) => {
+            tracing::info!(file = %path.display(), sha256 = %meta.sha256, "deploy directory: component deployed and active");
+            ("deployed", None)
+        }
+        Err(err) => {
+            tracing::error!(file = %path.display(), error = %err, "deploy directory: component rejected; the active version is unchanged");
+            ("rejected", Some(err.to_string()))
+        }
+    };
+    let target_dir = dir.join(target);
+    if let Err(error) = std::fs::create_dir_all(&target_dir) {
+        tracing::error!(dir = %target_dir.display(), error = %error, "deploy directory: cannot create; the file stays where it is");
+        return;
+    }
+    let moved_name = format!("{stamp}-{name}");
+    for (from, to) in [
+        (path.to_path_buf(), target_dir.join(&moved_name)),
+        (signature_path, target_dir.join(format!("{moved_name}.sig"))),
+        (
+            suite_dir,
+            target_dir.join(format!("{stamp}-{stem}.scenarios")),
+        ),
+    ] {
+        if from.exists()
+            && let Err(error) = std::fs::rename(&from, &to)
+        {
+            tracing::error!(from = %from.display(), to = %to.display(), error = %error, "deploy directory: cannot move");
+        }
+    }
+    if let Some(message) = outcome {
+        let error_path = target_dir.join(format!("{moved_name}.error"));
+        if let Err(error) = std::fs::write(&error_path, format!("{message}\n")) {
+            tracing::error!(file = %error_path.display(), error = %error, "deploy directory: cannot write the reason");
+        }
+    }
+}
+
+fn read_submission(
+    path: &Path,
+    signature_path: &Path,
+    suite_dir: &Path,
+) -> Result<Submission, String> {
+    let wasm = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let signature = match std::fs::read_to_string(signature_path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read {}: {e}", signature_path.display())),
+    };
+    let mut scenarios = Vec::new();
+    if suite_dir.is_dir() {
+        let entries = std::fs::read_dir(suite_dir)
+            .map_err(|e| format!("cannot read {}: {e}", suite_dir.display()))?;
+        for entry in entries.flatten() {
+            let file = entry.path();
+            if file.extension().is_some_and(|e| e == "toml") {
+                let contents = std::fs::read(&file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                scenarios.push((entry.file_name().to_string_lossy().into_owned(), contents));
+            }
+        }
+    }
+    Ok(Submission {
+        wasm,
+        signature,
+        scenarios,
+        deployed_by: "deploy-dir".into(),
+        source: path.display().to_string(),
+        activate: true,
+    })
+}
+
+/// The background task: the deploy directory and the shared active version, every poll.
+pub(crate) async fn watch(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut dir_state = DeployDir::default();
+    let mut failed = None;
+    let mut tick = tokio::time::interval(shared.serve.component_poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        follow_shared(&shared, &mut failed).await;
+        if let Some(dir) = shared.serve.deploy_dir.clone() {
+            dir_state.scan(&shared, &dir).await;
+        }
+    }
+}
