@@ -46,10 +46,12 @@ pub enum SubmitError {
     BadRequest(String),
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    /// It is live on this replica, but the other replicas could not be told.
+    /// The store could not be reached to publish or record a version for the other replicas.
+    /// An activation went live on this replica only; it returns to the replicas' shared version
+    /// once the store answers again.
     #[error(
-        "active on this replica, but the store could not record it for the other replicas: {0}; \
-         activate it again once the store is reachable"
+        "the store could not record this for the other replicas: {0}; an activation is live on \
+         this replica only until the store answers again: then activate it again"
     )]
     Share(StoreError),
 }

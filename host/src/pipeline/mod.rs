@@ -336,17 +336,15 @@ impl Host {
             stopping: AtomicBool::new(false),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        // Start on the version the replicas share (Redis), before any job runs.
-        if shared.registry.is_some() {
+        // Start on the version the replicas share (Redis), before any job runs; or, when
+        // FULFILLD_COMPONENT was deployed at this start-up, make it the shared version.
+        if let Some(registry) = shared.registry.as_deref() {
             if parts.fresh_component {
-                if let (Some(registry), Some(meta)) = (
-                    shared.registry.as_deref(),
-                    shared
-                        .registry
-                        .as_deref()
-                        .and_then(|r| r.show(shared.component.load().digest()).ok()),
-                ) && let Err(err) = deploy::publish_active(&shared, registry, &meta).await
-                {
+                let published = match registry.show(shared.component.load().digest()) {
+                    Ok(meta) => deploy::publish_active(&shared, registry, &meta).await,
+                    Err(err) => Err(err.into()),
+                };
+                if let Err(err) = published {
                     tracing::warn!(error = %err, "FULFILLD_COMPONENT is active here but not recorded for the other replicas");
                 }
             } else {
