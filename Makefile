@@ -40,6 +40,7 @@ bench: components
 	$(CARGO) bench -p fulfilld --bench fulfill
 	$(CARGO) bench -p fulfilld --bench pubsub
 	$(CARGO) bench -p fulfilld --bench pipeline
+	$(CARGO) bench -p fulfilld --bench swap
 
 ## The default component against the embedded mocked host: every shipped scenario.
 run: components

@@ -24,27 +24,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fulfilld::config::Config;
 use fulfilld::pipeline::Host;
 use fulfilld::pubsub::{ReplayId, random_uuid};
 use fulfilld::sandbox::{ACME_ACCOUNT, Sandbox, SandboxConfig, add_orders, order_event_schema_v1};
+use support::{component, now_us, percentile, redis_cleanup, redis_reachable, redis_url, setting};
 
 // ---------------------------------------------------------------------------------------------
 // Settings
-
-fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
 
 fn list(name: &str, default: &str) -> Vec<String> {
     std::env::var(name)
@@ -53,34 +48,6 @@ fn list(name: &str, default: &str) -> Vec<String> {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect()
-}
-
-fn redis_url() -> String {
-    std::env::var("FULFILLD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-fn component() -> PathBuf {
-    let dir = std::env::var("FULFILLD_COMPONENT_DIR").map_or_else(
-        |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/component"),
-        PathBuf::from,
-    );
-    let path = dir.join("fulfillment.wasm");
-    assert!(
-        path.is_file(),
-        "no component at {} (run `make components`)",
-        path.display()
-    );
-    path
-}
-
-fn now_us() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_micros(),
-    )
-    .unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -287,66 +254,6 @@ async fn redis_cpu(url: &str) -> Option<Duration> {
     ))
 }
 
-async fn redis_reachable(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
-    let Ok(Ok(mut con)) = tokio::time::timeout(
-        Duration::from_secs(2),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    else {
-        return false;
-    };
-    redis::cmd("PING")
-        .query_async::<String>(&mut con)
-        .await
-        .is_ok()
-}
-
-/// Removes everything a run wrote to the shared Redis: its namespace and its channel's cursor.
-async fn redis_cleanup(url: &str, namespace: &str, channel: &str) {
-    let client = redis::Client::open(url).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let mut cursor = 0_u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{namespace}:*"))
-            .arg("COUNT")
-            .arg(5000)
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        if !keys.is_empty() {
-            let _: i64 = redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async(&mut con)
-                .await
-                .unwrap();
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    let _: i64 = redis::cmd("UNLINK")
-        .arg(fulfilld::store::cursor_key(channel))
-        .query_async(&mut con)
-        .await
-        .unwrap();
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 // ---------------------------------------------------------------------------------------------
 // A host pointed at the child sandbox
 
@@ -385,7 +292,7 @@ impl Setup {
         env.insert("SF_EVENTS_REPLAY".into(), "ALL".into());
         env.insert(
             "FULFILLD_COMPONENT".into(),
-            component().display().to_string(),
+            component("fulfillment.wasm").display().to_string(),
         );
         env.insert("FULFILLD_HTTP_ADDR".into(), "127.0.0.1:0".into());
         env.insert("FULFILLD_ENV".into(), "bench".into());
@@ -687,7 +594,7 @@ async fn bench() {
             other => panic!("FULFILLD_BENCH_STORES: unknown store {other:?}"),
         }
     }
-    let _ = component();
+    let _ = component("fulfillment.wasm");
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average at start: {}", load().trim());
 
