@@ -9,8 +9,8 @@
 //! holder as its dead earlier run: its `exclusive` request does not wait for the `shared` hold
 //! that run left behind.
 //!
-//! Backends: the store (Redis holds are seen by every replica; see
-//! [`crate::store::Store::try_hold`]) and [`HoldTable`], a process-local table used by the
+//! Backends: every store (a [`crate::store::Store`] is a [`HoldBackend`]; Redis holds are seen
+//! by every replica) and [`HoldTable`], a process-local table used by the
 //! embedded store and by the runtime when no store is attached (the test kit, `component run`).
 
 use std::collections::HashMap;
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
-use crate::store::{SharedStore, StoreError};
+use crate::store::StoreError;
 
 /// Longest hold name, in bytes.
 pub const MAX_NAME_LEN: usize = 200;
@@ -77,7 +77,7 @@ pub trait HoldBackend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Drops every hold `holder` has on `name` (no-op when it has none).
-    fn release<'a>(
+    fn release_hold<'a>(
         &'a self,
         name: &'a str,
         holder: &'a str,
@@ -182,35 +182,12 @@ impl HoldBackend for HoldTable {
         Box::pin(async move { self.try_hold_now(name, holder, mode, ttl) })
     }
 
-    fn release<'a>(
+    fn release_hold<'a>(
         &'a self,
         name: &'a str,
         holder: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move { self.release_now(name, holder) })
-    }
-}
-
-/// Holds kept in a store.
-pub struct StoreHolds(pub SharedStore);
-
-impl HoldBackend for StoreHolds {
-    fn try_hold<'a>(
-        &'a self,
-        name: &'a str,
-        holder: &'a str,
-        mode: HoldMode,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.0.try_hold(name, holder, mode, ttl)
-    }
-
-    fn release<'a>(
-        &'a self,
-        name: &'a str,
-        holder: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.release_hold(name, holder)
     }
 }
 

@@ -209,6 +209,17 @@ impl Rig {
     }
 }
 
+/// The record of the job of EventUuid `uuid`, waiting up to 5 s for the job to finish.
+async fn wait_record(store: &SharedStore, uuid: &str) -> fulfilld::store::JobRecord {
+    for _ in 0..100 {
+        if let Some(record) = store.job_record(uuid).await.unwrap() {
+            return record;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no job record for {uuid}");
+}
+
 async fn get(url: &str) -> (u16, String) {
     let response = reqwest::get(url).await.unwrap();
     let status = response.status().as_u16();
@@ -571,15 +582,7 @@ async fn kill_dash_nine_mid_stream_then_restart_loses_and_doubles_nothing() {
     rig.assert_exactly_once(&orders);
     let log = second.log_text();
     for (_, event) in rig.sandbox.pubsub().bus().events(&rig.channel) {
-        let mut record = None;
-        for _ in 0..100 {
-            record = store.job_record(&event.id).await.unwrap();
-            if record.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let record = record.unwrap_or_else(|| panic!("no job record for {}", event.id));
+        let record = wait_record(&store, &event.id).await;
         // A job killed after the Order was Activated is skipped when delivered again.
         assert!(
             record.outcome == "completed" || (record.outcome == "skipped" && record.deliveries > 1),
@@ -649,15 +652,7 @@ async fn killed_between_addorder_and_the_salesforce_write_adopts_the_orphan() {
     rig.assert_exactly_once(&orders);
     assert_eq!(rig.status(&orders[0]).1, orphan.to_string());
     let store = rig.store().await;
-    let mut record = None;
-    for _ in 0..100 {
-        record = store.job_record(&uuid).await.unwrap();
-        if record.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let record = record.unwrap();
+    let record = wait_record(&store, &uuid).await;
     assert_eq!(record.outcome, "completed", "{record:?}");
     assert_eq!(record.deliveries, 2, "{record:?}");
     let log = second.log_text();
@@ -1290,22 +1285,10 @@ async fn a_version_deployed_mid_stream_takes_the_new_jobs_and_rolls_back() {
     rig.wait_activated(&orders[..60], Duration::from_secs(60))
         .await;
     let store = rig.store().await;
-    let record = |uuid: String| {
-        let store = store.clone();
-        async move {
-            for _ in 0..100 {
-                if let Some(record) = store.job_record(&uuid).await.unwrap() {
-                    return record;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("no job record for {uuid}");
-        }
-    };
     let swapped_at = swapped_at.unwrap();
     let mut on = BTreeMap::new();
     for (i, uuid) in published.iter().enumerate() {
-        let record = record(uuid.clone()).await;
+        let record = wait_record(&store, uuid).await;
         assert_eq!(record.outcome, "completed", "{record:?}");
         assert!(
             record.component_sha256 == v1 || record.component_sha256 == v2,
@@ -1345,7 +1328,7 @@ async fn a_version_deployed_mid_stream_takes_the_new_jobs_and_rolls_back() {
     rig.wait_activated(&orders, Duration::from_secs(60)).await;
     rig.assert_exactly_once(&orders);
     for uuid in after {
-        assert_eq!(record(uuid).await.component_sha256, v1);
+        assert_eq!(wait_record(&store, &uuid).await.component_sha256, v1);
     }
     // The CLI (`fulfilld component list`) talks to the same API.
     let url = format!("http://{}", host.http_addr());

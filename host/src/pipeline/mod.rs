@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ServeConfig, StoreConfig};
-use crate::holds::{SharedHolds, StoreHolds};
+use crate::holds::SharedHolds;
 use crate::pubsub::{Fallback, ReplayId, SessionSource, SubscriptionState};
 use crate::registry::Registry;
 use crate::registry::gates::Gates;
@@ -315,7 +315,7 @@ impl Host {
             channel: config.channel.clone(),
             fallback: config.replay,
             serve: serve.clone(),
-            holds: Arc::new(StoreHolds(Arc::clone(&parts.store))),
+            holds: Arc::clone(&parts.store) as SharedHolds,
             store: parts.store,
             runtime: parts.runtime,
             services: parts.services,

@@ -34,7 +34,7 @@ use super::{
     Backend, ClaimOptions, DEDUPE_TTL, DeadLetter, DeadLetterKind, IngestBatch, IngestReport, Job,
     JobRecord, Lease, LeaseInfo, Store, StoreError, now_ms,
 };
-use crate::holds::{HoldBackend as _, HoldMode, HoldTable};
+use crate::holds::{HoldBackend, HoldMode, HoldTable};
 use crate::pubsub::ReplayId;
 
 /// Version of the layout below, stored under `meta`.
@@ -1213,7 +1213,9 @@ impl Store for EmbeddedStore {
         })
         .boxed()
     }
+}
 
+impl HoldBackend for EmbeddedStore {
     fn try_hold<'a>(
         &'a self,
         name: &'a str,
@@ -1229,6 +1231,6 @@ impl Store for EmbeddedStore {
         name: &'a str,
         holder: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.holds.release(name, holder)
+        self.holds.release_hold(name, holder)
     }
 }

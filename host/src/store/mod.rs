@@ -24,7 +24,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::holds::HoldMode;
+use crate::holds::HoldBackend;
 use crate::pubsub::ReplayId;
 
 /// How long an EventUuid is remembered: well past the 72 h the Pub/Sub API retains events, so a
@@ -208,8 +208,10 @@ pub struct ClaimOptions {
 }
 
 /// The store interface. Every method is cancel-safe in the sense that an abandoned call leaves
-/// the store in a state one of the guarantees above covers.
-pub trait Store: Send + Sync + 'static {
+/// the store in a state one of the guarantees above covers. A store also keeps the components'
+/// named holds ([`HoldBackend`]): Redis where every replica sees them, the embedded store in this
+/// process (it is single-process).
+pub trait Store: HoldBackend + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// A cheap round trip (Redis `PING`); `/health` reports its latency.
@@ -333,24 +335,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Jobs enqueued and not yet completed or dead-lettered (claimed ones included).
     fn queue_depth<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
-
-    /// One attempt at a named hold (see [`crate::holds`]): `true` when `holder` now holds `name`
-    /// in `mode`. Redis keeps holds where every replica sees them; the embedded store keeps
-    /// them in this process (it is single-process).
-    fn try_hold<'a>(
-        &'a self,
-        name: &'a str,
-        holder: &'a str,
-        mode: HoldMode,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>>;
-
-    /// Drops every hold `holder` has on `name`.
-    fn release_hold<'a>(
-        &'a self,
-        name: &'a str,
-        holder: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Whether component versions are shared between replicas through this store (Redis). The
     /// embedded store serves one node: each registry's own directory is the truth.

@@ -36,7 +36,7 @@ use super::{
     JobRecord, Lease, LeaseInfo, Store, StoreError, cursor_key, now_ms,
 };
 use super::{SharedActive, SharedComponent};
-use crate::holds::HoldMode;
+use crate::holds::{HoldBackend, HoldMode};
 use crate::pubsub::ReplayId;
 
 /// The consumer group every worker of every replica reads jobs through.
@@ -1160,7 +1160,9 @@ impl Store for RedisStore {
         }
         .boxed()
     }
+}
 
+impl HoldBackend for RedisStore {
     fn try_hold<'a>(
         &'a self,
         name: &'a str,

@@ -103,7 +103,7 @@ async fn take(job: &JobContext, name: &str, mode: HoldMode) -> Result<(), CallEr
 }
 
 async fn drop_hold(job: &JobContext, name: &str) {
-    if let Err(error) = job.holds.release(name, &job.holder).await {
+    if let Err(error) = job.holds.release_hold(name, &job.holder).await {
         tracing::warn!(hold = %name, error = %error, "could not release a hold; it expires on its own");
     }
 }
