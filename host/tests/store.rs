@@ -151,7 +151,7 @@ mod suite {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use fulfilld::holds::{HoldBackend as _, HoldMode};
+    use fulfilld::holds::HoldMode;
     use fulfilld::pubsub::{ReplayId, random_uuid};
     use fulfilld::store::{
         ClaimOptions, DeadLetterKind, IngestBatch, Job, JobRecord, Lease, NewDeadLetter, NewJob,
