@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use fulfilld::config::Config;
 use fulfilld::pipeline::Host;
-use fulfilld::pubsub::{ReplayId, random_uuid};
+use fulfilld::domain::{ReplayId, random_uuid};
 use fulfilld::sandbox::{ACME_ACCOUNT, Sandbox, SandboxConfig, add_orders, order_event_schema_v1};
 use support::{component, now_us, percentile, redis_cleanup, redis_reachable, redis_url, setting};
 

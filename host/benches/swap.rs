@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use fulfilld::config::Config;
 use fulfilld::pipeline::{Host, Shared};
-use fulfilld::pubsub::random_uuid;
+use fulfilld::domain::random_uuid;
 use fulfilld::registry::sha256_hex;
 use fulfilld::runtime::{CacheUse, Runtime, RuntimeConfig};
 use fulfilld::sandbox::{

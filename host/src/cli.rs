@@ -9,7 +9,8 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::runtime::policy::CapabilityPolicy;
-use crate::runtime::{Event, Runtime, RuntimeConfig, check};
+use crate::domain::Event;
+use crate::runtime::{Runtime, RuntimeConfig, check};
 use crate::salesforce::SalesforceClient;
 use crate::services::{LiveServices, Services};
 use crate::testkit::scenario::{Scenario, run_scenario};
@@ -155,9 +156,9 @@ pub async fn fulfill_once(
     event.schema_id = "manual".into();
     event.event_uuid = format!(
         "manual-{}",
-        crate::testkit::test_uuid(&format!("{order_id}{}", crate::services::system_now_ms()))
+        crate::testkit::test_uuid(&format!("{order_id}{}", crate::domain::now_ms()))
     );
-    event.created_date = crate::services::system_now_ms();
+    event.created_date = crate::domain::now_ms();
     let report = runtime.run(&component, services, &event, false).await;
     let summary = serde_json::json!({
         "order_id": order_id,
@@ -180,7 +181,7 @@ pub enum CursorAction {
     Show,
     /// Store this replay id (decimal, as under `sf:pe:replay:<channel>`); the next subscription
     /// resumes strictly after it.
-    Reset(crate::pubsub::ReplayId),
+    Reset(crate::domain::ReplayId),
     /// Remove the cursor: the next subscription starts per `SF_EVENTS_REPLAY`.
     Clear,
     /// Subscribe from EARLIEST once (a backfill); deduplication by EventUuid keeps orders that

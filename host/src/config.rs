@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::pubsub::{ReplayFrom, ReplayId, SubscriberOptions};
+use crate::domain::ReplayId;
+use crate::pubsub::{ReplayFrom, SubscriberOptions};
 use crate::runtime::RuntimeConfig;
 use crate::runtime::policy::CapabilityPolicy;
 use crate::salesforce::SalesforceConfig;

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 
 use crate::config::Config;
 use crate::pipeline::Host;
-use crate::pubsub::random_uuid;
+use crate::domain::random_uuid;
 use crate::sandbox::{ACME_ACCOUNT, NO_CARD_ACCOUNT, ORDER_EVENT_TOPIC, Sandbox, SandboxConfig};
 
 /// Runs the demo until `shutdown` resolves.

@@ -115,3 +115,54 @@ impl fmt::Display for CallError {
 }
 
 impl std::error::Error for CallError {}
+
+/// An error and every cause under it on one line, `outer: cause: root cause`, for the places that
+/// hand an error to a person as text (API answers, job records, CLI output). Errors keep their
+/// cause as [`std::error::Error::source`] instead of copying its text into their own message, so
+/// this is how the whole story is told once.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        // A wrapper that displays its cause already (`#[error(transparent)]`, or a message
+        // ending in it) would otherwise repeat it.
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot load the component")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("it does not compile")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn the_chain_reads_outer_to_root() {
+        let error = Outer(Inner(std::io::Error::other("bad magic")));
+        assert_eq!(
+            chain(&error),
+            "cannot load the component: it does not compile: bad magic"
+        );
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("store unavailable: {0}")]
+        struct Shows(#[source] std::io::Error);
+        let error = Shows(std::io::Error::other("connection refused"));
+        assert_eq!(chain(&error), "store unavailable: connection refused");
+    }
+}

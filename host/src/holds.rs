@@ -20,8 +20,6 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
-use crate::store::StoreError;
-
 /// Longest hold name, in bytes.
 pub const MAX_NAME_LEN: usize = 200;
 
@@ -62,6 +60,17 @@ pub fn invalid_name(name: &str) -> Option<String> {
     None
 }
 
+/// Why a hold could not be taken or released (not that it is busy: that is `Ok(false)`).
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    /// The backend keeping the holds failed (e.g. the store is unreachable); the cause says why.
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// A holder panicked while it had the process-local table locked.
+    #[error("the hold table's lock is poisoned")]
+    Poisoned,
+}
+
 /// Where holds live.
 pub trait HoldBackend: Send + Sync + 'static {
     /// One attempt, never waiting: `true` when `holder` now holds `name` in `mode` (for
@@ -74,14 +83,14 @@ pub trait HoldBackend: Send + Sync + 'static {
         holder: &'a str,
         mode: HoldMode,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    ) -> BoxFuture<'a, Result<bool, HoldError>>;
 
     /// Drops every hold `holder` has on `name` (no-op when it has none).
     fn release_hold<'a>(
         &'a self,
         name: &'a str,
         holder: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    ) -> BoxFuture<'a, Result<(), HoldError>>;
 }
 
 /// Holds kept in this process's memory.
@@ -121,11 +130,11 @@ impl HoldTable {
         holder: &str,
         mode: HoldMode,
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, HoldError> {
         let mut names = self
             .names
             .lock()
-            .map_err(|_| StoreError::Unavailable("the hold table's lock is poisoned".into()))?;
+            .map_err(|_| HoldError::Poisoned)?;
         let now = Instant::now();
         let holds = names.entry(name.to_owned()).or_default();
         holds.purge(now);
@@ -152,11 +161,11 @@ impl HoldTable {
     }
 
     /// [`HoldBackend::release`] without the future.
-    pub fn release_now(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+    pub fn release_now(&self, name: &str, holder: &str) -> Result<(), HoldError> {
         let mut names = self
             .names
             .lock()
-            .map_err(|_| StoreError::Unavailable("the hold table's lock is poisoned".into()))?;
+            .map_err(|_| HoldError::Poisoned)?;
         if let Some(holds) = names.get_mut(name) {
             holds.shared.remove(holder);
             if holds.exclusive.as_ref().is_some_and(|(h, _)| h == holder) {
@@ -178,7 +187,7 @@ impl HoldBackend for HoldTable {
         holder: &'a str,
         mode: HoldMode,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    ) -> BoxFuture<'a, Result<bool, HoldError>> {
         Box::pin(async move { self.try_hold_now(name, holder, mode, ttl) })
     }
 
@@ -186,7 +195,7 @@ impl HoldBackend for HoldTable {
         &'a self,
         name: &'a str,
         holder: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> BoxFuture<'a, Result<(), HoldError>> {
         Box::pin(async move { self.release_now(name, holder) })
     }
 }

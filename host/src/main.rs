@@ -274,7 +274,7 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             let action = match command {
                 CursorCommand::Show => fulfilld::cli::CursorAction::Show,
                 CursorCommand::Reset { replay_id } => fulfilld::cli::CursorAction::Reset(
-                    fulfilld::pubsub::ReplayId::parse(&replay_id)?,
+                    fulfilld::domain::ReplayId::parse(&replay_id)?,
                 ),
                 CursorCommand::Clear => fulfilld::cli::CursorAction::Clear,
                 CursorCommand::Backfill => fulfilld::cli::CursorAction::Backfill,

@@ -6,7 +6,6 @@
 //! [`CallError`]s, so a component cannot tell them apart.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
@@ -41,14 +40,6 @@ pub trait Services: Send + Sync + 'static {
 
     /// Wall-clock time, milliseconds since the Unix epoch.
     fn now_ms(&self) -> i64;
-}
-
-/// Milliseconds since the Unix epoch from the system clock.
-pub fn system_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// The production backends: the real Salesforce org and WHMCS, with the host's credentials.
@@ -101,6 +92,6 @@ impl Services for LiveServices {
     }
 
     fn now_ms(&self) -> i64 {
-        system_now_ms()
+        crate::domain::now_ms()
     }
 }

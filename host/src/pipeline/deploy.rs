@@ -160,7 +160,7 @@ pub async fn publish_active(
     let active = SharedActive {
         sha256: meta.sha256.clone(),
         by: shared.serve.replica_id.clone(),
-        at_ms: crate::services::system_now_ms(),
+        at_ms: crate::domain::now_ms(),
     };
     shared
         .store
@@ -187,7 +187,7 @@ impl ShippedSuite {
         let dir = registry
             .dir()
             .join("incoming")
-            .join(crate::pubsub::random_uuid());
+            .join(crate::domain::random_uuid());
         let suite = ShippedSuite { dir };
         std::fs::create_dir_all(&suite.dir).map_err(|e| {
             SubmitError::BadRequest(format!("cannot create {}: {e}", suite.dir.display()))
@@ -346,7 +346,7 @@ async fn deploy_file(shared: &Shared, dir: &Path, path: &Path) {
         Ok(submission) => submit(shared, submission).await.map(|(meta, _)| meta),
         Err(message) => Err(SubmitError::BadRequest(message)),
     };
-    let stamp = crate::services::system_now_ms();
+    let stamp = crate::domain::now_ms();
     let (target, outcome) = match &result {
         Ok(meta) => {
             tracing::info!(file = %path.display(), sha256 = %meta.sha256, "deploy directory: component deployed and active");

@@ -12,8 +12,9 @@ use tokio::time::Instant;
 
 use super::{Role, Shared};
 use crate::pubsub::{
-    Delivery, ReplayFrom, ReplayId, SessionSource, SubscriberOptions, Subscription, subscribe,
+    Delivery, ReplayFrom, SessionSource, SubscriberOptions, Subscription, subscribe,
 };
+use crate::domain::ReplayId;
 use crate::store::{IngestBatch, Lease, NewDeadLetter, NewJob, StoreError};
 
 /// At most this many stream items go into one store write.

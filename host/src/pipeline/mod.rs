@@ -26,7 +26,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ServeConfig, StoreConfig};
 use crate::holds::SharedHolds;
-use crate::pubsub::{Fallback, ReplayId, SessionSource, SubscriptionState};
+use crate::domain::ReplayId;
+use crate::pubsub::{Fallback, SessionSource, SubscriptionState};
 use crate::registry::Registry;
 use crate::registry::gates::Gates;
 use crate::runtime::{LoadedComponent, Runtime};

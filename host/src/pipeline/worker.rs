@@ -8,7 +8,8 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use super::Shared;
-use crate::runtime::{Disposition, Event, FailureSource, LoadedComponent, RunOptions};
+use crate::domain::Event;
+use crate::runtime::{Disposition, FailureSource, LoadedComponent, RunOptions};
 use crate::store::{ClaimOptions, Job, JobRecord, StoreError};
 
 /// How long a claim waits for work before checking for shutdown.
@@ -75,8 +76,9 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
     let component: Arc<LoadedComponent> = shared.component.load_full();
     let version = format!("{}@{}", component.info().name, component.info().version);
     let order_id = event.order_id().unwrap_or("").to_owned();
+    // The job's one span: the runtime runs the component inside it rather than opening another.
     let span = tracing::info_span!(
-        "job",
+        crate::runtime::JOB_SPAN,
         order_id = %order_id,
         event_uuid = %job.event_uuid,
         replay_id = %job.replay_id,
@@ -164,7 +166,7 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
             component: version.clone(),
             component_sha256: component.digest().to_owned(),
             deliveries: job.deliveries,
-            finished_at_ms: crate::services::system_now_ms(),
+            finished_at_ms: crate::domain::now_ms(),
         };
         if write_with_retry(shared, "record the job's outcome", || {
             shared.store.complete(&job, record.clone())
@@ -197,7 +199,7 @@ async fn dead_letter(shared: &Arc<Shared>, job: &Job, reason: &str, code: &str, 
 }
 
 fn observe_latency(shared: &Shared, job: &Job) {
-    let waited = crate::services::system_now_ms().saturating_sub(job.enqueued_at_ms);
+    let waited = crate::domain::now_ms().saturating_sub(job.enqueued_at_ms);
     shared
         .metrics
         .job_latency

@@ -8,16 +8,15 @@
 
 pub mod avro;
 pub mod codes;
-mod replay;
 pub mod subscriber;
 
-pub use replay::{ReplayId, ReplayIdParseError};
+use crate::domain::ReplayId;
 pub use subscriber::{
     ReplayFrom, SessionSource, SubscriberError, SubscriberOptions, Subscription, SubscriptionState,
     subscribe,
 };
 
-use crate::runtime::Event;
+use crate::domain::Event;
 
 /// The generated Pub/Sub API (`proto/eventbus/v1/pubsub_api.proto`): messages, the client and
 /// the server trait.
@@ -89,20 +88,4 @@ impl Delivery {
             Delivery::ReplayIdRejected { replay_id, .. } => replay_id,
         }
     }
-}
-
-/// A random UUID (v4 layout): `x-client-trace-id` values, and ids the sandbox makes up.
-pub fn random_uuid() -> String {
-    let mut bytes: [u8; 16] = rand::random();
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex = hex::encode(bytes);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
 }

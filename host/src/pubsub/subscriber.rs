@@ -39,9 +39,9 @@ use super::proto::pub_sub_client::PubSubClient;
 use super::proto::{
     ConsumerEvent, FetchRequest, FetchResponse, ReplayPreset, SchemaRequest, TopicRequest,
 };
-use super::{Delivery, Fallback, ReceivedEvent, ReplayId, UndecodableEvent, avro, codes};
+use super::{Delivery, Fallback, ReceivedEvent, UndecodableEvent, avro, codes};
 use crate::error::CallError;
-use crate::runtime::Event;
+use crate::domain::{Event, ReplayId};
 use crate::salesforce::{SalesforceClient, Session};
 
 /// Salesforce's cap on outstanding demand per stream.

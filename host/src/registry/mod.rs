@@ -281,7 +281,7 @@ impl Registry {
             version: candidate.info().version.clone(),
             size: wasm.len() as u64,
             deployed_by: deployed_by.to_owned(),
-            deployed_at_ms: crate::services::system_now_ms(),
+            deployed_at_ms: crate::domain::now_ms(),
             source: source.to_owned(),
             signed: signed == SignatureCheck::Verified,
         };

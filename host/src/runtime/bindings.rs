@@ -1,5 +1,5 @@
 //! Generated bindings for the `fulfillment` world. Private to the runtime: the rest of the host
-//! speaks in its own types (`crate::error::CallError`, `crate::runtime::Event`, ...).
+//! speaks in its own types (`crate::error::CallError`, `crate::domain::Event`, ...).
 
 wasmtime::component::bindgen!({
     world: "fulfillment",

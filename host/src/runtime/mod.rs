@@ -24,6 +24,7 @@ use wasmtime::{ResourceLimiter, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::domain::Event;
 use crate::error::CallError;
 use crate::holds::{HoldTable, SharedHolds};
 use crate::services::Services;
@@ -142,26 +143,6 @@ impl std::fmt::Debug for LoadedComponent {
     }
 }
 
-/// A platform event handed to `fulfill`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    pub event_uuid: String,
-    /// Decimal text of the 8-byte big-endian replay id.
-    pub replay_id: String,
-    pub schema_id: String,
-    pub channel: String,
-    /// `CreatedDate`, ms since the Unix epoch.
-    pub created_date: i64,
-    pub payload: Map<String, Value>,
-}
-
-impl Event {
-    /// The Order the event is about (`OrderId__c`), if present.
-    pub fn order_id(&self) -> Option<&str> {
-        self.payload.get("OrderId__c").and_then(Value::as_str)
-    }
-}
-
 /// Result of a successful `fulfill`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -206,6 +187,17 @@ pub struct JobReport {
     pub elapsed: Duration,
     /// Present when the job was run with `record = true`.
     pub journal: Option<Journal>,
+}
+
+/// Name of the span every log line of a job is in (with `order_id`, `event_uuid`, `replay_id`,
+/// `component`). Whoever starts a job opens it once; see [`Runtime::run_with`].
+pub const JOB_SPAN: &str = "job";
+
+/// Whether the current span is a job's span (opened by the caller of [`Runtime::run_with`]).
+fn in_job_span() -> bool {
+    tracing::Span::current()
+        .metadata()
+        .is_some_and(|meta| meta.name() == JOB_SPAN)
 }
 
 /// What a run knows about its job beyond the event.
@@ -557,14 +549,20 @@ impl Runtime {
                 .call_fulfill(&mut store, &wit_event)
                 .await
         };
-        // Every log line of the job, the component's included, carries these fields.
-        let span = tracing::info_span!(
-            "job",
-            order_id = event.order_id().unwrap_or_default(),
-            event_uuid = %event.event_uuid,
-            replay_id = %event.replay_id,
-            component = %format_args!("{}@{}", component.info.name, component.info.version),
-        );
+        // Every log line of the job, the component's included, carries these fields. A caller
+        // that already runs the job in its own `job` span (the pipeline's worker) keeps it as the
+        // only one, so each line carries the fields once.
+        let span = if in_job_span() {
+            tracing::Span::current()
+        } else {
+            tracing::info_span!(
+                JOB_SPAN,
+                order_id = event.order_id().unwrap_or_default(),
+                event_uuid = %event.event_uuid,
+                replay_id = %event.replay_id,
+                component = %format_args!("{}@{}", component.info.name, component.info.version),
+            )
+        };
         let call = tracing::Instrument::instrument(call, span);
         let result = match tokio::time::timeout(self.inner.config.wall_deadline, call).await {
             Ok(Ok(Ok(outcome))) => Ok(Outcome {
@@ -680,7 +678,7 @@ impl Services for NoServices {
     }
 
     fn now_ms(&self) -> i64 {
-        crate::services::system_now_ms()
+        crate::domain::now_ms()
     }
 }
 

@@ -13,7 +13,8 @@ use tokio::sync::watch;
 
 use super::SandboxError;
 use crate::pubsub::proto::{self, ProducerEvent, PublishResult};
-use crate::pubsub::{ReplayId, avro, random_uuid};
+use crate::domain::{ReplayId, random_uuid};
+use crate::pubsub::avro;
 
 /// Salesforce's limit on events per publish request.
 pub const MAX_PUBLISH_BATCH: usize = 200;

@@ -25,7 +25,8 @@ use crate::pubsub::proto::{
     PublishRequest, PublishResponse, ReplayPreset, SchemaInfo, SchemaRequest, TopicInfo,
     TopicRequest,
 };
-use crate::pubsub::{codes, random_uuid};
+use crate::domain::random_uuid;
+use crate::pubsub::codes;
 
 /// Sandbox-chosen `error-code` values for refusals whose real code is not documented.
 pub mod sandbox_codes {

@@ -33,7 +33,7 @@ use crate::fake::{
     FakeOrg, FakeSalesforce, FakeSalesforceOptions, FakeWhmcs, FakeWhmcsOptions, FakeWhmcsServer,
     serve_fake_salesforce, serve_fake_whmcs,
 };
-use crate::pubsub::random_uuid;
+use crate::domain::random_uuid;
 use crate::testkit::scenario::{SeedFile, seed_org, seed_whmcs};
 
 /// The demo data the sandbox starts with unless told otherwise: the default component's scenario

@@ -34,8 +34,8 @@ use super::{
     Backend, ClaimOptions, DEDUPE_TTL, DeadLetter, DeadLetterKind, IngestBatch, IngestReport, Job,
     JobRecord, Lease, LeaseInfo, Store, StoreError, now_ms,
 };
-use crate::holds::{HoldBackend, HoldMode, HoldTable};
-use crate::pubsub::ReplayId;
+use crate::holds::{HoldBackend, HoldError, HoldMode, HoldTable};
+use crate::domain::ReplayId;
 
 /// Version of the layout below, stored under `meta`.
 const LAYOUT_VERSION: u64 = 1;
@@ -1222,7 +1222,7 @@ impl HoldBackend for EmbeddedStore {
         holder: &'a str,
         mode: HoldMode,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    ) -> BoxFuture<'a, Result<bool, HoldError>> {
         self.holds.try_hold(name, holder, mode, ttl)
     }
 
@@ -1230,7 +1230,7 @@ impl HoldBackend for EmbeddedStore {
         &'a self,
         name: &'a str,
         holder: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> BoxFuture<'a, Result<(), HoldError>> {
         self.holds.release_hold(name, holder)
     }
 }

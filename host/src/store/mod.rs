@@ -1,7 +1,7 @@
 //! The durable store: the replay cursor, the subscriber lease, the job queue, job records and dead
 //! letters. One interface ([`Store`]), two backends: [`redis::RedisStore`] for production (several
 //! replicas on one Redis) and [`embedded::EmbeddedStore`] for a single node (the default when no
-//! Redis URL is configured). One conformance suite (`host/tests/store.rs`) runs against both.
+//! Redis URL is configured). One conformance suite (`host/tests/integration/store.rs`) runs against both.
 //!
 //! Guarantees every backend gives:
 //! - [`Store::ingest`] is atomic and fenced: the jobs of a batch are enqueued (deduplicated by
@@ -24,8 +24,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::holds::HoldBackend;
-use crate::pubsub::ReplayId;
+use crate::holds::{HoldBackend, HoldError};
+use crate::domain::ReplayId;
 
 /// How long an EventUuid is remembered: well past the 72 h the Pub/Sub API retains events, so a
 /// replay of anything still retained is recognised.
@@ -73,6 +73,13 @@ pub enum StoreError {
     Invalid(String),
 }
 
+/// A store that keeps holds reports its own failure as the hold's cause.
+impl From<StoreError> for HoldError {
+    fn from(error: StoreError) -> Self {
+        HoldError::Backend(Box::new(error))
+    }
+}
+
 /// The right to read a channel and move its cursor, held by one replica at a time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
@@ -99,7 +106,7 @@ pub struct LeaseInfo {
 pub struct NewJob {
     pub event_uuid: String,
     pub replay_id: ReplayId,
-    /// The serialized [`crate::runtime::Event`] (JSON). Opaque to the store.
+    /// The serialized [`crate::domain::Event`] (JSON). Opaque to the store.
     pub payload: Vec<u8>,
 }
 
@@ -400,5 +407,5 @@ pub type SharedStore = Arc<dyn Store>;
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
-    crate::services::system_now_ms()
+    crate::domain::now_ms()
 }

@@ -36,8 +36,8 @@ use super::{
     JobRecord, Lease, LeaseInfo, Store, StoreError, cursor_key, now_ms,
 };
 use super::{SharedActive, SharedComponent};
-use crate::holds::{HoldBackend, HoldMode};
-use crate::pubsub::ReplayId;
+use crate::holds::{HoldBackend, HoldError, HoldMode};
+use crate::domain::ReplayId;
 
 /// The consumer group every worker of every replica reads jobs through.
 const GROUP: &str = "workers";
@@ -1169,7 +1169,7 @@ impl HoldBackend for RedisStore {
         holder: &'a str,
         mode: HoldMode,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    ) -> BoxFuture<'a, Result<bool, HoldError>> {
         async move {
             let (shared, exclusive) = self.hold_keys(name);
             let held: i64 = self
@@ -1183,7 +1183,8 @@ impl HoldBackend for RedisStore {
                         .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)),
                     "take a hold",
                 )
-                .await?;
+                .await
+                .map_err(HoldError::from)?;
             Ok(held == 1)
         }
         .boxed()
@@ -1193,7 +1194,7 @@ impl HoldBackend for RedisStore {
         &'a self,
         name: &'a str,
         holder: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> BoxFuture<'a, Result<(), HoldError>> {
         async move {
             let (shared, exclusive) = self.hold_keys(name);
             let _: i64 = self
@@ -1201,7 +1202,8 @@ impl HoldBackend for RedisStore {
                     self.scripts.unhold.key(&shared).key(&exclusive).arg(holder),
                     "release a hold",
                 )
-                .await?;
+                .await
+                .map_err(HoldError::from)?;
             Ok(())
         }
         .boxed()

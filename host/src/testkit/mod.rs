@@ -19,7 +19,8 @@ use serde_json::{Map, Value};
 use crate::error::CallError;
 use crate::fake::org::FakeOrg;
 use crate::fake::whmcs::FakeWhmcs;
-use crate::runtime::{Event, JobReport, LoadError, LoadedComponent, Runtime, RuntimeConfig};
+use crate::domain::Event;
+use crate::runtime::{JobReport, LoadError, LoadedComponent, Runtime, RuntimeConfig};
 use crate::services::Services;
 use crate::whmcs;
 

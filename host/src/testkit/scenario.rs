@@ -25,7 +25,8 @@ use serde_json::{Map, Value};
 use super::{FakeHost, Injection, TestKit, soql_object, test_uuid};
 use crate::fake::FakeOrg;
 use crate::fake::whmcs::{FakeClient, FakeOrder, FakeProduct, FakeWhmcs};
-use crate::runtime::{CallRecord, Disposition, Event, JobReport};
+use crate::domain::Event;
+use crate::runtime::{CallRecord, Disposition, JobReport};
 
 /// Records to seed, by sObject.
 pub type Records = BTreeMap<String, Vec<Map<String, Value>>>;

@@ -1,7 +1,6 @@
 //! The whole sandbox as `fulfilld sandbox` runs it: the env file it writes is enough for the
 //! host's real clients to authenticate and subscribe, and the admin API seeds, publishes and
 //! injects faults.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -7,14 +7,13 @@
 //!
 //! Channels are unique per test and per run (`/event/Conf<test>_<random><suffix>__e`), because
 //! the Redis cursor key (`sf:pe:replay:<channel>`) is not namespaced.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::any::Any;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fulfilld::pubsub::{ReplayId, random_uuid};
+use fulfilld::domain::{ReplayId, random_uuid};
 use fulfilld::store::embedded::EmbeddedStore;
 use fulfilld::store::{Backend, SharedStore, Store as _};
 use futures::FutureExt as _;
@@ -152,7 +151,7 @@ mod suite {
     use std::time::{Duration, Instant};
 
     use fulfilld::holds::HoldMode;
-    use fulfilld::pubsub::{ReplayId, random_uuid};
+    use fulfilld::domain::{ReplayId, random_uuid};
     use fulfilld::store::{
         ClaimOptions, DeadLetterKind, IngestBatch, Job, JobRecord, Lease, NewDeadLetter, NewJob,
         SharedStore, StoreError,

@@ -1,9 +1,8 @@
 //! Misbehaving components are stopped with their own failure code, and the next job on the
 //! same runtime succeeds. Fixtures: tests/fixtures/README.md.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

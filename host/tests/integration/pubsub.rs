@@ -1,8 +1,7 @@
 //! The subscriber against the sandbox Pub/Sub server, over real gRPC on loopback sockets, with
 //! the fake org minting the tokens both sides check.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -5,9 +5,8 @@
 //! Redis tests isolate themselves with their own channel and key namespace on the shared Redis
 //! (`FULFILLD_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`); those that stop Redis start
 //! their own `redis-server` on a free port.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use fulfilld::config::Config;
 use fulfilld::pipeline::Host;
-use fulfilld::pubsub::{ReplayId, random_uuid};
+use fulfilld::domain::{ReplayId, random_uuid};
 use fulfilld::sandbox::{
     ACME_ACCOUNT, PubSubOptions, Sandbox, SandboxConfig, add_orders, order_event_schema_v1,
 };

@@ -3,9 +3,8 @@
 //! endpoint. Also: secrets stay out of logs and out of the component's reach, and bad
 //! configuration stops start-up naming the setting.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

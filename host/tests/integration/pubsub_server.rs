@@ -2,7 +2,6 @@
 //! third-party client written against Salesforce would use it): it refuses what Salesforce
 //! refuses, with the same status codes and `error-code` trailers, and serves the documented
 //! semantics.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,8 +1,7 @@
 //! `fulfilld component check` says precisely what is wrong with a component file.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

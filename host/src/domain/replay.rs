@@ -1,4 +1,4 @@
-//! Replay ids: opaque positions in a Pub/Sub stream.
+//! Replay ids: opaque positions in a Pub/Sub stream (the cursor the store keeps, the position of a job).
 
 use std::fmt;
 

@@ -1,9 +1,8 @@
 //! The default component's acceptance scenarios through the test kit, and the test kit's own
 //! behaviour (call recording, failure reports, the CLI's exit status).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -1,9 +1,8 @@
 //! The compiled-artifact cache and the component registry: deploy through the gates, activate,
 //! roll back, reopen; every rejection names its problem and leaves the active version alone.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -1,7 +1,5 @@
 //! The real Salesforce and WHMCS clients against the fake servers, over real HTTP on loopback.
 
-// `allow-unwrap-in-tests` covers `#[test]` functions only, not this crate's setup helpers.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,0 +1,38 @@
+//! Plain domain types every layer shares: the [`Event`] a job carries, the [`ReplayId`] that
+//! positions it in its stream, and the system clock and id source.
+//!
+//! This module is the bottom layer: it depends on nothing else in the crate, so the subscriber,
+//! the store and the runtime can all speak of events and positions without depending on each
+//! other (docs/architecture.md, "Which module may use which").
+
+mod event;
+mod replay;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use event::Event;
+pub use replay::{ReplayId, ReplayIdParseError};
+
+/// Milliseconds since the Unix epoch from the system clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A random UUID (v4 layout): `x-client-trace-id` values, and ids the sandbox makes up.
+pub fn random_uuid() -> String {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex = hex::encode(bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}

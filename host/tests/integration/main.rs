@@ -1,0 +1,27 @@
+//! Every integration test of `fulfilld`, in one test binary.
+//!
+//! One binary instead of one per file: a change to the host relinks one ~500 MB executable
+//! instead of a dozen, which is most of the edit-test loop on a small machine. Each file is a
+//! module named after what it tests; run one with `cargo test -p fulfilld --test integration
+//! store::` (the module path filters).
+//!
+//! Tests that must run the real program use the built `fulfilld` binary
+//! (`env!("CARGO_BIN_EXE_fulfilld")`), exactly as an operator does.
+
+// `allow-unwrap-in-tests` (clippy.toml) covers `#[test]` functions only, not the helpers and
+// fixtures these modules share.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod clients;
+mod component_check;
+mod live;
+mod pipeline;
+mod pubsub;
+mod pubsub_server;
+mod registry;
+mod sandbox;
+mod sandbox_admin;
+mod scenarios;
+mod store;
