@@ -33,8 +33,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fulfilld::config::Config;
-use fulfilld::pipeline::Host;
 use fulfilld::domain::{ReplayId, random_uuid};
+use fulfilld::pipeline::Host;
 use fulfilld::sandbox::{ACME_ACCOUNT, Sandbox, SandboxConfig, add_orders, order_event_schema_v1};
 use support::{component, now_us, percentile, redis_cleanup, redis_reachable, redis_url, setting};
 

@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fulfilld::config::Config;
-use fulfilld::pipeline::{Host, Shared};
 use fulfilld::domain::random_uuid;
+use fulfilld::pipeline::{Host, Shared};
 use fulfilld::registry::sha256_hex;
 use fulfilld::runtime::{CacheUse, Runtime, RuntimeConfig};
 use fulfilld::sandbox::{

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::runtime::policy::CapabilityPolicy;
 use crate::domain::Event;
+use crate::runtime::policy::CapabilityPolicy;
 use crate::runtime::{Runtime, RuntimeConfig, check};
 use crate::salesforce::SalesforceClient;
 use crate::services::{LiveServices, Services};

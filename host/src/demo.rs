@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::config::Config;
-use crate::pipeline::Host;
 use crate::domain::random_uuid;
+use crate::pipeline::Host;
 use crate::sandbox::{ACME_ACCOUNT, NO_CARD_ACCOUNT, ORDER_EVENT_TOPIC, Sandbox, SandboxConfig};
 
 /// Runs the demo until `shutdown` resolves.

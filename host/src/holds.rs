@@ -131,10 +131,7 @@ impl HoldTable {
         mode: HoldMode,
         ttl: Duration,
     ) -> Result<bool, HoldError> {
-        let mut names = self
-            .names
-            .lock()
-            .map_err(|_| HoldError::Poisoned)?;
+        let mut names = self.names.lock().map_err(|_| HoldError::Poisoned)?;
         let now = Instant::now();
         let holds = names.entry(name.to_owned()).or_default();
         holds.purge(now);
@@ -162,10 +159,7 @@ impl HoldTable {
 
     /// [`HoldBackend::release`] without the future.
     pub fn release_now(&self, name: &str, holder: &str) -> Result<(), HoldError> {
-        let mut names = self
-            .names
-            .lock()
-            .map_err(|_| HoldError::Poisoned)?;
+        let mut names = self.names.lock().map_err(|_| HoldError::Poisoned)?;
         if let Some(holds) = names.get_mut(name) {
             holds.shared.remove(holder);
             if holds.exclusive.as_ref().is_some_and(|(h, _)| h == holder) {

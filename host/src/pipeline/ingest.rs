@@ -11,10 +11,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Role, Shared};
+use crate::domain::ReplayId;
 use crate::pubsub::{
     Delivery, ReplayFrom, SessionSource, SubscriberOptions, Subscription, subscribe,
 };
-use crate::domain::ReplayId;
 use crate::store::{IngestBatch, Lease, NewDeadLetter, NewJob, StoreError};
 
 /// At most this many stream items go into one store write.

@@ -25,8 +25,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ServeConfig, StoreConfig};
-use crate::holds::SharedHolds;
 use crate::domain::ReplayId;
+use crate::holds::SharedHolds;
 use crate::pubsub::{Fallback, SessionSource, SubscriptionState};
 use crate::registry::Registry;
 use crate::registry::gates::Gates;

@@ -40,8 +40,8 @@ use super::proto::{
     ConsumerEvent, FetchRequest, FetchResponse, ReplayPreset, SchemaRequest, TopicRequest,
 };
 use super::{Delivery, Fallback, ReceivedEvent, UndecodableEvent, avro, codes};
-use crate::error::CallError;
 use crate::domain::{Event, ReplayId};
+use crate::error::CallError;
 use crate::salesforce::{SalesforceClient, Session};
 
 /// Salesforce's cap on outstanding demand per stream.
@@ -853,7 +853,7 @@ fn call_metadata(session: &Session) -> Result<MetadataMap, String> {
 fn with_metadata<T>(message: T, metadata: &MetadataMap) -> Request<T> {
     let mut request = Request::new(message);
     *request.metadata_mut() = metadata.clone();
-    if let Ok(trace) = AsciiMetadataValue::try_from(super::random_uuid()) {
+    if let Ok(trace) = AsciiMetadataValue::try_from(crate::domain::random_uuid()) {
         request.metadata_mut().insert("x-client-trace-id", trace);
     }
     request

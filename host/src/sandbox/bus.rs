@@ -12,9 +12,9 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use super::SandboxError;
-use crate::pubsub::proto::{self, ProducerEvent, PublishResult};
 use crate::domain::{ReplayId, random_uuid};
 use crate::pubsub::avro;
+use crate::pubsub::proto::{self, ProducerEvent, PublishResult};
 
 /// Salesforce's limit on events per publish request.
 pub const MAX_PUBLISH_BATCH: usize = 200;

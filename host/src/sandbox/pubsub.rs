@@ -19,14 +19,14 @@ use url::Url;
 
 use super::bus::{EventBus, ReplayProblem, Start};
 use super::{ORDER_EVENT_TOPIC, SandboxError, order_event_schema_v1, tls};
+use crate::domain::random_uuid;
+use crate::pubsub::codes;
 use crate::pubsub::proto::pub_sub_server::{PubSub, PubSubServer};
 use crate::pubsub::proto::{
     ConsumerEvent, FetchRequest, FetchResponse, ManagedFetchRequest, ManagedFetchResponse,
     PublishRequest, PublishResponse, ReplayPreset, SchemaInfo, SchemaRequest, TopicInfo,
     TopicRequest,
 };
-use crate::domain::random_uuid;
-use crate::pubsub::codes;
 
 /// Sandbox-chosen `error-code` values for refusals whose real code is not documented.
 pub mod sandbox_codes {

@@ -29,11 +29,11 @@ use super::{
     EventBus, Fault, ORDER_EVENT_TOPIC, PubSubOptions, PubSubSandbox, TokenCheck,
     order_event_schema_v2,
 };
+use crate::domain::random_uuid;
 use crate::fake::{
     FakeOrg, FakeSalesforce, FakeSalesforceOptions, FakeWhmcs, FakeWhmcsOptions, FakeWhmcsServer,
     serve_fake_salesforce, serve_fake_whmcs,
 };
-use crate::domain::random_uuid;
 use crate::testkit::scenario::{SeedFile, seed_org, seed_whmcs};
 
 /// The demo data the sandbox starts with unless told otherwise: the default component's scenario

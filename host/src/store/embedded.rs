@@ -34,8 +34,8 @@ use super::{
     Backend, ClaimOptions, DEDUPE_TTL, DeadLetter, DeadLetterKind, IngestBatch, IngestReport, Job,
     JobRecord, Lease, LeaseInfo, Store, StoreError, now_ms,
 };
-use crate::holds::{HoldBackend, HoldError, HoldMode, HoldTable};
 use crate::domain::ReplayId;
+use crate::holds::{HoldBackend, HoldError, HoldMode, HoldTable};
 
 /// Version of the layout below, stored under `meta`.
 const LAYOUT_VERSION: u64 = 1;

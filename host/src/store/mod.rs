@@ -24,8 +24,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::holds::{HoldBackend, HoldError};
 use crate::domain::ReplayId;
+use crate::holds::{HoldBackend, HoldError};
 
 /// How long an EventUuid is remembered: well past the 72 h the Pub/Sub API retains events, so a
 /// replay of anything still retained is recognised.

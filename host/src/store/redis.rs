@@ -36,8 +36,8 @@ use super::{
     JobRecord, Lease, LeaseInfo, Store, StoreError, cursor_key, now_ms,
 };
 use super::{SharedActive, SharedComponent};
-use crate::holds::{HoldBackend, HoldError, HoldMode};
 use crate::domain::ReplayId;
+use crate::holds::{HoldBackend, HoldError, HoldMode};
 
 /// The consumer group every worker of every replica reads jobs through.
 const GROUP: &str = "workers";

@@ -16,10 +16,10 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::domain::Event;
 use crate::error::CallError;
 use crate::fake::org::FakeOrg;
 use crate::fake::whmcs::FakeWhmcs;
-use crate::domain::Event;
 use crate::runtime::{JobReport, LoadError, LoadedComponent, Runtime, RuntimeConfig};
 use crate::services::Services;
 use crate::whmcs;

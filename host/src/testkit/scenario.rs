@@ -23,9 +23,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{FakeHost, Injection, TestKit, soql_object, test_uuid};
+use crate::domain::Event;
 use crate::fake::FakeOrg;
 use crate::fake::whmcs::{FakeClient, FakeOrder, FakeProduct, FakeWhmcs};
-use crate::domain::Event;
 use crate::runtime::{CallRecord, Disposition, JobReport};
 
 /// Records to seed, by sObject.

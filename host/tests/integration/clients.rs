@@ -1,6 +1,5 @@
 //! The real Salesforce and WHMCS clients against the fake servers, over real HTTP on loopback.
 
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

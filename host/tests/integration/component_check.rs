@@ -1,6 +1,5 @@
 //! `fulfilld component check` says precisely what is wrong with a component file.
 
-
 use crate::common;
 
 use std::path::Path;

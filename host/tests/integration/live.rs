@@ -3,7 +3,6 @@
 //! endpoint. Also: secrets stay out of logs and out of the component's reach, and bad
 //! configuration stops start-up naming the setting.
 
-
 use crate::common;
 
 use std::collections::BTreeMap;

@@ -13,8 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fulfilld::config::Config;
-use fulfilld::pipeline::Host;
 use fulfilld::domain::{ReplayId, random_uuid};
+use fulfilld::pipeline::Host;
 use fulfilld::sandbox::{
     ACME_ACCOUNT, PubSubOptions, Sandbox, SandboxConfig, add_orders, order_event_schema_v1,
 };

@@ -1,16 +1,14 @@
 //! The subscriber against the sandbox Pub/Sub server, over real gRPC on loopback sockets, with
 //! the fake org minting the tokens both sides check.
 
-use crate::common;
-
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fulfilld::domain::ReplayId;
 use fulfilld::fake::{FakeOrg, FakeSalesforce, FakeSalesforceOptions, serve_fake_salesforce};
 use fulfilld::pubsub::{
-    Delivery, Fallback, ReplayFrom, ReplayId, SubscriberError, SubscriberOptions, Subscription,
-    subscribe,
+    Delivery, Fallback, ReplayFrom, SubscriberError, SubscriberOptions, Subscription, subscribe,
 };
 use fulfilld::salesforce::{SalesforceClient, SalesforceConfig, http_client};
 use fulfilld::sandbox::{

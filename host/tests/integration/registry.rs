@@ -1,7 +1,6 @@
 //! The compiled-artifact cache and the component registry: deploy through the gates, activate,
 //! roll back, reopen; every rejection names its problem and leaves the active version alone.
 
-
 use crate::common;
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,6 @@
 //! Misbehaving components are stopped with their own failure code, and the next job on the
 //! same runtime succeeds. Fixtures: tests/fixtures/README.md.
 
-
 use crate::common;
 
 use std::sync::Arc;

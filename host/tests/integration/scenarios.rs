@@ -1,7 +1,6 @@
 //! The default component's acceptance scenarios through the test kit, and the test kit's own
 //! behaviour (call recording, failure reports, the CLI's exit status).
 
-
 use crate::common;
 
 use std::path::PathBuf;

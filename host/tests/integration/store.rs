@@ -150,8 +150,8 @@ mod suite {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use fulfilld::holds::HoldMode;
     use fulfilld::domain::{ReplayId, random_uuid};
+    use fulfilld::holds::HoldMode;
     use fulfilld::store::{
         ClaimOptions, DeadLetterKind, IngestBatch, Job, JobRecord, Lease, NewDeadLetter, NewJob,
         SharedStore, StoreError,
