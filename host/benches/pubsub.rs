@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fulfilld::fake::{FakeOrg, FakeSalesforceOptions, serve_fake_salesforce};
+use fulfilld::http::http_client;
 use fulfilld::pubsub::{Delivery, ReplayFrom, SubscriberOptions, avro, subscribe};
-use fulfilld::salesforce::{SalesforceClient, SalesforceConfig, http_client};
+use fulfilld::salesforce::{SalesforceClient, SalesforceConfig};
 use fulfilld::sandbox::{
     ORDER_EVENT_TOPIC, PubSubOptions, PubSubSandbox, TokenCheck, order_event_schema_v1,
 };

@@ -541,7 +541,7 @@ fn print_latency(name: &str, sorted: &[f64]) {
 }
 
 async fn bench() {
-    fulfilld::salesforce::transport::install_crypto_provider();
+    fulfilld::http::install_crypto_provider();
     let reps: usize = setting("FULFILLD_BENCH_LOADS", 5);
     let rate: f64 = setting("FULFILLD_BENCH_SWAP_RATE", 150.0);
     let cycles: usize = setting("FULFILLD_BENCH_SWAPS", 5);

@@ -11,11 +11,9 @@ use crate::config::Config;
 use crate::domain::Event;
 use crate::runtime::policy::CapabilityPolicy;
 use crate::runtime::{Runtime, RuntimeConfig, check};
-use crate::salesforce::SalesforceClient;
-use crate::services::{LiveServices, Services};
+use crate::services::Services;
+use crate::testkit::TestKit;
 use crate::testkit::scenario::{Scenario, run_scenario};
-use crate::testkit::{TestKit, order_event};
-use crate::whmcs::WhmcsClient;
 
 /// `fulfilld component check <file.wasm>`: exit status true when the component is usable.
 pub async fn component_check(path: &Path, out: &mut dyn Write) -> anyhow::Result<bool> {
@@ -42,7 +40,12 @@ pub async fn component_check(path: &Path, out: &mut dyn Write) -> anyhow::Result
             Ok(true)
         }
         Err(error) => {
-            writeln!(out, "error: {}: {error}", path.display())?;
+            writeln!(
+                out,
+                "error: {}: {}",
+                path.display(),
+                crate::error::chain(&error)
+            )?;
             Ok(false)
         }
     }
@@ -77,7 +80,12 @@ pub async fn test(
             Ok(scenario) => scenario,
             Err(error) => {
                 failed += 1;
-                writeln!(out, "FAIL {}: {error}", file.display())?;
+                writeln!(
+                    out,
+                    "FAIL {}: {}",
+                    file.display(),
+                    crate::error::chain(&error)
+                )?;
                 continue;
             }
         };
@@ -135,13 +143,7 @@ pub async fn fulfill_once(
     order_id: &str,
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
-    let http = crate::salesforce::http_client(config.runtime.call_timeout)
-        .context("cannot build the HTTP client")?;
-    let salesforce = SalesforceClient::new(config.salesforce.clone(), http.clone())
-        .context("invalid Salesforce settings")?;
-    let whmcs = WhmcsClient::new(config.whmcs.clone(), http);
-    let services: Arc<dyn Services> =
-        Arc::new(LiveServices::new(salesforce, whmcs, config.exposed()));
+    let services: Arc<dyn Services> = Arc::new(config.live_services()?);
     let runtime = Runtime::new(config.runtime.clone())?;
     let wasm =
         std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
@@ -149,16 +151,7 @@ pub async fn fulfill_once(
         .load(&wasm)
         .await
         .with_context(|| format!("cannot load {}", component.display()))?;
-    let mut event: Event = order_event(order_id);
-    event.channel = config.channel.clone();
-    // Not from the stream: no replay id or schema to report.
-    event.replay_id = String::new();
-    event.schema_id = "manual".into();
-    event.event_uuid = format!(
-        "manual-{}",
-        crate::testkit::test_uuid(&format!("{order_id}{}", crate::domain::now_ms()))
-    );
-    event.created_date = crate::domain::now_ms();
+    let event = Event::manual(order_id, &config.channel, crate::domain::now_ms());
     let report = runtime.run(&component, services, &event, false).await;
     let summary = serde_json::json!({
         "order_id": order_id,
@@ -474,9 +467,8 @@ pub async fn admin(
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
     let base = format!("{}/admin", base_url.trim_end_matches('/'));
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(300))
-        .build()
+    // A deploy uploads the component and waits for its gates (compile, scenarios) to run.
+    let http = crate::http::http_client(std::time::Duration::from_secs(300))
         .context("cannot build the HTTP client")?;
     let request = match &action {
         AdminAction::Deploy {

@@ -14,6 +14,7 @@ use crate::runtime::RuntimeConfig;
 use crate::runtime::policy::CapabilityPolicy;
 use crate::salesforce::SalesforceConfig;
 use crate::secret::Secret;
+use crate::services::{LiveServices, LiveServicesError};
 use crate::whmcs::WhmcsConfig;
 
 /// Settings components may read through the `config` import. Nothing secret is ever listed.
@@ -29,17 +30,21 @@ pub struct SettingError {
     pub problem: String,
 }
 
+impl fmt::Display for SettingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.setting, self.problem)
+    }
+}
+
+impl std::error::Error for SettingError {}
+
 /// Every bad setting found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub Vec<SettingError>);
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self
-            .0
-            .iter()
-            .map(|e| format!("{}: {}", e.setting, e.problem))
-            .collect();
+        let lines: Vec<String> = self.0.iter().map(SettingError::to_string).collect();
         write!(f, "invalid configuration: {}", lines.join("; "))
     }
 }
@@ -137,6 +142,82 @@ impl ServeConfig {
         } else {
             Err(ConfigError(env.errors))
         }
+    }
+}
+
+/// What the store commands (`cursor`, `dead-letters`) work on: the store and channel `serve`
+/// uses. Salesforce settings are not needed.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// `REDIS_URL` or `FULFILLD_STATE_DIR`, read with the rest of the serve settings so a bad
+    /// one is reported as `serve` would.
+    pub store: StoreConfig,
+    /// `SF_PROVISION_EVENT_CHANNEL`.
+    pub channel: String,
+}
+
+impl OperatorConfig {
+    pub fn from_env() -> Result<OperatorConfig, ConfigError> {
+        OperatorConfig::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<OperatorConfig, ConfigError> {
+        let mut env = Reader {
+            lookup: &|key| lookup(key).filter(|v| !v.trim().is_empty()),
+            errors: Vec::new(),
+        };
+        let serve = env.serve();
+        let channel = env
+            .optional("SF_PROVISION_EVENT_CHANNEL")
+            .unwrap_or_else(|| DEFAULT_CHANNEL.to_owned());
+        if env.errors.is_empty() {
+            Ok(OperatorConfig {
+                store: serve.store,
+                channel,
+            })
+        } else {
+            Err(ConfigError(env.errors))
+        }
+    }
+}
+
+/// How the `component deploy | list | show | activate | rollback` commands reach a running
+/// host's admin API.
+#[derive(Debug, Clone)]
+pub struct AdminClientConfig {
+    /// `FULFILLD_ADMIN_URL`: the host's HTTP address, e.g. `http://fulfilld:8080`.
+    pub url: String,
+    /// `FULFILLD_ADMIN_TOKEN`: the admin API's bearer token.
+    pub token: Secret,
+    /// `USER`: who deploys, when `--deployed-by` is not given (default `cli`).
+    pub user: String,
+}
+
+impl AdminClientConfig {
+    pub fn from_env() -> Result<AdminClientConfig, SettingError> {
+        AdminClientConfig::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// The first missing setting is the error: these commands have always named one at a time.
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<AdminClientConfig, SettingError> {
+        let lookup = |key: &str| lookup(key).filter(|v| !v.trim().is_empty());
+        let url = lookup("FULFILLD_ADMIN_URL").ok_or_else(|| SettingError {
+            setting: "FULFILLD_ADMIN_URL",
+            problem: "is required (the host's HTTP address, e.g. http://fulfilld:8080)".into(),
+        })?;
+        let token = lookup("FULFILLD_ADMIN_TOKEN").ok_or_else(|| SettingError {
+            setting: "FULFILLD_ADMIN_TOKEN",
+            problem: "is required".into(),
+        })?;
+        Ok(AdminClientConfig {
+            url,
+            token: Secret::from(token),
+            user: lookup("USER").unwrap_or_else(|| "cli".to_owned()),
+        })
     }
 }
 
@@ -288,6 +369,17 @@ impl Config {
         };
         opts.ca_pem = self.pubsub_ca_pem.clone();
         opts
+    }
+
+    /// The production backends for these settings (`serve`, `fulfill`): the Salesforce and WHMCS
+    /// clients on one HTTP client bounded by `FULFILLD_CALL_TIMEOUT_MS`. Contacts nothing.
+    pub fn live_services(&self) -> Result<LiveServices, LiveServicesError> {
+        LiveServices::from_settings(
+            self.salesforce.clone(),
+            self.whmcs.clone(),
+            self.runtime.call_timeout,
+            self.exposed(),
+        )
     }
 
     /// The settings components may read.
@@ -588,7 +680,7 @@ impl Reader<'_> {
         let policy = match self.optional("FULFILLD_POLICY_FILE") {
             None => CapabilityPolicy::default(),
             Some(path) => CapabilityPolicy::load(Path::new(&path)).unwrap_or_else(|err| {
-                self.fail("FULFILLD_POLICY_FILE", err.to_string());
+                self.fail("FULFILLD_POLICY_FILE", crate::error::chain(&err));
                 CapabilityPolicy::default()
             }),
         };
@@ -678,6 +770,44 @@ mod tests {
         env.insert("SF_PUBSUB_CA_FILE", "/nonexistent/ca.pem".into());
         let err = load(&env).unwrap_err().to_string();
         assert!(err.contains("cannot read /nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn the_admin_commands_name_their_missing_setting() {
+        let admin = |env: &[(&str, &str)]| {
+            let env: BTreeMap<String, String> = env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            AdminClientConfig::from_lookup(|key| env.get(key).cloned())
+        };
+        let err = admin(&[("FULFILLD_ADMIN_TOKEN", "t")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "FULFILLD_ADMIN_URL: is required (the host's HTTP address, e.g. http://fulfilld:8080)"
+        );
+        let err = admin(&[("FULFILLD_ADMIN_URL", "http://h:8080")]).unwrap_err();
+        assert_eq!(err.to_string(), "FULFILLD_ADMIN_TOKEN: is required");
+        let ok = admin(&[
+            ("FULFILLD_ADMIN_URL", "http://h:8080"),
+            ("FULFILLD_ADMIN_TOKEN", "token-value-1234"),
+        ])
+        .unwrap();
+        assert_eq!(ok.user, "cli");
+        assert!(!format!("{ok:?}").contains("token-value-1234"));
+    }
+
+    #[test]
+    fn operator_commands_need_only_the_store_and_channel() {
+        let env = BTreeMap::from([("FULFILLD_STATE_DIR", "/var/lib/f".to_owned())]);
+        let config = OperatorConfig::from_lookup(|key| env.get(key).cloned()).unwrap();
+        assert_eq!(config.channel, DEFAULT_CHANNEL);
+        assert!(
+            matches!(&config.store, StoreConfig::Embedded { path } if path == Path::new("/var/lib/f/fulfilld.redb"))
+        );
+        let env = BTreeMap::from([("FULFILLD_WORKERS", "many".to_owned())]);
+        let err = OperatorConfig::from_lookup(|key| env.get(key).cloned()).unwrap_err();
+        assert!(err.to_string().contains("FULFILLD_WORKERS"), "{err}");
     }
 
     #[test]

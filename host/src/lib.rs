@@ -6,6 +6,7 @@ pub mod domain;
 pub mod error;
 pub mod fake;
 pub mod holds;
+pub mod http;
 pub mod pipeline;
 pub mod pubsub;
 pub mod registry;

@@ -212,6 +212,8 @@ async fn run(command: Command) -> anyhow::Result<bool> {
         }
         Command::Component { command } => {
             use fulfilld::cli::AdminAction;
+            // Read only by the admin commands below: `check` and `sign` need no settings.
+            let settings = fulfilld::config::AdminClientConfig::from_env;
             let action = match command {
                 ComponentCommand::Check { file } => {
                     return fulfilld::cli::component_check(&file, &mut out).await;
@@ -228,9 +230,10 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                 } => AdminAction::Deploy {
                     file,
                     activate,
-                    deployed_by: deployed_by
-                        .or_else(|| std::env::var("USER").ok())
-                        .unwrap_or_else(|| "cli".to_owned()),
+                    deployed_by: match deployed_by {
+                        Some(who) => who,
+                        None => settings()?.user,
+                    },
                     signature,
                     scenarios,
                 },
@@ -239,12 +242,8 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                 ComponentCommand::Activate { sha256 } => AdminAction::Activate { sha256 },
                 ComponentCommand::Rollback => AdminAction::Rollback,
             };
-            let url = std::env::var("FULFILLD_ADMIN_URL").map_err(|_| {
-                anyhow::anyhow!("FULFILLD_ADMIN_URL: is required (the host's HTTP address, e.g. http://fulfilld:8080)")
-            })?;
-            let token = std::env::var("FULFILLD_ADMIN_TOKEN")
-                .map_err(|_| anyhow::anyhow!("FULFILLD_ADMIN_TOKEN: is required"))?;
-            fulfilld::cli::admin(&url, &token, action, &mut out).await
+            let admin = settings()?;
+            fulfilld::cli::admin(&admin.url, admin.token.expose(), action, &mut out).await
         }
         Command::Fulfill {
             order_id,
@@ -304,16 +303,11 @@ async fn run(command: Command) -> anyhow::Result<bool> {
     }
 }
 
-/// The store and channel operator commands work on: the same settings as `serve`
-/// (REDIS_URL or FULFILLD_STATE_DIR, SF_PROVISION_EVENT_CHANNEL); Salesforce settings are not needed.
+/// The store and channel the operator commands work on (`config::OperatorConfig`).
 async fn operator_store() -> anyhow::Result<(fulfilld::store::SharedStore, String)> {
-    let serve = fulfilld::config::ServeConfig::from_env()?;
-    let channel = std::env::var("SF_PROVISION_EVENT_CHANNEL")
-        .ok()
-        .filter(|c| !c.trim().is_empty())
-        .unwrap_or_else(|| fulfilld::config::DEFAULT_CHANNEL.to_owned());
-    let store = fulfilld::pipeline::open_store(&serve.store).await?;
-    Ok((store, channel))
+    let config = fulfilld::config::OperatorConfig::from_env()?;
+    let store = fulfilld::pipeline::open_store(&config.store).await?;
+    Ok((store, config.channel))
 }
 
 async fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
@@ -375,6 +369,9 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any subcommand runs: reqwest and tonic panic when they build TLS without a
+    // process-wide rustls provider, and not every path builds its client through `http_client`.
+    fulfilld::http::install_crypto_provider();
     // The test kit reports on stdout and keeps each run's component logs in its journal
     // (`--verbose` prints them), so by default only warnings reach stderr there.
     init_tracing(match cli.command {

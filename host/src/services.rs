@@ -6,13 +6,15 @@
 //! [`CallError`]s, so a component cannot tell them apart.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
 use crate::error::CallError;
-use crate::salesforce::SalesforceClient;
-use crate::whmcs::WhmcsClient;
+use crate::http::{HttpClientError, http_client};
+use crate::salesforce::{SalesforceClient, SalesforceConfig, SalesforceConfigError};
+use crate::whmcs::{WhmcsClient, WhmcsConfig};
 
 /// What the host does on a component's behalf. Arguments have been validated and allowed by the
 /// capability policy before a method is called.
@@ -42,6 +44,15 @@ pub trait Services: Send + Sync + 'static {
     fn now_ms(&self) -> i64;
 }
 
+/// The live backends could not be built from the settings; found before any request is made.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveServicesError {
+    #[error("cannot build the HTTP client")]
+    Http(#[from] HttpClientError),
+    #[error("invalid Salesforce settings")]
+    Salesforce(#[from] SalesforceConfigError),
+}
+
 /// The production backends: the real Salesforce org and WHMCS, with the host's credentials.
 #[derive(Clone)]
 pub struct LiveServices {
@@ -62,6 +73,27 @@ impl LiveServices {
             whmcs,
             exposed,
         }
+    }
+
+    /// The one wiring of the production clients, used by `serve`, `fulfill` and anything else
+    /// that talks to the real services (through [`crate::config::Config::live_services`]): one
+    /// HTTP client bounded by `call_timeout`, shared by the Salesforce and WHMCS clients. Checks
+    /// the Salesforce key; contacts nothing.
+    pub fn from_settings(
+        salesforce: SalesforceConfig,
+        whmcs: WhmcsConfig,
+        call_timeout: Duration,
+        exposed: BTreeMap<String, String>,
+    ) -> Result<Self, LiveServicesError> {
+        let http = http_client(call_timeout)?;
+        let salesforce = SalesforceClient::new(salesforce, http.clone())?;
+        let whmcs = WhmcsClient::new(whmcs, http);
+        Ok(LiveServices::new(salesforce, whmcs, exposed))
+    }
+
+    /// The Salesforce client, whose session the Pub/Sub subscriber shares.
+    pub fn salesforce(&self) -> &SalesforceClient {
+        &self.salesforce
     }
 }
 

@@ -13,7 +13,7 @@ use tracing::Instrument as _;
 use url::Url;
 
 use crate::error::CallError;
-use crate::salesforce::transport::{classify_transport, reason, truncate};
+use crate::http::{classify_transport, reason, truncate};
 use crate::secret::Secret;
 
 const SERVICE: &str = "WHMCS";
@@ -408,7 +408,7 @@ mod tests {
             "{cfg:?} {:?}",
             WhmcsClient::new(
                 cfg.clone(),
-                crate::salesforce::http_client(Duration::from_secs(1)).unwrap()
+                crate::http::http_client(Duration::from_secs(1)).unwrap()
             )
         );
         for secret in ["ident-XYZ", "sec-XYZ", "ak-XYZ"] {

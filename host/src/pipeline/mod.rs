@@ -31,12 +31,10 @@ use crate::pubsub::{Fallback, SessionSource, SubscriptionState};
 use crate::registry::Registry;
 use crate::registry::gates::Gates;
 use crate::runtime::{LoadedComponent, Runtime};
-use crate::salesforce::SalesforceClient;
-use crate::services::{LiveServices, Services};
+use crate::services::Services;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 use crate::store::{SharedStore, StoreError};
-use crate::whmcs::WhmcsClient;
 
 pub use ingest::OptionsFor;
 pub use metrics::Metrics;
@@ -260,16 +258,10 @@ impl Host {
         let path = config.component.clone().ok_or_else(|| {
             anyhow::anyhow!("FULFILLD_COMPONENT: is required by `serve` but not set")
         })?;
-        let http = crate::salesforce::http_client(config.runtime.call_timeout)
-            .context("cannot build the HTTP client")?;
-        let salesforce = SalesforceClient::new(config.salesforce.clone(), http.clone())
-            .context("invalid Salesforce settings")?;
-        let whmcs = WhmcsClient::new(config.whmcs.clone(), http);
-        let services: Arc<dyn Services> = Arc::new(LiveServices::new(
-            salesforce.clone(),
-            whmcs,
-            config.exposed(),
-        ));
+        let live = config.live_services()?;
+        // The subscriber authenticates with the same Salesforce session the services use.
+        let session: Arc<dyn SessionSource> = Arc::new(live.salesforce().clone());
+        let services: Arc<dyn Services> = Arc::new(live);
         let runtime = Runtime::new(config.runtime.clone())?;
         let wasm = std::fs::read(&path)
             .with_context(|| format!("FULFILLD_COMPONENT: cannot read {}", path.display()))?;
@@ -294,7 +286,7 @@ impl Host {
                 runtime,
                 component,
                 services,
-                session: Arc::new(salesforce),
+                session,
                 registry,
                 fresh_component,
             },

@@ -278,7 +278,7 @@ fn endpoint(opts: &SubscriberOptions) -> Result<Endpoint, SubscriberError> {
     match url.scheme() {
         "http" => {}
         "https" => {
-            crate::salesforce::transport::install_crypto_provider();
+            crate::http::install_crypto_provider();
             let mut tls = ClientTlsConfig::new()
                 .with_webpki_roots()
                 .domain_name(host.trim_start_matches('[').trim_end_matches(']'));

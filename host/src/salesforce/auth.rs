@@ -9,9 +9,9 @@ use serde_json::Value;
 use tracing::Instrument as _;
 use url::Url;
 
-use super::transport::{classify_transport, reason, truncate};
-use super::{SalesforceConfig, SalesforceConfigError};
+use super::{PrivateKeyError, SalesforceConfig, SalesforceConfigError};
 use crate::error::CallError;
+use crate::http::{classify_transport, reason, truncate};
 use crate::secret::Secret;
 
 const SERVICE: &str = "Salesforce login";
@@ -69,15 +69,14 @@ impl Authenticator {
         let pem = cfg.private_key_pem.expose();
         if !pem.contains("PRIVATE KEY-----") {
             let what = if pem.contains("PUBLIC KEY-----") || pem.contains("CERTIFICATE-----") {
-                "the PEM holds a public key or certificate, not the private key"
+                PrivateKeyError::NotPrivate
             } else {
-                "no PEM private key block found"
+                PrivateKeyError::NoPem
             };
-            return Err(SalesforceConfigError::PrivateKey(what.into()));
+            return Err(SalesforceConfigError::PrivateKey(what));
         }
-        // The error text of jsonwebtoken names the problem (format, ASN.1), never key bytes.
         let key = EncodingKey::from_rsa_pem(pem.as_bytes())
-            .map_err(|err| SalesforceConfigError::PrivateKey(err.to_string()))?;
+            .map_err(|err| SalesforceConfigError::PrivateKey(PrivateKeyError::Unreadable(err)))?;
         let auth = Authenticator {
             token_url,
             key,
@@ -87,8 +86,8 @@ impl Authenticator {
         };
         // `from_rsa_pem` also accepts a PKCS#8 *public* key and defers parsing; one trial
         // signature proves the key can sign before the first exchange needs it.
-        auth.assertion()
-            .map_err(|err| SalesforceConfigError::PrivateKey(err.message))?;
+        auth.sign(ASSERTION_LIFETIME.as_secs())
+            .map_err(|err| SalesforceConfigError::PrivateKey(PrivateKeyError::CannotSign(err)))?;
         Ok(auth)
     }
 
@@ -97,14 +96,19 @@ impl Authenticator {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|_| CallError::auth("the system clock is before 1970"))?;
+        self.sign((now + ASSERTION_LIFETIME).as_secs())
+            .map_err(|err| CallError::auth(format!("signing the JWT assertion failed: {err}")))
+    }
+
+    /// The assertion expiring at `exp` (seconds since the Unix epoch), signed.
+    fn sign(&self, exp: u64) -> Result<String, jsonwebtoken::errors::Error> {
         let claims = Claims {
             iss: &self.client_id,
             sub: &self.username,
             aud: &self.audience,
-            exp: (now + ASSERTION_LIFETIME).as_secs(),
+            exp,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key)
-            .map_err(|err| CallError::auth(format!("signing the JWT assertion failed: {err}")))
     }
 
     /// Exchanges a new assertion for a session.

@@ -9,7 +9,6 @@
 
 pub mod auth;
 pub mod rest;
-pub mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +19,6 @@ use crate::error::CallError;
 use crate::secret::Secret;
 
 pub use auth::Session;
-pub use transport::{HttpClientError, http_client};
 
 /// How to authenticate to a Salesforce org and which REST API version to speak.
 #[derive(Debug, Clone)]
@@ -47,14 +45,30 @@ pub struct SalesforceConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum SalesforceConfigError {
     /// The PEM is not an RSA private key (the key itself is never printed).
-    #[error("the Salesforce private key is not a usable RSA private key PEM: {0}")]
-    PrivateKey(String),
+    #[error("the Salesforce private key is not a usable RSA private key PEM")]
+    PrivateKey(#[source] PrivateKeyError),
     /// `api_version` is not of the form `v66.0`.
     #[error("the Salesforce API version {0:?} is not of the form vNN.0")]
     ApiVersion(String),
     /// `login_url` cannot be used as a base URL.
     #[error("the Salesforce login URL {0:?} is not an http(s) URL")]
     LoginUrl(String),
+}
+
+/// What is wrong with the private key. No variant holds key material: jsonwebtoken's errors name
+/// the problem (format, ASN.1), never the key's bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateKeyError {
+    #[error("the PEM holds a public key or certificate, not the private key")]
+    NotPrivate,
+    #[error("no PEM private key block found")]
+    NoPem,
+    /// The PEM does not parse as an RSA key.
+    #[error(transparent)]
+    Unreadable(jsonwebtoken::errors::Error),
+    /// It parses, but cannot sign (e.g. a PKCS#8 public key, which parsing accepts).
+    #[error("signing the JWT assertion failed")]
+    CannotSign(#[source] jsonwebtoken::errors::Error),
 }
 
 /// A Salesforce client. Cloning is cheap; clones share the session cache.

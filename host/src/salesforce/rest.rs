@@ -10,9 +10,9 @@ use serde_json::{Map, Value, json};
 use tracing::Instrument as _;
 use url::Url;
 
-use super::transport::{classify_transport, reason, truncate};
 use super::{SalesforceClient, Session};
 use crate::error::CallError;
+use crate::http::{classify_transport, reason, truncate};
 
 const SERVICE: &str = "Salesforce";
 

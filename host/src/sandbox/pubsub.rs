@@ -205,7 +205,7 @@ impl PubSubSandbox {
             .http2_keepalive_interval(None)
             .tcp_nodelay(true);
         let (scheme, ca_pem) = if opts.tls {
-            crate::salesforce::transport::install_crypto_provider();
+            crate::http::install_crypto_provider();
             let pki = tls::generate()?;
             server = server
                 .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(

@@ -9,9 +9,8 @@ use fulfilld::fake::{
     FakeWhmcs, FakeWhmcsOptions, FakeWhmcsServer, decode_php_form, serve_fake_salesforce,
     serve_fake_whmcs,
 };
-use fulfilld::salesforce::{
-    SalesforceClient, SalesforceConfig, SalesforceConfigError, http_client,
-};
+use fulfilld::http::http_client;
+use fulfilld::salesforce::{SalesforceClient, SalesforceConfig, SalesforceConfigError};
 use fulfilld::secret::Secret;
 use fulfilld::whmcs::{WhmcsClient, WhmcsConfig, encode_params};
 use serde_json::{Map, Value, json};

@@ -15,6 +15,7 @@
 mod common;
 
 mod clients;
+mod component_admin;
 mod component_check;
 mod live;
 mod pipeline;

@@ -36,7 +36,7 @@ impl Rig {
     async fn new() -> Rig {
         // The tests' own HTTP clients (reqwest::get) need the process-wide rustls provider the
         // host installs when it builds its clients; a test may call them before any host exists.
-        fulfilld::salesforce::transport::install_crypto_provider();
+        fulfilld::http::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let sandbox = Sandbox::start(SandboxConfig {
             state_dir: Some(dir.path().join("sandbox")),

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use fulfilld::domain::ReplayId;
 use fulfilld::fake::{FakeOrg, FakeSalesforce, FakeSalesforceOptions, serve_fake_salesforce};
+use fulfilld::http::http_client;
 use fulfilld::pubsub::{
     Delivery, Fallback, ReplayFrom, SubscriberError, SubscriberOptions, Subscription, subscribe,
 };
-use fulfilld::salesforce::{SalesforceClient, SalesforceConfig, http_client};
+use fulfilld::salesforce::{SalesforceClient, SalesforceConfig};
 use fulfilld::sandbox::{
     EventBus, Fault, ORDER_EVENT_TOPIC, PubSubOptions, PubSubSandbox, TokenCheck,
     order_event_schema_v2,

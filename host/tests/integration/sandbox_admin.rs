@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fulfilld::http::http_client;
 use fulfilld::pubsub::{Delivery, ReplayFrom, SubscriberOptions, subscribe};
-use fulfilld::salesforce::{SalesforceClient, SalesforceConfig, http_client};
+use fulfilld::salesforce::{SalesforceClient, SalesforceConfig};
 use fulfilld::sandbox::{PubSubOptions, Sandbox, SandboxConfig};
 use fulfilld::secret::Secret;
 use serde_json::{Value, json};

@@ -1,8 +1,7 @@
-//! HTTP plumbing shared by the Salesforce and WHMCS clients: building a `reqwest::Client` with the
-//! process's rustls provider, and classifying transport failures into [`CallError`]s.
-//!
-//! It lives under `salesforce/` only because that is where the first client was written; the WHMCS
-//! client uses it too, so both classify a refused connection or a timeout the same way.
+//! Outbound HTTP, in one place: the `reqwest::Client` every caller uses (the Salesforce and WHMCS
+//! clients, the admin CLI), the process's rustls crypto provider, and the classification of
+//! transport failures into [`CallError`]s, so both services report a refused connection or a
+//! timeout the same way.
 
 use std::error::Error as _;
 use std::io;
@@ -19,16 +18,15 @@ const MAX_MESSAGE_CHARS: usize = 300;
 
 /// Building the shared HTTP client failed (TLS setup, usually).
 #[derive(Debug, thiserror::Error)]
-#[error("building the HTTP client failed: {0}")]
+#[error("building the HTTP client failed")]
 pub struct HttpClientError(#[source] reqwest::Error);
 
-/// Builds the HTTP client both service clients use.
+/// Builds an HTTP client: the one the Salesforce and WHMCS clients share, and the admin CLI's.
 ///
 /// reqwest is compiled with `rustls-no-provider`: it takes the process-wide rustls
-/// `CryptoProvider` when building a client (and panics if none is installed), so this installs
-/// ring as that default first. Installing twice is harmless: the second attempt reports "already
-/// installed", which is what we want. Certificates are checked by rustls-platform-verifier (the
-/// system trust store).
+/// `CryptoProvider` when building a client (and panics if none is installed). `main` installs it
+/// at start; this installs it too, so library users and tests that never run `main` cannot hit
+/// that panic. Certificates are checked by rustls-platform-verifier (the system trust store).
 ///
 /// `timeout` bounds every request made with the client; each call may set a shorter one.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, HttpClientError> {
@@ -42,6 +40,9 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, HttpClientError
 }
 
 /// Installs ring as the process-wide rustls provider unless one is installed already.
+///
+/// reqwest and tonic (the Pub/Sub client and the sandbox's TLS server) both take this default;
+/// installing twice is harmless.
 pub fn install_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Losing a race with another thread installing a provider is fine: one is installed.
