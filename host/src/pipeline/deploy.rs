@@ -149,11 +149,10 @@ async fn share_version(
         return Ok(());
     }
     let (wasm, signature) = registry.bytes(&meta.sha256)?;
-    let meta_json = serde_json::to_string(meta)
-        .map_err(|source| SubmitError::Metadata {
-            context: "cannot encode the metadata".into(),
-            source,
-        })?;
+    let meta_json = serde_json::to_string(meta).map_err(|source| SubmitError::Metadata {
+        context: "cannot encode the metadata".into(),
+        source,
+    })?;
     let component = SharedComponent {
         sha256: meta.sha256.clone(),
         meta_json,
@@ -295,11 +294,9 @@ async fn adopt(
                 SubmitError::BadRequest(format!("component {} is not in the store", active.sha256))
             })?;
         let meta: ComponentMeta =
-            serde_json::from_str(&component.meta_json).map_err(|source| {
-                SubmitError::Metadata {
-                    context: format!("component {}: bad metadata", active.sha256),
-                    source,
-                }
+            serde_json::from_str(&component.meta_json).map_err(|source| SubmitError::Metadata {
+                context: format!("component {}: bad metadata", active.sha256),
+                source,
             })?;
         let extras = Extras {
             signature: component.signature.as_deref(),

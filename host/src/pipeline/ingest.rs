@@ -12,10 +12,10 @@ use tokio::time::Instant;
 
 use super::{Role, Shared};
 use crate::domain::ReplayId;
+use crate::error::chain;
 use crate::pubsub::{
     Delivery, ReplayFrom, SessionSource, SubscriberOptions, Subscription, subscribe,
 };
-use crate::error::chain;
 use crate::store::{IngestBatch, Lease, NewDeadLetter, NewJob, StoreError};
 
 /// At most this many stream items go into one store write.
@@ -222,7 +222,10 @@ impl Ingestor {
                                 event_uuid: received.event.event_uuid.clone(),
                                 replay_id: received.replay_id.clone(),
                                 payload: Vec::new(),
-                                reason: format!("cannot serialize the decoded event: {}", chain(&err)),
+                                reason: format!(
+                                    "cannot serialize the decoded event: {}",
+                                    chain(&err)
+                                ),
                             });
                             continue;
                         }
@@ -401,7 +404,10 @@ async fn renew_lease(
             shared.store_failed(&err);
             tracing::warn!(channel = %shared.channel, error = %chain(&err), "cannot renew the subscriber lease");
             if Instant::now() >= *valid_until {
-                Err(Ending::Lost(format!("cannot renew the lease: {}", chain(&err))))
+                Err(Ending::Lost(format!(
+                    "cannot renew the lease: {}",
+                    chain(&err)
+                )))
             } else {
                 Ok(())
             }

@@ -269,6 +269,19 @@ mod tests {
     }
 
     #[test]
+    fn the_avro_error_is_kept_as_the_cause() {
+        let schema = parse_schema(V1).unwrap();
+        let err = decode(&schema, &[0xff, 0xff, 0xff]).unwrap_err();
+        let cause = std::error::Error::source(&err).map(ToString::to_string);
+        assert!(cause.is_some_and(|c| !c.is_empty()), "{err:?}");
+        assert!(
+            crate::error::chain(&err)
+                .starts_with("the Avro payload does not match its writer schema: "),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn non_record_schemas_are_refused() {
         assert!(parse_schema(r#""string""#).is_err());
         assert!(parse_schema("{").is_err());

@@ -10,8 +10,8 @@ use crate::runtime::{LoadError, LoadedComponent, Runtime};
 use crate::testkit::TestKit;
 use crate::testkit::scenario::{Scenario, run_scenario};
 
-use super::{CheckRejection, DeployError};
 use super::signature::{SignatureCheck, SignaturePolicy};
+use super::{CheckRejection, DeployError};
 
 /// Default largest `.wasm` accepted: rules components are tens to hundreds of KB in release
 /// builds and a few MB in debug builds.
@@ -55,7 +55,9 @@ impl From<CheckError> for DeployError {
             CheckError::NotWasm
             | CheckError::CoreModule
             | CheckError::UnknownHeader
-            | CheckError::Malformed(_) => DeployError::NotAComponent(CheckRejection::new("", error)),
+            | CheckError::Malformed(_) => {
+                DeployError::NotAComponent(CheckRejection::new("", error))
+            }
             CheckError::MissingExport { .. } => {
                 DeployError::MissingExport(CheckRejection::new("", error))
             }

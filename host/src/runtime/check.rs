@@ -316,4 +316,17 @@ mod tests {
         assert_eq!(surface(b"hello"), Err(CheckError::NotWasm));
         assert_eq!(surface(b"\0asm\x01\0\0\0"), Err(CheckError::CoreModule));
     }
+
+    #[test]
+    fn a_parse_error_is_kept_as_the_cause() {
+        // A component header, then a section running past the end of the file.
+        let err = surface(b"\0asm\x0d\0\x01\0\x01\x05").unwrap_err();
+        assert!(matches!(err, CheckError::Malformed(_)), "{err:?}");
+        assert_eq!(err.to_string(), "not a valid component");
+        let text = crate::error::chain(&err);
+        assert!(
+            text.starts_with("not a valid component: ") && text.contains("(at offset 0x"),
+            "{text}"
+        );
+    }
 }

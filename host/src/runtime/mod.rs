@@ -371,11 +371,12 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let engine = Engine::new(&engine_config(&config)).map_err(RuntimeError::Engine)?;
         let mut linker = Linker::<JobState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|source| RuntimeError::Link {
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|source| {
+            RuntimeError::Link {
                 what: "WASI",
                 source,
-            })?;
+            }
+        })?;
         Fulfillment::add_to_linker::<JobState, wasmtime::component::HasSelf<JobState>>(
             &mut linker,
             |state| state,
@@ -422,7 +423,9 @@ impl Runtime {
         let bytes = wasm.to_vec();
         tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
             .await
-            .map_err(|e| LoadError::Compile(wasmtime::Error::new(e).context("compiler task failed")))?
+            .map_err(|e| {
+                LoadError::Compile(wasmtime::Error::new(e).context("compiler task failed"))
+            })?
             .map_err(LoadError::Compile)
     }
 

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use super::pubsub::PubSubControl;
 use super::{
-    EventBus, Fault, ORDER_EVENT_TOPIC, PubSubOptions, PubSubSandbox, TokenCheck,
+    EventBus, Fault, ORDER_EVENT_TOPIC, PubSubOptions, PubSubSandbox, SandboxError, TokenCheck,
     order_event_schema_v2,
 };
 use crate::domain::random_uuid;

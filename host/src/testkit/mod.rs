@@ -20,9 +20,7 @@ use crate::domain::Event;
 use crate::error::CallError;
 use crate::fake::org::FakeOrg;
 use crate::fake::whmcs::FakeWhmcs;
-use crate::runtime::{
-    JobReport, LoadError, LoadedComponent, Runtime, RuntimeConfig, RuntimeError,
-};
+use crate::runtime::{JobReport, LoadError, LoadedComponent, Runtime, RuntimeConfig, RuntimeError};
 use crate::services::Services;
 use crate::whmcs;
 
