@@ -28,15 +28,15 @@ use url::Url;
 use super::org::{FakeOrg, sf_error_body, sf_status_for};
 use super::whmcs::FakeWhmcs;
 
-/// Starting a fake server failed.
+/// Starting a fake server failed. The cause is left to `source()` (anyhow's `{:#}` shows it).
 #[derive(Debug, thiserror::Error)]
 pub enum FakeServerError {
-    #[error("reading the fake server's listen address failed: {0}")]
+    #[error("reading the fake server's listen address failed")]
     Listener(#[from] std::io::Error),
-    #[error("the fake server's base URL is invalid: {0}")]
+    #[error("the fake server's base URL is invalid")]
     Url(#[from] url::ParseError),
-    #[error("the fake Salesforce public key is not an RSA public key PEM: {0}")]
-    PublicKey(String),
+    #[error("the fake Salesforce public key is not an RSA public key PEM")]
+    PublicKey(#[source] jsonwebtoken::errors::Error),
 }
 
 /// One request as the fake saw it.
@@ -184,7 +184,7 @@ pub async fn serve_fake_salesforce(
     org: Arc<Mutex<FakeOrg>>,
 ) -> Result<FakeSalesforce, FakeServerError> {
     let key = DecodingKey::from_rsa_pem(opts.public_key_pem.as_bytes())
-        .map_err(|err| FakeServerError::PublicKey(err.to_string()))?;
+        .map_err(FakeServerError::PublicKey)?;
     let base = base_url(listener.local_addr()?)?;
     let state = Arc::new(SfState {
         opts,

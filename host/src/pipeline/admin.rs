@@ -20,6 +20,7 @@ use serde_json::json;
 
 use super::Shared;
 use super::deploy::{self, Submission, SubmitError};
+use crate::error::chain;
 use crate::registry::RegistryError;
 use crate::secret::Secret;
 
@@ -97,16 +98,19 @@ fn registry_error(err: RegistryError) -> Response {
         RegistryError::NothingToRollBack => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    error(status, err)
+    error(status, chain(&err))
 }
 
 fn submit_error(err: SubmitError) -> Response {
     match err {
         SubmitError::NoRegistry => no_registry(),
-        SubmitError::Rejected(err) => error(StatusCode::UNPROCESSABLE_ENTITY, err),
+        SubmitError::Rejected(err) => error(StatusCode::UNPROCESSABLE_ENTITY, chain(&err)),
         SubmitError::BadRequest(message) => error(StatusCode::BAD_REQUEST, message),
+        err @ (SubmitError::File { .. } | SubmitError::Metadata { .. }) => {
+            error(StatusCode::BAD_REQUEST, chain(&err))
+        }
         SubmitError::Registry(err) => registry_error(err),
-        err @ SubmitError::Share(_) => error(StatusCode::SERVICE_UNAVAILABLE, err),
+        err @ SubmitError::Share(_) => error(StatusCode::SERVICE_UNAVAILABLE, chain(&err)),
     }
 }
 

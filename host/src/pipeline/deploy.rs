@@ -16,6 +16,7 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 
 use super::Shared;
+use crate::error::chain;
 use crate::registry::{ComponentMeta, DeployError, Extras, Registry, RegistryError};
 use crate::runtime::LoadedComponent;
 use crate::store::{SharedActive, SharedComponent, StoreError};
@@ -34,7 +35,8 @@ pub struct Submission {
     pub activate: bool,
 }
 
-/// Why a submission or an activation did not go through.
+/// Why a submission or an activation did not go through. Show it with [`crate::error::chain`]:
+/// the variants wrapping another error leave it to `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     #[error("no component registry configured (FULFILLD_REGISTRY_DIR)")]
@@ -44,14 +46,29 @@ pub enum SubmitError {
     Rejected(#[from] DeployError),
     #[error("{0}")]
     BadRequest(String),
+    /// A file of the submission could not be read or written (`context` names it).
+    #[error("{context}")]
+    File {
+        context: String,
+        source: std::io::Error,
+    },
+    /// A version's metadata could not be encoded or decoded (`context` says which).
+    #[error("{context}")]
+    Metadata {
+        context: String,
+        source: serde_json::Error,
+    },
     #[error(transparent)]
     Registry(#[from] RegistryError),
     /// The store could not be reached to publish or record a version for the other replicas.
     /// An activation went live on this replica only; it returns to the replicas' shared version
     /// once the store answers again.
+    ///
+    /// The store's error sits inside the sentence, so the message tells its whole chain itself.
     #[error(
-        "the store could not record this for the other replicas: {0}; an activation is live on \
-         this replica only until the store answers again: then activate it again"
+        "the store could not record this for the other replicas: {}; an activation is live on \
+         this replica only until the store answers again: then activate it again",
+        crate::error::chain(.0)
     )]
     Share(StoreError),
 }
@@ -90,13 +107,13 @@ pub async fn submit(
     let meta = match deployed {
         Ok(meta) => meta,
         Err(err) => {
-            tracing::warn!(deployed_by = %submission.deployed_by, source = %submission.source, error = %err, "component deploy rejected; the active version is unchanged");
+            tracing::warn!(deployed_by = %submission.deployed_by, source = %submission.source, error = %chain(&err), "component deploy rejected; the active version is unchanged");
             return Err(err.into());
         }
     };
     if !submission.activate {
         if let Err(err) = share_version(shared, registry, &meta).await {
-            tracing::warn!(sha256 = %meta.sha256, error = %err, "deployed here, but not published for the other replicas; activating it will try again");
+            tracing::warn!(sha256 = %meta.sha256, error = %chain(&err), "deployed here, but not published for the other replicas; activating it will try again");
         }
         return Ok((meta, false));
     }
@@ -132,8 +149,10 @@ async fn share_version(
         return Ok(());
     }
     let (wasm, signature) = registry.bytes(&meta.sha256)?;
-    let meta_json = serde_json::to_string(meta)
-        .map_err(|e| SubmitError::BadRequest(format!("cannot encode the metadata: {e}")))?;
+    let meta_json = serde_json::to_string(meta).map_err(|source| SubmitError::Metadata {
+        context: "cannot encode the metadata".into(),
+        source,
+    })?;
     let component = SharedComponent {
         sha256: meta.sha256.clone(),
         meta_json,
@@ -189,8 +208,9 @@ impl ShippedSuite {
             .join("incoming")
             .join(crate::domain::random_uuid());
         let suite = ShippedSuite { dir };
-        std::fs::create_dir_all(&suite.dir).map_err(|e| {
-            SubmitError::BadRequest(format!("cannot create {}: {e}", suite.dir.display()))
+        std::fs::create_dir_all(&suite.dir).map_err(|source| SubmitError::File {
+            context: format!("cannot create {}", suite.dir.display()),
+            source,
         })?;
         for (name, contents) in files {
             let valid = name.ends_with(".toml")
@@ -204,8 +224,9 @@ impl ShippedSuite {
                 )));
             }
             let path = suite.dir.join(name);
-            std::fs::write(&path, contents).map_err(|e| {
-                SubmitError::BadRequest(format!("cannot write {}: {e}", path.display()))
+            std::fs::write(&path, contents).map_err(|source| SubmitError::File {
+                context: format!("cannot write {}", path.display()),
+                source,
             })?;
         }
         Ok(Some(suite))
@@ -238,7 +259,7 @@ pub(crate) async fn follow_shared(shared: &Shared, failed: &mut Option<String>) 
         Ok(Some(active)) => active,
         Ok(None) => return,
         Err(err) => {
-            tracing::debug!(error = %err, "cannot read the shared active component; retrying");
+            tracing::debug!(error = %chain(&err), "cannot read the shared active component; retrying");
             return;
         }
     };
@@ -252,7 +273,7 @@ pub(crate) async fn follow_shared(shared: &Shared, failed: &mut Option<String>) 
             tracing::info!(name = %meta.name, version = %meta.version, sha256 = %meta.sha256, activated_by = %active.by, "following the component version another replica activated");
         }
         Err(err) => {
-            tracing::error!(sha256 = %active.sha256, activated_by = %active.by, error = %err, "cannot follow the component version another replica activated; this replica keeps its version");
+            tracing::error!(sha256 = %active.sha256, activated_by = %active.by, error = %chain(&err), "cannot follow the component version another replica activated; this replica keeps its version");
             *failed = Some(active.sha256.clone());
         }
     }
@@ -272,9 +293,11 @@ async fn adopt(
             .ok_or_else(|| {
                 SubmitError::BadRequest(format!("component {} is not in the store", active.sha256))
             })?;
-        let meta: ComponentMeta = serde_json::from_str(&component.meta_json).map_err(|e| {
-            SubmitError::BadRequest(format!("component {}: bad metadata: {e}", active.sha256))
-        })?;
+        let meta: ComponentMeta =
+            serde_json::from_str(&component.meta_json).map_err(|source| SubmitError::Metadata {
+                context: format!("component {}: bad metadata", active.sha256),
+                source,
+            })?;
         let extras = Extras {
             signature: component.signature.as_deref(),
             scenarios: None,
@@ -344,7 +367,7 @@ async fn deploy_file(shared: &Shared, dir: &Path, path: &Path) {
     let suite_dir = dir.join(format!("{stem}.scenarios"));
     let result = match read_submission(path, &signature_path, &suite_dir) {
         Ok(submission) => submit(shared, submission).await.map(|(meta, _)| meta),
-        Err(message) => Err(SubmitError::BadRequest(message)),
+        Err(err) => Err(err),
     };
     let stamp = crate::domain::now_ms();
     let (target, outcome) = match &result {
@@ -353,8 +376,9 @@ async fn deploy_file(shared: &Shared, dir: &Path, path: &Path) {
             ("deployed", None)
         }
         Err(err) => {
-            tracing::error!(file = %path.display(), error = %err, "deploy directory: component rejected; the active version is unchanged");
-            ("rejected", Some(err.to_string()))
+            let reason = chain(err);
+            tracing::error!(file = %path.display(), error = %reason, "deploy directory: component rejected; the active version is unchanged");
+            ("rejected", Some(reason))
         }
     };
     let target_dir = dir.join(target);
@@ -389,22 +413,24 @@ fn read_submission(
     path: &Path,
     signature_path: &Path,
     suite_dir: &Path,
-) -> Result<Submission, String> {
-    let wasm = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+) -> Result<Submission, SubmitError> {
+    let unreadable = |path: &Path| {
+        let context = format!("cannot read {}", path.display());
+        move |source| SubmitError::File { context, source }
+    };
+    let wasm = std::fs::read(path).map_err(unreadable(path))?;
     let signature = match std::fs::read_to_string(signature_path) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("cannot read {}: {e}", signature_path.display())),
+        Err(e) => return Err(unreadable(signature_path)(e)),
     };
     let mut scenarios = Vec::new();
     if suite_dir.is_dir() {
-        let entries = std::fs::read_dir(suite_dir)
-            .map_err(|e| format!("cannot read {}: {e}", suite_dir.display()))?;
+        let entries = std::fs::read_dir(suite_dir).map_err(unreadable(suite_dir))?;
         for entry in entries.flatten() {
             let file = entry.path();
             if file.extension().is_some_and(|e| e == "toml") {
-                let contents = std::fs::read(&file)
-                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                let contents = std::fs::read(&file).map_err(unreadable(&file))?;
                 scenarios.push((entry.file_name().to_string_lossy().into_owned(), contents));
             }
         }

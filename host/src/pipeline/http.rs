@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::metrics::Gauges;
 use super::{Role, Shared, rfc3339};
+use crate::error::chain;
 use crate::store::Backend;
 
 /// How long `/health` waits for the store before calling it unreachable.
@@ -38,7 +39,7 @@ pub(crate) async fn serve(
         .with_graceful_shutdown(stop)
         .await
     {
-        tracing::error!(error = %err, "the HTTP endpoint failed");
+        tracing::error!(error = %chain(&err), "the HTTP endpoint failed");
     }
 }
 
@@ -57,7 +58,7 @@ pub async fn health_report(shared: &Shared) -> (bool, Value) {
         ),
         Ok(Err(err)) => (
             false,
-            json!({"status": "unavailable", "error": err.to_string()}),
+            json!({"status": "unavailable", "error": chain(&err)}),
         ),
         Err(_) => (
             false,

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::{Role, Shared};
 use crate::domain::ReplayId;
+use crate::error::chain;
 use crate::pubsub::{
     Delivery, ReplayFrom, SessionSource, SubscriberOptions, Subscription, subscribe,
 };
@@ -93,7 +94,7 @@ impl Ingestor {
                 Err(err) => {
                     shared.set_role(Role::Follower);
                     shared.store_failed(&err);
-                    tracing::warn!(channel = %channel, error = %err, "cannot reach the store to take the subscriber lease");
+                    tracing::warn!(channel = %channel, error = %chain(&err), "cannot reach the store to take the subscriber lease");
                 }
             }
             let pause = (ttl / 3).min(Duration::from_secs(2));
@@ -117,15 +118,15 @@ impl Ingestor {
 
         let start = match self.start_position().await {
             Ok(start) => start,
-            Err(err) => return Ending::Lost(format!("cannot read the cursor: {err}")),
+            Err(err) => return Ending::Lost(format!("cannot read the cursor: {}", chain(&err))),
         };
         tracing::info!(channel = %channel, from = %describe(&start), epoch = lease.epoch, "subscription starting");
         let mut subscription = match subscribe((self.options_for)(start), Arc::clone(&self.session))
         {
             Ok(subscription) => subscription,
             Err(err) => {
-                tracing::error!(channel = %channel, error = %err, "cannot subscribe");
-                return Ending::Lost(format!("cannot subscribe: {err}"));
+                tracing::error!(channel = %channel, error = %chain(&err), "cannot subscribe");
+                return Ending::Lost(format!("cannot subscribe: {}", chain(&err)));
             }
         };
         shared.attach_subscription(subscription.state());
@@ -177,7 +178,7 @@ impl Ingestor {
         self.shared.detach_subscription();
         subscription.close().await;
         if let Err(err) = self.shared.store.release_lease(lease).await {
-            tracing::debug!(error = %err, "could not release the lease; it expires by itself");
+            tracing::debug!(error = %chain(&err), "could not release the lease; it expires by itself");
         }
     }
 
@@ -221,7 +222,10 @@ impl Ingestor {
                                 event_uuid: received.event.event_uuid.clone(),
                                 replay_id: received.replay_id.clone(),
                                 payload: Vec::new(),
-                                reason: format!("cannot serialize the decoded event: {err}"),
+                                reason: format!(
+                                    "cannot serialize the decoded event: {}",
+                                    chain(&err)
+                                ),
                             });
                             continue;
                         }
@@ -358,10 +362,11 @@ impl Ingestor {
                         .metrics
                         .ingest_retries
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(channel = %shared.channel, error = %err, "cannot enqueue; holding the batch and retrying (the cursor does not move)");
+                    tracing::warn!(channel = %shared.channel, error = %chain(&err), "cannot enqueue; holding the batch and retrying (the cursor does not move)");
                     if Instant::now() + delay >= *valid_until {
                         return Err(Ending::Lost(format!(
-                            "the store stayed unavailable past the lease: {err}"
+                            "the store stayed unavailable past the lease: {}",
+                            chain(&err)
                         )));
                     }
                     tokio::select! {
@@ -397,9 +402,12 @@ async fn renew_lease(
         }
         Err(err) => {
             shared.store_failed(&err);
-            tracing::warn!(channel = %shared.channel, error = %err, "cannot renew the subscriber lease");
+            tracing::warn!(channel = %shared.channel, error = %chain(&err), "cannot renew the subscriber lease");
             if Instant::now() >= *valid_until {
-                Err(Ending::Lost(format!("cannot renew the lease: {err}")))
+                Err(Ending::Lost(format!(
+                    "cannot renew the lease: {}",
+                    chain(&err)
+                )))
             } else {
                 Ok(())
             }

@@ -9,6 +9,7 @@ use tracing::Instrument as _;
 
 use super::Shared;
 use crate::domain::Event;
+use crate::error::chain;
 use crate::runtime::{Disposition, FailureSource, LoadedComponent, RunOptions};
 use crate::store::{ClaimOptions, Job, JobRecord, StoreError};
 
@@ -42,7 +43,7 @@ pub(crate) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: watch::
                 shared.store_failed(&err);
                 if !failing {
                     failing = true;
-                    tracing::warn!(worker = %consumer, error = %err, "cannot claim jobs; retrying");
+                    tracing::warn!(worker = %consumer, error = %chain(&err), "cannot claim jobs; retrying");
                 }
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -67,7 +68,7 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
     let event: Event = match serde_json::from_slice(&job.payload) {
         Ok(event) => event,
         Err(err) => {
-            let reason = format!("the job's payload is not an event: {err}");
+            let reason = format!("the job's payload is not an event: {}", chain(&err));
             tracing::error!(event_uuid = %job.event_uuid, replay_id = %job.replay_id, reason = %reason, "job dead-lettered");
             dead_letter(shared, &job, &reason, "BAD_PAYLOAD", "").await;
             return;
@@ -117,7 +118,7 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
                             return;
                         }
                         Err(err) => {
-                            tracing::debug!(error = %err, "cannot refresh the job's claim; retrying");
+                            tracing::debug!(error = %chain(&err), "cannot refresh the job's claim; retrying");
                             wait = RETRY;
                         }
                     }
@@ -228,14 +229,14 @@ where
             Err(err) => {
                 shared.store_failed(&err);
                 if shared.stopping() && delay >= Duration::from_secs(1) {
-                    tracing::warn!(error = %err, "shutting down before being able to {what}; the job will be reclaimed");
+                    tracing::warn!(error = %chain(&err), "shutting down before being able to {what}; the job will be reclaimed");
                     shared
                         .metrics
                         .jobs_abandoned
                         .fetch_add(1, Ordering::Relaxed);
                     return false;
                 }
-                tracing::warn!(error = %err, "cannot {what}; retrying");
+                tracing::warn!(error = %chain(&err), "cannot {what}; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }

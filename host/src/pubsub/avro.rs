@@ -15,11 +15,12 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use base64::Engine as _;
 use serde_json::{Map, Number, Value};
 
-/// A payload that cannot be read as one record of its writer schema.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A payload that cannot be read as one record of its writer schema. The Avro error is left to
+/// `source()`: show it with [`crate::error::chain`].
+#[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("the Avro payload does not match its writer schema: {0}")]
-    Malformed(String),
+    #[error("the Avro payload does not match its writer schema")]
+    Malformed(#[source] apache_avro::Error),
     #[error(
         "the Avro payload has {trailing} bytes of trailing data after the record (wrong writer schema?)"
     )]
@@ -28,25 +29,50 @@ pub enum DecodeError {
     NotARecord,
 }
 
+/// Compared by variant, and a malformed payload by its message (the Avro error is not
+/// comparable); tests compare decode results.
+impl PartialEq for DecodeError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (DecodeError::Malformed(a), DecodeError::Malformed(b)) => {
+                a.to_string() == b.to_string()
+            }
+            (
+                DecodeError::TrailingData { trailing: a },
+                DecodeError::TrailingData { trailing: b },
+            ) => a == b,
+            (DecodeError::NotARecord, DecodeError::NotARecord) => true,
+            _ => false,
+        }
+    }
+}
+
 /// A value that cannot be written with a schema.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot encode field {field:?} with the schema: {reason}")]
-pub struct EncodeError {
-    pub field: String,
-    pub reason: String,
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// `reason` says how the value does not fit (a nested record's own `EncodeError` included).
+    #[error("cannot encode field {field:?} with the schema: {reason}")]
+    Field { field: String, reason: String },
+    /// The Avro writer refused the record.
+    #[error("cannot encode field \"\" with the schema")]
+    Write(#[source] apache_avro::Error),
 }
 
 /// A schema text that is not a usable Avro record schema.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid Avro schema: {0}")]
-pub struct SchemaError(pub String);
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("invalid Avro schema")]
+    Parse(#[source] apache_avro::Error),
+    #[error("invalid Avro schema: the schema is not a record")]
+    NotARecord,
+}
 
 /// Parses a schema as GetSchema returns it (`schema_json`).
 pub fn parse_schema(json: &str) -> Result<Schema, SchemaError> {
-    let schema = Schema::parse_str(json).map_err(|err| SchemaError(err.to_string()))?;
+    let schema = Schema::parse_str(json).map_err(SchemaError::Parse)?;
     match schema {
         Schema::Record(_) => Ok(schema),
-        _ => Err(SchemaError("the schema is not a record".into())),
+        _ => Err(SchemaError::NotARecord),
     }
 }
 
@@ -57,7 +83,7 @@ pub fn decode(schema: &Schema, payload: &[u8]) -> Result<Map<String, Value>, Dec
     let value = GenericDatumReader::builder(schema)
         .build()
         .and_then(|datum| datum.read_value(&mut reader))
-        .map_err(|err| DecodeError::Malformed(err.to_string()))?;
+        .map_err(DecodeError::Malformed)?;
     let consumed = usize::try_from(reader.position()).unwrap_or(usize::MAX);
     if consumed < payload.len() {
         return Err(DecodeError::TrailingData {
@@ -108,7 +134,7 @@ fn to_json(value: Avro) -> Value {
 /// (null for Salesforce's optional custom fields).
 pub fn encode(schema: &Schema, fields: &Map<String, Value>) -> Result<Vec<u8>, EncodeError> {
     let Schema::Record(record) = schema else {
-        return Err(EncodeError {
+        return Err(EncodeError::Field {
             field: String::new(),
             reason: "the schema is not a record".into(),
         });
@@ -117,10 +143,7 @@ pub fn encode(schema: &Schema, fields: &Map<String, Value>) -> Result<Vec<u8>, E
     GenericDatumWriter::builder(schema)
         .build()
         .and_then(|datum| datum.write_value_to_vec(value))
-        .map_err(|err| EncodeError {
-            field: String::new(),
-            reason: err.to_string(),
-        })
+        .map_err(EncodeError::Write)
 }
 
 fn record_value(record: &RecordSchema, fields: &Map<String, Value>) -> Result<Avro, EncodeError> {
@@ -130,7 +153,7 @@ fn record_value(record: &RecordSchema, fields: &Map<String, Value>) -> Result<Av
             Some(v) => v.clone(),
             None => field.default.clone().unwrap_or(Value::Null),
         };
-        let value = json_to_avro(&field.schema, &json).map_err(|reason| EncodeError {
+        let value = json_to_avro(&field.schema, &json).map_err(|reason| EncodeError::Field {
             field: field.name.clone(),
             reason,
         })?;
@@ -243,6 +266,19 @@ mod tests {
             decode(&schema, &[0xff, 0xff, 0xff]),
             Err(DecodeError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn the_avro_error_is_kept_as_the_cause() {
+        let schema = parse_schema(V1).unwrap();
+        let err = decode(&schema, &[0xff, 0xff, 0xff]).unwrap_err();
+        let cause = std::error::Error::source(&err).map(ToString::to_string);
+        assert!(cause.is_some_and(|c| !c.is_empty()), "{err:?}");
+        assert!(
+            crate::error::chain(&err)
+                .starts_with("the Avro payload does not match its writer schema: "),
+            "{err:?}"
+        );
     }
 
     #[test]

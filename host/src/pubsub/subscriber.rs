@@ -41,7 +41,7 @@ use super::proto::{
 };
 use super::{Delivery, Fallback, ReceivedEvent, UndecodableEvent, avro, codes};
 use crate::domain::{Event, ReplayId};
-use crate::error::CallError;
+use crate::error::{CallError, chain};
 use crate::salesforce::{SalesforceClient, Session};
 
 /// Salesforce's cap on outstanding demand per stream.
@@ -123,8 +123,8 @@ impl SubscriberOptions {
 pub enum SubscriberError {
     #[error("the Pub/Sub endpoint {0:?} is not an http:// or https:// URL with a host")]
     Endpoint(String),
-    #[error("the Pub/Sub TLS settings are unusable: {0}")]
-    Tls(String),
+    #[error("the Pub/Sub TLS settings are unusable")]
+    Tls(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the Pub/Sub batch size must be between 1 and {MAX_BATCH}, not {0}")]
     BatchSize(i32),
     #[error("the Pub/Sub channel must not be empty")]
@@ -292,7 +292,7 @@ fn endpoint(opts: &SubscriberOptions) -> Result<Endpoint, SubscriberError> {
             }
             endpoint = endpoint
                 .tls_config(tls)
-                .map_err(|err| SubscriberError::Tls(err.to_string()))?;
+                .map_err(|err| SubscriberError::Tls(err.into()))?;
         }
         _ => return Err(bad()),
     }
@@ -745,7 +745,7 @@ impl Worker {
                 }))
             }
             Err(err) => {
-                let delivery = undecodable(err.to_string(), event);
+                let delivery = undecodable(chain(&err), event);
                 self.warn_undecodable(&delivery);
                 Ok(delivery)
             }
@@ -805,7 +805,9 @@ impl Worker {
         };
         let schema = avro::parse_schema(&info.schema_json)
             .map(Arc::new)
-            .map_err(|err| SchemaLookup::Unusable(format!("schema {schema_id:?}: {err}")))?;
+            .map_err(|err| {
+                SchemaLookup::Unusable(format!("schema {schema_id:?}: {}", chain(&err)))
+            })?;
         tracing::debug!(schema_id, "cached Pub/Sub writer schema");
         self.schemas
             .insert(schema_id.to_owned(), Arc::clone(&schema));
@@ -857,15 +859,4 @@ fn with_metadata<T>(message: T, metadata: &MetadataMap) -> Request<T> {
         request.metadata_mut().insert("x-client-trace-id", trace);
     }
     request
-}
-
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

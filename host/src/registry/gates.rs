@@ -10,8 +10,8 @@ use crate::runtime::{LoadError, LoadedComponent, Runtime};
 use crate::testkit::TestKit;
 use crate::testkit::scenario::{Scenario, run_scenario};
 
-use super::DeployError;
 use super::signature::{SignatureCheck, SignaturePolicy};
+use super::{CheckRejection, DeployError};
 
 /// Default largest `.wasm` accepted: rules components are tens to hundreds of KB in release
 /// builds and a few MB in debug builds.
@@ -52,12 +52,21 @@ pub struct Extras<'a> {
 impl From<CheckError> for DeployError {
     fn from(error: CheckError) -> Self {
         match error {
-            CheckError::NotWasm | CheckError::CoreModule | CheckError::Malformed(_) => {
-                DeployError::NotAComponent(error)
+            CheckError::NotWasm
+            | CheckError::CoreModule
+            | CheckError::UnknownHeader
+            | CheckError::Malformed(_) => {
+                DeployError::NotAComponent(CheckRejection::new("", error))
             }
-            CheckError::MissingExport { .. } => DeployError::MissingExport(error),
-            CheckError::UnknownImport { .. } => DeployError::WrongWorld(error),
-            CheckError::IncompatibleVersion { .. } => DeployError::IncompatibleVersion(error),
+            CheckError::MissingExport { .. } => {
+                DeployError::MissingExport(CheckRejection::new("", error))
+            }
+            CheckError::UnknownImport { .. } => {
+                DeployError::WrongWorld(CheckRejection::new("wrong world: ", error))
+            }
+            CheckError::IncompatibleVersion { .. } => {
+                DeployError::IncompatibleVersion(CheckRejection::new("", error))
+            }
         }
     }
 }
@@ -66,9 +75,9 @@ impl From<LoadError> for DeployError {
     fn from(error: LoadError) -> Self {
         match error {
             LoadError::Check(check) => check.into(),
-            LoadError::Compile(message) => DeployError::Compile(message),
-            LoadError::Link(message) => DeployError::Link(message),
-            LoadError::Info(message) => DeployError::InfoFailed(message),
+            LoadError::Compile(source) => DeployError::Compile(source),
+            LoadError::Link(source) => DeployError::Link(source),
+            LoadError::Info(source) => DeployError::InfoFailed(source),
         }
     }
 }

@@ -70,25 +70,30 @@ pub struct ActiveState {
     pub history: Vec<String>,
 }
 
-/// Why a deployment was refused. Every message names the problem.
+/// Why a deployment was refused. Every message names the problem; the variants holding wasmtime's
+/// error leave it to `source()`, so show a rejection with [`crate::error::chain`].
 #[derive(Debug, Error)]
 pub enum DeployError {
     #[error("rejected: the component is {size} bytes, over the {limit}-byte limit")]
     TooLarge { size: usize, limit: usize },
-    #[error("rejected: {0}")]
-    NotAComponent(CheckError),
-    #[error("rejected: wrong world: {0}")]
-    WrongWorld(CheckError),
-    #[error("rejected: {0}")]
-    MissingExport(CheckError),
-    #[error("rejected: {0}")]
-    IncompatibleVersion(CheckError),
-    #[error("rejected: the component does not compile: {0}")]
-    Compile(String),
-    #[error("rejected: the component does not satisfy the fulfillment world: {0}")]
-    Link(String),
-    #[error("rejected: the component's info() export failed: {0}")]
-    InfoFailed(String),
+    #[error(transparent)]
+    NotAComponent(CheckRejection),
+    #[error(transparent)]
+    WrongWorld(CheckRejection),
+    #[error(transparent)]
+    MissingExport(CheckRejection),
+    #[error(transparent)]
+    IncompatibleVersion(CheckRejection),
+    #[error("rejected: the component does not compile")]
+    Compile(#[source] wasmtime::Error),
+    #[error("rejected: the component does not satisfy the fulfillment world")]
+    Link(#[source] wasmtime::Error),
+    /// The source: see [`LoadError::Info`].
+    #[error("rejected: the component's info() export failed")]
+    InfoFailed(#[source] wasmtime::Error),
+    /// What is wrong with the signature, for the deployer (see [`SignaturePolicy::check`]).
+    ///
+    /// [`SignaturePolicy::check`]: signature::SignaturePolicy::check
     #[error("rejected: {0}")]
     Signature(String),
     #[error(
@@ -97,11 +102,44 @@ pub enum DeployError {
         .failed.join("; ")
     )]
     Scenarios { total: usize, failed: Vec<String> },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         source: std::io::Error,
     },
+}
+
+/// A failed world check as a deploy rejection: it reads `rejected: <what the check found>` and
+/// passes the check's own cause (where the bytes do not parse) on as its source, so a chain
+/// names each once.
+#[derive(Debug)]
+pub struct CheckRejection {
+    /// Said before the check's message (`wrong world: `), or nothing.
+    prefix: &'static str,
+    check: CheckError,
+}
+
+impl CheckRejection {
+    pub(crate) fn new(prefix: &'static str, check: CheckError) -> Self {
+        CheckRejection { prefix, check }
+    }
+
+    /// What the world check found.
+    pub fn check(&self) -> &CheckError {
+        &self.check
+    }
+}
+
+impl std::fmt::Display for CheckRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rejected: {}{}", self.prefix, self.check)
+    }
+}
+
+impl std::error::Error for CheckRejection {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.check.source()
+    }
 }
 
 /// Why a registry operation other than a deployment failed.
@@ -115,11 +153,16 @@ pub enum RegistryError {
     NothingToRollBack,
     #[error("stored component {sha256} is corrupt: its bytes hash to {actual}")]
     Corrupt { sha256: String, actual: String },
-    #[error("cannot load component {sha256}: {source}")]
+    #[error("cannot load component {sha256}")]
     Load { sha256: String, source: LoadError },
-    #[error("{path}: unreadable registry metadata: {message}")]
-    Metadata { path: String, message: String },
-    #[error("{context}: {source}")]
+    #[error("{path}: unreadable registry metadata")]
+    Metadata {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("{path}: unreadable registry metadata: `{sha256}` is not a sha256")]
+    NotASha256 { path: String, sha256: String },
+    #[error("{context}")]
     Io {
         context: String,
         source: std::io::Error,
@@ -179,15 +222,15 @@ impl Registry {
         let state = match std::fs::read(&path) {
             Ok(bytes) => {
                 let state: ActiveState =
-                    serde_json::from_slice(&bytes).map_err(|e| RegistryError::Metadata {
+                    serde_json::from_slice(&bytes).map_err(|source| RegistryError::Metadata {
                         path: path.display().to_string(),
-                        message: e.to_string(),
+                        source,
                     })?;
                 for sha in state.active.iter().chain(&state.history) {
                     if !is_sha256(sha) {
-                        return Err(RegistryError::Metadata {
+                        return Err(RegistryError::NotASha256 {
                             path: path.display().to_string(),
-                            message: format!("`{sha}` is not a sha256"),
+                            sha256: sha.clone(),
                         });
                     }
                 }
@@ -518,9 +561,9 @@ impl Registry {
 
 fn read_meta(path: &Path) -> Result<ComponentMeta, RegistryError> {
     let bytes = std::fs::read(path).map_err(io_error(format!("cannot read {}", path.display())))?;
-    serde_json::from_slice(&bytes).map_err(|e| RegistryError::Metadata {
+    serde_json::from_slice(&bytes).map_err(|source| RegistryError::Metadata {
         path: path.display().to_string(),
-        message: e.to_string(),
+        source,
     })
 }
 

@@ -120,7 +120,7 @@ impl Runtime {
                     tracing::warn!(
                         digest = %digest,
                         path = %path.display(),
-                        error = %error,
+                        error = %format!("{error:#}"),
                         "unusable compiled artifact: deleting it and recompiling"
                     );
                     if let Err(error) = std::fs::remove_file(&path) {
@@ -147,7 +147,7 @@ impl Runtime {
         Ok((loaded, CacheUse::Miss))
     }
 
-    async fn deserialize_artifact(&self, path: &Path) -> Result<Component, String> {
+    async fn deserialize_artifact(&self, path: &Path) -> Result<Component, wasmtime::Error> {
         let engine = self.inner.engine.clone();
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
@@ -162,9 +162,9 @@ impl Runtime {
             // miss.
             #[allow(unsafe_code)]
             let component = unsafe { Component::deserialize_file(&engine, &path) };
-            component.map_err(|e| format!("{e:#}"))
+            component
         })
         .await
-        .map_err(|e| format!("deserialize task failed: {e}"))?
+        .map_err(|e| wasmtime::Error::new(e).context("deserialize task failed"))?
     }
 }

@@ -6,7 +6,7 @@
 use std::fmt;
 
 use thiserror::Error;
-use wasmtime::wasmparser::{Parser, Payload};
+use wasmtime::wasmparser::{BinaryReaderError, Parser, Payload};
 
 /// The WIT package this host serves.
 pub const WIT_PACKAGE: &str = "fulfilld:fulfillment";
@@ -74,8 +74,10 @@ pub enum CheckError {
          which produces a component"
     )]
     CoreModule,
-    #[error("not a valid component: {0}")]
-    Malformed(String),
+    #[error("not a valid component: unknown WebAssembly header version")]
+    UnknownHeader,
+    #[error("not a valid component")]
+    Malformed(#[source] ParseError),
     #[error(
         "missing export: the component does not export `{WIT_PACKAGE}/{EXPORT_INTERFACE}@{WIT_VERSION}` \
          (it exports: {exports})"
@@ -96,6 +98,26 @@ pub enum CheckError {
     IncompatibleVersion { name: String, found: String },
 }
 
+impl CheckError {
+    fn malformed(error: BinaryReaderError) -> Self {
+        CheckError::Malformed(ParseError(error))
+    }
+}
+
+/// Where the component binary does not parse. Compared by message and offset, which is what
+/// keeps [`CheckError`] comparable (wasmparser's error is not).
+#[derive(Debug, Clone, Error)]
+#[error(transparent)]
+pub struct ParseError(BinaryReaderError);
+
+impl PartialEq for ParseError {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.offset() == other.0.offset() && self.0.message() == other.0.message()
+    }
+}
+
+impl Eq for ParseError {}
+
 /// What a component imports and exports at its top level.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Surface {
@@ -112,21 +134,19 @@ pub fn surface(wasm: &[u8]) -> Result<Surface, CheckError> {
         return Err(CheckError::CoreModule);
     }
     if !Parser::is_component(wasm) {
-        return Err(CheckError::Malformed(
-            "unknown WebAssembly header version".into(),
-        ));
+        return Err(CheckError::UnknownHeader);
     }
     let mut surface = Surface::default();
     // Nested modules and components report their own Version..End; only depth 1 is ours.
     let mut depth = 0usize;
     for payload in Parser::new(0).parse_all(wasm) {
-        let payload = payload.map_err(|e| CheckError::Malformed(e.to_string()))?;
+        let payload = payload.map_err(CheckError::malformed)?;
         match payload {
             Payload::Version { .. } => depth += 1,
             Payload::End(_) => depth = depth.saturating_sub(1),
             Payload::ComponentImportSection(reader) if depth == 1 => {
                 for import in reader {
-                    let import = import.map_err(|e| CheckError::Malformed(e.to_string()))?;
+                    let import = import.map_err(CheckError::malformed)?;
                     surface
                         .imports
                         .push(full_name(import.name.name, import.name.version_suffix));
@@ -134,7 +154,7 @@ pub fn surface(wasm: &[u8]) -> Result<Surface, CheckError> {
             }
             Payload::ComponentExportSection(reader) if depth == 1 => {
                 for export in reader {
-                    let export = export.map_err(|e| CheckError::Malformed(e.to_string()))?;
+                    let export = export.map_err(CheckError::malformed)?;
                     surface
                         .exports
                         .push(full_name(export.name.name, export.name.version_suffix));
@@ -295,5 +315,18 @@ mod tests {
 
         assert_eq!(surface(b"hello"), Err(CheckError::NotWasm));
         assert_eq!(surface(b"\0asm\x01\0\0\0"), Err(CheckError::CoreModule));
+    }
+
+    #[test]
+    fn a_parse_error_is_kept_as_the_cause() {
+        // A component header, then a section running past the end of the file.
+        let err = surface(b"\0asm\x0d\0\x01\0\x01\x05").unwrap_err();
+        assert!(matches!(err, CheckError::Malformed(_)), "{err:?}");
+        assert_eq!(err.to_string(), "not a valid component");
+        let text = crate::error::chain(&err);
+        assert!(
+            text.starts_with("not a valid component: ") && text.contains("(at offset 0x"),
+            "{text}"
+        );
     }
 }

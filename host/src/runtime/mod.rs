@@ -87,25 +87,37 @@ const KEEP_RESIDENT_MEMORY: usize = 2 << 20;
 const KEEP_RESIDENT_TABLE: usize = 64 << 10;
 const KEEP_RESIDENT_STACK: usize = 512 << 10;
 
+/// Why the runtime could not start. The messages leave the cause to `source()`: render with
+/// [`crate::error::chain`] (or anyhow's `{:#}`) to show it.
 #[derive(Debug, Error)]
 pub enum RuntimeError {
-    #[error("cannot configure the wasmtime engine: {0}")]
-    Engine(String),
-    #[error("cannot link the host interfaces: {0}")]
-    Link(String),
+    #[error("cannot configure the wasmtime engine")]
+    Engine(#[source] wasmtime::Error),
+    #[error("cannot configure the wasmtime engine: cannot start the epoch thread")]
+    EpochThread(#[source] std::io::Error),
+    /// `what`: which imports (`WASI`, `fulfillment imports`).
+    #[error("cannot link the host interfaces: {what}")]
+    Link {
+        what: &'static str,
+        #[source]
+        source: wasmtime::Error,
+    },
 }
 
-/// Why a component could not be loaded.
+/// Why a component could not be loaded. The messages leave the cause to `source()`: render with
+/// [`crate::error::chain`] to show it.
 #[derive(Debug, Error)]
 pub enum LoadError {
-    #[error("{0}")]
+    #[error(transparent)]
     Check(#[from] check::CheckError),
-    #[error("component does not compile: {0}")]
-    Compile(String),
-    #[error("component does not satisfy the fulfillment world: {0}")]
-    Link(String),
-    #[error("component's info() export failed: {0}")]
-    Info(String),
+    #[error("component does not compile")]
+    Compile(#[source] wasmtime::Error),
+    #[error("component does not satisfy the fulfillment world")]
+    Link(#[source] wasmtime::Error),
+    /// The source is wasmtime's error when the host failed, or the job-failure description (a
+    /// trap with the guest's panic message, a sandbox limit) when the component did.
+    #[error("component's info() export failed")]
+    Info(#[source] wasmtime::Error),
 }
 
 /// Name and version a component reports through `info()`.
@@ -319,7 +331,7 @@ impl EpochTicker {
                     engine.increment_epoch();
                 }
             })
-            .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?;
+            .map_err(RuntimeError::EpochThread)?;
         Ok(EpochTicker { stop })
     }
 }
@@ -357,16 +369,22 @@ impl std::fmt::Debug for Runtime {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let engine = Engine::new(&engine_config(&config))
-            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let engine = Engine::new(&engine_config(&config)).map_err(RuntimeError::Engine)?;
         let mut linker = Linker::<JobState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| RuntimeError::Link(format!("WASI: {e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|source| {
+            RuntimeError::Link {
+                what: "WASI",
+                source,
+            }
+        })?;
         Fulfillment::add_to_linker::<JobState, wasmtime::component::HasSelf<JobState>>(
             &mut linker,
             |state| state,
         )
-        .map_err(|e| RuntimeError::Link(format!("fulfillment imports: {e:#}")))?;
+        .map_err(|source| RuntimeError::Link {
+            what: "fulfillment imports",
+            source,
+        })?;
         let ticker = EpochTicker::start(engine.clone())?;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
@@ -405,8 +423,10 @@ impl Runtime {
         let bytes = wasm.to_vec();
         tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
             .await
-            .map_err(|e| LoadError::Compile(format!("compiler task failed: {e}")))?
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))
+            .map_err(|e| {
+                LoadError::Compile(wasmtime::Error::new(e).context("compiler task failed"))
+            })?
+            .map_err(LoadError::Compile)
     }
 
     /// Links a compiled component against the host's imports and asks it for its `info()`.
@@ -419,9 +439,8 @@ impl Runtime {
             .inner
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let pre =
-            FulfillmentPre::new(instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+            .map_err(LoadError::Link)?;
+        let pre = FulfillmentPre::new(instance_pre).map_err(LoadError::Link)?;
         let info = self.component_info(&pre).await?;
         tracing::info!(name = %info.name, version = %info.version, digest = %digest, "component loaded");
         Ok(LoadedComponent { pre, info, digest })
@@ -442,12 +461,12 @@ impl Runtime {
         let instance = pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|e| LoadError::Info(self.describe_error(&store, &e).message))?;
+            .map_err(|e| self.info_failed(&store, e))?;
         let info = instance
             .fulfilld_fulfillment_handler()
             .call_info(&mut store)
             .await
-            .map_err(|e| LoadError::Info(self.describe_error(&store, &e).message))?;
+            .map_err(|e| self.info_failed(&store, e))?;
         Ok(ComponentInfo {
             name: info.name,
             version: info.version,
@@ -599,6 +618,17 @@ impl Runtime {
     }
 
     /// Turns an error out of wasmtime into a job failure with a precise code.
+    /// An `info()` call that failed. A host failure keeps wasmtime's error as the cause; a
+    /// component's (a trap, a sandbox limit) is told by the same description a job gets, which
+    /// adds what the error lacks (the guest's panic message).
+    fn info_failed(&self, store: &Store<JobState>, error: wasmtime::Error) -> LoadError {
+        let failure = self.describe_error(store, &error);
+        LoadError::Info(match failure.source {
+            FailureSource::Host => error,
+            _ => wasmtime::Error::msg(failure.message),
+        })
+    }
+
     fn describe_error(&self, store: &Store<JobState>, error: &wasmtime::Error) -> JobFailure {
         let state = store.data();
         let violation = state

@@ -249,8 +249,7 @@ impl EventBus {
             .get(schema_id)
             .cloned()
             .ok_or_else(|| SandboxError::UnknownSchema(schema_id.to_owned()))?;
-        let payload = avro::encode(&schema.parsed, fields)
-            .map_err(|err| SandboxError::Publish(err.to_string()))?;
+        let payload = avro::encode(&schema.parsed, fields).map_err(SandboxError::Encode)?;
         self.publish_raw(topic, schema_id, event_uuid, payload)
     }
 
@@ -386,8 +385,7 @@ fn prune(topic: &mut Topic, retention: Duration) {
 }
 
 fn register_schema(state: &mut State, schema_json: &str) -> Result<String, SandboxError> {
-    let parsed =
-        avro::parse_schema(schema_json).map_err(|err| SandboxError::Schema(err.to_string()))?;
+    let parsed = avro::parse_schema(schema_json).map_err(SandboxError::Schema)?;
     let schema_id = schema_id_for(schema_json);
     state.schemas.entry(schema_id.clone()).or_insert_with(|| {
         Arc::new(SchemaEntry {

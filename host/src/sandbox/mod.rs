@@ -33,7 +33,8 @@ pub fn order_event_schema_v2() -> &'static str {
     r#"{"type":"record","name":"OrderProvisionRequested__e","namespace":"com.sforce.eventbus","fields":[{"name":"CreatedDate","type":"long","doc":"CreatedDate:DateTime"},{"name":"CreatedById","type":"string","doc":"CreatedBy:EntityId"},{"name":"OrderId__c","type":["null","string"],"doc":"Data:Text:00N","default":null},{"name":"Source__c","type":["null","string"],"doc":"Data:Text:00N","default":null}]}"#
 }
 
-/// What the sandbox refuses to do, or could not start.
+/// What the sandbox refuses to do, or could not start. The variants wrapping another error leave
+/// it to `source()`: show them with [`crate::error::chain`].
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("the topic {0:?} does not exist")]
@@ -42,18 +43,19 @@ pub enum SandboxError {
     TopicExists(String),
     #[error("the schema id {0:?} is unknown")]
     UnknownSchema(String),
-    #[error("invalid schema: {0}")]
-    Schema(String),
+    #[error("invalid schema")]
+    Schema(#[source] crate::pubsub::avro::SchemaError),
     #[error("a publish request holds at most 200 events, this one {0}")]
     TooManyEvents(usize),
+    /// The bus refused the event; the text is the bus's own error message for it.
     #[error("publish failed: {0}")]
     Publish(String),
-    #[error("TLS setup failed: {0}")]
-    Tls(String),
-    #[error("sandbox I/O: {0}")]
+    #[error("publish failed")]
+    Encode(#[source] crate::pubsub::avro::EncodeError),
+    #[error("TLS setup failed")]
+    Tls(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("sandbox I/O")]
     Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Setup(String),
 }
 
 /// The seed's paying customer (WHMCS client 42, a card on file).

@@ -212,7 +212,7 @@ impl PubSubSandbox {
                     &pki.server_cert_pem,
                     &pki.server_key_pem,
                 )))
-                .map_err(|err| SandboxError::Tls(err.to_string()))?;
+                .map_err(|err| SandboxError::Tls(Box::new(err)))?;
             ("https", Some(pki.ca_pem))
         } else {
             ("http", None)
@@ -585,7 +585,7 @@ fn publish(bus: &EventBus, request: PublishRequest) -> Result<PublishResponse, S
                 &err.to_string(),
                 sandbox_codes::TOPIC_NOT_FOUND,
             ),
-            other => Status::internal(other.to_string()),
+            other => Status::internal(crate::error::chain(&other)),
         })?;
     Ok(PublishResponse {
         results,

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use super::pubsub::PubSubControl;
 use super::{
-    EventBus, Fault, ORDER_EVENT_TOPIC, PubSubOptions, PubSubSandbox, TokenCheck,
+    EventBus, Fault, ORDER_EVENT_TOPIC, PubSubOptions, PubSubSandbox, SandboxError, TokenCheck,
     order_event_schema_v2,
 };
 use crate::domain::random_uuid;
@@ -324,6 +324,11 @@ fn bad_request(err: impl std::fmt::Display) -> AdminError {
     AdminError(StatusCode::BAD_REQUEST, err.to_string())
 }
 
+/// The bus refused: the answer names the problem and its cause.
+fn refused(err: SandboxError) -> AdminError {
+    AdminError(StatusCode::BAD_REQUEST, crate::error::chain(&err))
+}
+
 type Shared = State<Arc<AdminState>>;
 
 async fn overview(State(state): Shared) -> Json<Value> {
@@ -367,7 +372,7 @@ async fn publish(
     let replay_id = state
         .bus
         .publish_order(ORDER_EVENT_TOPIC, &body.order_id, &uuid)
-        .map_err(bad_request)?;
+        .map_err(refused)?;
     Ok(Json(
         json!({ "replay_id": replay_id.to_string(), "event_uuid": uuid }),
     ))
@@ -398,7 +403,7 @@ async fn publish_raw(
     let replay_id = state
         .bus
         .publish_raw(ORDER_EVENT_TOPIC, &schema_id, &uuid, payload)
-        .map_err(bad_request)?;
+        .map_err(refused)?;
     Ok(Json(
         json!({ "replay_id": replay_id.to_string(), "event_uuid": uuid }),
     ))
@@ -421,7 +426,7 @@ async fn evolve(
     let schema_id = state
         .bus
         .evolve_schema(ORDER_EVENT_TOPIC, &schema)
-        .map_err(bad_request)?;
+        .map_err(refused)?;
     Ok(Json(json!({ "schema_id": schema_id })))
 }
 

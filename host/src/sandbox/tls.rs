@@ -22,7 +22,7 @@ impl std::fmt::Debug for TestPki {
 
 /// Generates a CA and a server certificate.
 pub fn generate() -> Result<TestPki, SandboxError> {
-    let tls = |err: rcgen::Error| SandboxError::Tls(err.to_string());
+    let tls = |err: rcgen::Error| SandboxError::Tls(Box::new(err));
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params

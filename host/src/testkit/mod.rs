@@ -20,7 +20,7 @@ use crate::domain::Event;
 use crate::error::CallError;
 use crate::fake::org::FakeOrg;
 use crate::fake::whmcs::FakeWhmcs;
-use crate::runtime::{JobReport, LoadError, LoadedComponent, Runtime, RuntimeConfig};
+use crate::runtime::{JobReport, LoadError, LoadedComponent, Runtime, RuntimeConfig, RuntimeError};
 use crate::services::Services;
 use crate::whmcs;
 
@@ -374,7 +374,7 @@ impl TestKit {
             path: path.display().to_string(),
             source,
         })?;
-        let runtime = Runtime::new(config).map_err(|e| TestKitError::Runtime(e.to_string()))?;
+        let runtime = Runtime::new(config).map_err(TestKitError::Runtime)?;
         let component = runtime
             .load(&wasm)
             .await
@@ -423,16 +423,18 @@ impl TestKit {
     }
 }
 
+/// Why a test kit could not be set up. The messages leave the cause to `source()`: anyhow's
+/// `{:#}` or [`crate::error::chain`] show it.
 #[derive(Debug, thiserror::Error)]
 pub enum TestKitError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot start the runtime: {0}")]
-    Runtime(String),
-    #[error("cannot load {path}: {source}")]
+    #[error("cannot start the runtime")]
+    Runtime(#[source] RuntimeError),
+    #[error("cannot load {path}")]
     Load { path: String, source: LoadError },
 }
 

@@ -327,6 +327,44 @@ async fn the_embedded_store_runs_the_pipeline_and_survives_a_restart() {
     host.shutdown().await;
 }
 
+/// The worker runs each job in one `job` span, which the runtime keeps as the only one: every
+/// line of the job, the component's included, carries the job's fields once. One thread, so the
+/// thread's log capture sees the worker's tasks.
+#[tokio::test]
+async fn every_log_line_of_a_worker_job_carries_one_job_span() {
+    let logs = common::LogCapture::default();
+    let _guard = logs.install();
+    let rig = Rig::new().await;
+    let orders = rig.orders(1, 1);
+    let host = rig.host(&[("FULFILLD_WORKERS", "1")]).await;
+    rig.publish(&orders[0]);
+    rig.wait_activated(&orders, Duration::from_secs(60)).await;
+    host.shutdown().await;
+
+    let text = logs.text();
+    let order = format!("order_id={}", orders[0]);
+    let job_lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains(&order) && line.contains("job{"))
+        .collect();
+    for message in [
+        "Starting fulfillment orchestration",
+        " component: ",
+        "fulfillment finished",
+    ] {
+        assert!(
+            job_lines.iter().any(|line| line.contains(message)),
+            "no {message:?} line in the job's span: {text}"
+        );
+    }
+    for line in text.lines().filter(|line| line.contains(" component: ")) {
+        assert_eq!(line.matches("job{").count(), 1, "{line}");
+    }
+    for line in &job_lines {
+        assert_eq!(line.matches("job{").count(), 1, "{line}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_same_event_uuid_twice_creates_one_whmcs_order() {
     let rig = Rig::new().await.with_redis(&redis_url());

@@ -163,3 +163,55 @@ async fn a_component_built_against_an_older_minor_loads_and_runs() {
         outcome.message
     );
 }
+
+/// Every log line of a job carries one `job` span, whether the runtime opens it (the test kit,
+/// the CLI) or its caller already did (the pipeline's worker opens `runtime::JOB_SPAN` itself).
+#[tokio::test]
+async fn every_log_line_of_a_job_carries_one_job_span() {
+    use tracing::Instrument as _;
+
+    let logs = common::LogCapture::default();
+    let _guard = logs.install();
+    let runtime = runtime();
+    let component = load(&runtime, "fulfillment").await;
+    let event = order_event("801000000000001AAA");
+
+    let report = runtime
+        .run(
+            &component,
+            seeded_host() as Arc<dyn Services>,
+            &event,
+            false,
+        )
+        .await;
+    assert!(report.result.is_ok(), "{:?}", report.result);
+    let span = tracing::info_span!(fulfilld::runtime::JOB_SPAN, opened_by = "caller");
+    let report = runtime
+        .run(
+            &component,
+            seeded_host() as Arc<dyn Services>,
+            &event,
+            false,
+        )
+        .instrument(span)
+        .await;
+    assert!(report.result.is_ok(), "{:?}", report.result);
+
+    let text = logs.text();
+    let component_lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains(" component: "))
+        .collect();
+    for by_caller in [false, true] {
+        assert!(
+            component_lines
+                .iter()
+                .any(|line| line.contains("opened_by=") == by_caller),
+            "no component log line with the span opened by the {}: {text}",
+            if by_caller { "caller" } else { "runtime" }
+        );
+    }
+    for line in &component_lines {
+        assert_eq!(line.matches("job{").count(), 1, "{line}");
+    }
+}

@@ -86,7 +86,10 @@ async fn take(job: &JobContext, name: &str, mode: HoldMode) -> Result<(), CallEr
                 drop_hold(job, name).await;
                 return Err(CallError::network(
                     "ESTORE",
-                    format!("hold {name:?}: the store is unavailable: {error}"),
+                    format!(
+                        "hold {name:?}: the store is unavailable: {}",
+                        crate::error::chain(&error)
+                    ),
                 ));
             }
         }
