@@ -387,7 +387,9 @@ async fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
-            let _ = writeln!(std::io::stderr(), "fulfilld: {error:#}");
+            // The whole chain once: a store error's message already ends with its cause.
+            let error = fulfilld::error::chain(error.as_ref());
+            let _ = writeln!(std::io::stderr(), "fulfilld: {error}");
             ExitCode::from(2)
         }
     }

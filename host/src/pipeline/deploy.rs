@@ -19,7 +19,7 @@ use super::Shared;
 use crate::error::chain;
 use crate::registry::{ComponentMeta, DeployError, Extras, Registry, RegistryError};
 use crate::runtime::LoadedComponent;
-use crate::store::{SharedActive, SharedComponent, StoreError};
+use crate::store::{ComponentShare, SharedActive, SharedComponent, StoreError};
 
 /// A version submitted for deployment.
 #[derive(Debug, Default)]
@@ -145,9 +145,9 @@ async fn share_version(
     registry: &Registry,
     meta: &ComponentMeta,
 ) -> Result<(), SubmitError> {
-    if !shared.store.shares_components() {
+    let Some(share) = shared.store.component_share() else {
         return Ok(());
-    }
+    };
     let (wasm, signature) = registry.bytes(&meta.sha256)?;
     let meta_json = serde_json::to_string(meta).map_err(|source| SubmitError::Metadata {
         context: "cannot encode the metadata".into(),
@@ -159,8 +159,7 @@ async fn share_version(
         wasm,
         signature,
     };
-    shared
-        .store
+    share
         .share_component(&component)
         .await
         .map_err(SubmitError::Share)
@@ -172,17 +171,16 @@ pub async fn publish_active(
     registry: &Registry,
     meta: &ComponentMeta,
 ) -> Result<(), SubmitError> {
-    if !shared.store.shares_components() {
+    let Some(share) = shared.store.component_share() else {
         return Ok(());
-    }
+    };
     share_version(shared, registry, meta).await?;
     let active = SharedActive {
         sha256: meta.sha256.clone(),
         by: shared.serve.replica_id.clone(),
         at_ms: crate::domain::now_ms(),
     };
-    shared
-        .store
+    share
         .set_shared_active(&active)
         .await
         .map_err(SubmitError::Share)?;
@@ -252,10 +250,10 @@ pub(crate) async fn follow_shared(shared: &Shared, failed: &mut Option<String>) 
     let Some(registry) = shared.registry.as_deref() else {
         return;
     };
-    if !shared.store.shares_components() {
+    let Some(share) = shared.store.component_share() else {
         return;
-    }
-    let active = match shared.store.shared_active().await {
+    };
+    let active = match share.shared_active().await {
         Ok(Some(active)) => active,
         Ok(None) => return,
         Err(err) => {
@@ -267,7 +265,7 @@ pub(crate) async fn follow_shared(shared: &Shared, failed: &mut Option<String>) 
     {
         return;
     }
-    match adopt(shared, registry, &active).await {
+    match adopt(shared, share, registry, &active).await {
         Ok(meta) => {
             *failed = None;
             tracing::info!(name = %meta.name, version = %meta.version, sha256 = %meta.sha256, activated_by = %active.by, "following the component version another replica activated");
@@ -281,12 +279,12 @@ pub(crate) async fn follow_shared(shared: &Shared, failed: &mut Option<String>) 
 
 async fn adopt(
     shared: &Shared,
+    share: &dyn ComponentShare,
     registry: &Registry,
     active: &SharedActive,
 ) -> Result<ComponentMeta, SubmitError> {
     if !registry.contains(&active.sha256) {
-        let component = shared
-            .store
+        let component = share
             .shared_component(&active.sha256)
             .await
             .map_err(SubmitError::Share)?

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use fulfilld::domain::{ReplayId, random_uuid};
 use fulfilld::store::embedded::EmbeddedStore;
-use fulfilld::store::{Backend, SharedStore, Store as _};
+use fulfilld::store::{Backend, CursorLease as _, SharedStore};
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 

@@ -1,0 +1,112 @@
+//! The dead letters (a stream per channel).
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use redis::Value;
+
+use super::RedisStore;
+use super::codec::{array, dead_letter_from_entry, is_stream_id, text};
+use super::keys::GROUP;
+use crate::store::{DeadLetter, DeadLetters, StoreError, now_ms};
+
+impl DeadLetters for RedisStore {
+    fn dead_letters<'a>(
+        &'a self,
+        channel: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<DeadLetter>, StoreError>> {
+        async move {
+            let keys = self.keys(channel);
+            let value: Value = self
+                .query(
+                    redis::cmd("XRANGE")
+                        .arg(&keys.dead)
+                        .arg("-")
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(limit.max(1)),
+                    "XRANGE dead letters",
+                )
+                .await?;
+            array(value)
+                .into_iter()
+                .map(|entry| dead_letter_from_entry(channel, entry))
+                .collect()
+        }
+        .boxed()
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        channel: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<DeadLetter, StoreError>> {
+        async move {
+            let not_found = || StoreError::NotFound(format!("dead letter {id} of {channel}"));
+            if !is_stream_id(id) {
+                return Err(not_found());
+            }
+            let keys = self.keys(channel);
+            let value: Value = self
+                .query(
+                    redis::cmd("XRANGE").arg(&keys.dead).arg(id).arg(id),
+                    "XRANGE dead letter",
+                )
+                .await?;
+            match array(value).into_iter().next() {
+                Some(entry) => dead_letter_from_entry(channel, entry),
+                None => Err(not_found()),
+            }
+        }
+        .boxed()
+    }
+
+    fn requeue<'a>(
+        &'a self,
+        channel: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<String, StoreError>> {
+        async move {
+            let not_found = || StoreError::NotFound(format!("dead letter {id} of {channel}"));
+            if !is_stream_id(id) {
+                return Err(not_found());
+            }
+            let keys = self.keys(channel);
+            let reply: Value = self
+                .invoke(
+                    self.scripts
+                        .requeue
+                        .key(&keys.dead)
+                        .key(&keys.jobs)
+                        .arg(id)
+                        .arg(now_ms())
+                        .arg(GROUP),
+                    "requeue dead letter",
+                )
+                .await?;
+            let mut reply = array(reply).into_iter();
+            match reply.next().map(text).as_deref() {
+                Some("ok") => Ok(reply.next().map(text).unwrap_or_default()),
+                Some("undecodable") => Err(StoreError::Invalid(format!(
+                    "dead letter {id} is an undecodable event (raw Avro): it cannot be requeued; \
+                     fix the schema or the publisher and replay it from Salesforce"
+                ))),
+                _ => Err(not_found()),
+            }
+        }
+        .boxed()
+    }
+
+    fn dead_letter_count<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            let n: u64 = self
+                .query(
+                    redis::cmd("XLEN").arg(self.keys(channel).dead),
+                    "XLEN dead letters",
+                )
+                .await?;
+            Ok(n)
+        }
+        .boxed()
+    }
+}
