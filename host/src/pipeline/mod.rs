@@ -125,7 +125,7 @@ impl Shared {
 
     fn store_failed(&self, err: &StoreError) {
         if matches!(err, StoreError::Unavailable(_)) {
-            self.status_mut().store_error = Some(err.to_string());
+            self.status_mut().store_error = Some(crate::error::chain(err));
         }
     }
 
