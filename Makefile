@@ -27,10 +27,11 @@ test: components
 	$(CARGO) test --workspace
 	$(CARGO) run -q -p fulfilld -- test $(COMPONENT_DIR)/fulfillment.wasm tests/scenarios
 
-## Formatting, clippy and the module layering (no module cycles), exactly as CI runs them.
+## Formatting, clippy and the module layering (docs/architecture.md; no cycles), exactly as CI runs them.
 lint:
 	$(CARGO) fmt --all -- --check
-	python3 .ci/module-cycles.py host/src components/sdk/src components/fulfillment/src
+	python3 .ci/test_module_cycles.py -q
+	python3 .ci/module-cycles.py --layers docs/architecture.md host/src components/sdk/src components/fulfillment/src
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Fails when modules of a crate depend on each other in a circle.
+"""Fails when modules of a crate depend on each other in a circle, or break the documented layers.
 
-Usage: module-cycles.py <crate src dir> [<crate src dir> ...]
+Usage: module-cycles.py [--layers <doc.md> <crate src dir>] <crate src dir> [<crate src dir> ...]
 
 For every module, its direct children (files, directories and inline `mod x { .. }` blocks) must
 form a graph without cycles, where child A depends on child B when code anywhere under A names a
@@ -12,7 +12,13 @@ rule docs/architecture.md states ("which module may use which"): the crate's mod
 Comments, string and character literals are skipped. Paths are attributed to the longest known
 module prefix, so `crate::store::redis::RedisStore` is a use of `store::redis`.
 
-Exit status: 0 when there is no cycle, 1 with every cycle and the lines that make it otherwise.
+With `--layers doc.md src`, the top-level modules of `src` must also follow the layer table in
+`doc.md` (docs/architecture.md): rows `| <layer> | `module` | what it holds | uses |`. A module may
+use what its "uses" cell names, or, when the cell says "the layers below" or "everything", any
+module of a lower layer. A module missing from the table is an error too, so the table stays the
+map of the crate.
+
+Exit status: 0 when all is well, 1 with every problem and the lines that make it otherwise.
 """
 
 from __future__ import annotations
@@ -199,7 +205,7 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def check(src: str) -> list[str]:
+def check(src: str, layers: dict | None = None) -> list[str]:
     files = []
     for root, _, names in os.walk(src):
         files += [os.path.join(root, f) for f in names if f.endswith(".rs")]
@@ -233,6 +239,8 @@ def check(src: str) -> list[str]:
             edges[here[:k]][(here[k], dest[k])].append(f"{path}:{line}")
 
     problems = []
+    if layers is not None:
+        problems += check_layers(src, layers, edges.get((), {}), {m[0] for m in modules if m})
     for parent, pairs in sorted(edges.items()):
         graph: dict[str, set[str]] = defaultdict(set)
         for a, b in pairs:
@@ -249,18 +257,65 @@ def check(src: str) -> list[str]:
     return problems
 
 
+def read_layers(doc: str) -> dict[str, tuple[int, set[str] | None]]:
+    """module -> (layer, modules it may use, or None for "any lower layer")."""
+    table: dict[str, tuple[int, set[str] | None]] = {}
+    with open(doc, encoding="utf-8") as f:
+        for line in f:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) < 4 or not cells[0].isdigit():
+                continue
+            uses_cell = cells[-1]
+            if "layers below" in uses_cell or "everything" in uses_cell:
+                uses = None
+            else:
+                uses = set(re.findall(r"`(" + IDENT + r")`", uses_cell))
+            for name in re.findall(r"`(" + IDENT + r")`", cells[1]):
+                table[name] = (int(cells[0]), uses)
+    return table
+
+
+def check_layers(src, layers, pairs, top_modules) -> list[str]:
+    problems = []
+    for name in sorted(top_modules - set(layers)):
+        problems.append(f"module {name} of {src} is not in the layer table: add it to docs/architecture.md")
+    for (a, b), locs in sorted(pairs.items()):
+        if a not in layers or b not in layers:
+            continue
+        (layer_a, uses), (layer_b, _) = layers[a], layers[b]
+        allowed = layer_b < layer_a if uses is None else b in uses
+        if not allowed:
+            why = (
+                f"{b} is layer {layer_b}, not below {a}'s layer {layer_a}"
+                if uses is None
+                else f"the table says {a} uses only: {', '.join(sorted(uses)) or 'nothing'}"
+            )
+            more = f" (+{len(locs) - 3} more)" if len(locs) > 3 else ""
+            problems.append(f"layer violation in {src}: {a} -> {b} ({why}): {', '.join(locs[:3])}{more}")
+    return problems
+
+
 def main() -> int:
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    jobs: list[tuple[str, dict | None]] = []
+    while args:
+        if args[0] == "--layers" and len(args) >= 3:
+            jobs.append((args[2], read_layers(args[1])))
+            args = args[3:]
+        else:
+            jobs.append((args[0], None))
+            args = args[1:]
+    if not jobs:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
     problems = []
-    for src in sys.argv[1:]:
-        problems += check(src)
+    for src, layers in jobs:
+        problems += check(src, layers)
     for p in problems:
         print(p, file=sys.stderr)
     if problems:
         print(
-            "error: modules must form layers (docs/architecture.md, 'Which module may use which'); "
+            "error: modules must form layers (docs/architecture.md, 'The host's modules'); "
             "move the shared items down a layer instead of importing upwards",
             file=sys.stderr,
         )
