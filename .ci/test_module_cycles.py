@@ -85,6 +85,33 @@ class ModuleCycles(unittest.TestCase):
         self.assertEqual(len(problems), 1)
         self.assertIn("under crate::store: lease <-> queue", problems[0])
 
+    def test_a_cycle_through_a_parents_re_export_is_caught(self):
+        src = crate({
+            "lib.rs": "pub mod store;",
+            "store/mod.rs": "mod queue; mod lease;\npub use lease::Lease;\npub use self::queue::{Job, Queue as Q};",
+            "store/queue.rs": "use crate::store::Lease;",
+            "store/lease.rs": "use crate::store::Job;",
+        })
+        problems = mc.check(src)
+        self.assertEqual(len(problems), 1)
+        self.assertIn("under crate::store: lease <-> queue", problems[0])
+
+    def test_a_listed_use_of_a_higher_layer_is_still_a_violation(self):
+        src = crate({
+            "lib.rs": "pub mod domain; pub mod store; pub mod runtime; pub mod cli;",
+            "domain.rs": "",
+            "store.rs": "",
+            "runtime.rs": "",
+            "cli.rs": "",
+        })
+        table = layers()
+        table["store"] = (1, {"domain", "runtime"})
+        with open(os.path.join(src, "store.rs"), "w", encoding="utf-8") as f:
+            f.write("use crate::runtime::Job;")
+        problems = mc.check(src, table)
+        self.assertEqual(len(problems), 1)
+        self.assertIn("runtime is layer 2, not below store's layer 1", problems[0])
+
     def test_an_edge_the_table_does_not_allow_is_a_layer_violation(self):
         src = crate({
             "lib.rs": "pub mod domain; pub mod store; pub mod runtime; pub mod cli;",

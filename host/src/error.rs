@@ -125,9 +125,9 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut source = error.source();
     while let Some(cause) = source {
         let next = cause.to_string();
-        // A wrapper that displays its cause already (`#[error(transparent)]`, or a message
-        // ending in it) would otherwise repeat it.
-        if !text.ends_with(&next) {
+        // A wrapper that displays its cause already (`#[error(transparent)]`, or a message that
+        // quotes it after a colon, as `StoreError` does for /health) would otherwise repeat it.
+        if text != next && !text.contains(&format!(": {next}")) {
             text.push_str(": ");
             text.push_str(&next);
         }
@@ -164,5 +164,23 @@ mod tests {
         struct Shows(#[source] std::io::Error);
         let error = Shows(std::io::Error::other("connection refused"));
         assert_eq!(chain(&error), "store unavailable: connection refused");
+
+        #[derive(Debug, thiserror::Error)]
+        #[error("embedded store: cannot open: {0} (/var/lib/f.redb)")]
+        struct QuotesThenPath(#[source] std::io::Error);
+        let error = QuotesThenPath(std::io::Error::other("Database already open"));
+        assert_eq!(
+            chain(&error),
+            "embedded store: cannot open: Database already open (/var/lib/f.redb)"
+        );
+    }
+
+    #[test]
+    fn a_cause_that_only_ends_the_same_way_is_kept() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("no answer")]
+        struct Outer(#[source] std::io::Error);
+        let error = Outer(std::io::Error::other("answer"));
+        assert_eq!(chain(&error), "no answer: answer");
     }
 }

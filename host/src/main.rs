@@ -370,7 +370,9 @@ async fn shutdown_signal() {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // Before any subcommand runs: reqwest and tonic panic when they build TLS without a
-    // process-wide rustls provider, and not every path builds its client through `http_client`.
+    // process-wide rustls provider. The HTTP builder and the Pub/Sub paths install it too, but
+    // one install here covers every subcommand, including ones added later (`component list`
+    // and `deploy` once panicked from the binary for want of it).
     fulfilld::http::install_crypto_provider();
     // The test kit reports on stdout and keeps each run's component logs in its journal
     // (`--verbose` prints them), so by default only warnings reach stderr there.

@@ -63,7 +63,7 @@ pub struct LiveServices {
 
 impl LiveServices {
     /// `exposed` holds the non-secret settings components may read (e.g. `PORTAL_PRICEBOOK_ID`).
-    pub fn new(
+    fn new(
         salesforce: SalesforceClient,
         whmcs: WhmcsClient,
         exposed: BTreeMap<String, String>,

@@ -3,7 +3,7 @@
 //!
 //! This module is the bottom layer: it depends on nothing else in the crate, so the subscriber,
 //! the store and the runtime can all speak of events and positions without depending on each
-//! other (docs/architecture.md, "Which module may use which").
+//! other (docs/architecture.md, "The host's modules, bottom layer first").
 
 mod event;
 mod replay;

@@ -338,7 +338,7 @@ impl Host {
                     Err(err) => Err(err.into()),
                 };
                 if let Err(err) = published {
-                    tracing::warn!(error = %err, "FULFILLD_COMPONENT is active here but not recorded for the other replicas");
+                    tracing::warn!(error = %crate::error::chain(&err), "FULFILLD_COMPONENT is active here but not recorded for the other replicas");
                 }
             } else {
                 deploy::follow_shared(&shared, &mut None).await;

@@ -86,6 +86,7 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
         component = %version,
         delivery = job.deliveries,
     );
+    let run_span = span.clone();
     async {
         tracing::info!("Starting fulfillment orchestration");
         // Keep the claim fresh while the component runs so the job is not reclaimed. The
@@ -95,6 +96,7 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
             record: false,
             delivery: job.deliveries,
             holds: Some(Arc::clone(&shared.holds)),
+            span: Some(run_span.clone()),
         };
         let run =
             shared

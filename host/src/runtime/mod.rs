@@ -202,15 +202,9 @@ pub struct JobReport {
 }
 
 /// Name of the span every log line of a job is in (with `order_id`, `event_uuid`, `replay_id`,
-/// `component`). Whoever starts a job opens it once; see [`Runtime::run_with`].
+/// `component`, `delivery`). Whoever starts a job opens it once: the caller of
+/// [`Runtime::run_with`] hands its own in [`RunOptions::span`], or the runtime opens it.
 pub const JOB_SPAN: &str = "job";
-
-/// Whether the current span is a job's span (opened by the caller of [`Runtime::run_with`]).
-fn in_job_span() -> bool {
-    tracing::Span::current()
-        .metadata()
-        .is_some_and(|meta| meta.name() == JOB_SPAN)
-}
 
 /// What a run knows about its job beyond the event.
 #[derive(Clone)]
@@ -222,6 +216,9 @@ pub struct RunOptions {
     pub delivery: u32,
     /// Where `holds` live; `None` uses a table private to this runtime (one process).
     pub holds: Option<SharedHolds>,
+    /// The job's [`JOB_SPAN`] when the caller opened it (the pipeline's worker, whose own lines
+    /// about the job are in it); `None` opens one for the run. Either way a job has one span.
+    pub span: Option<tracing::Span>,
 }
 
 impl Default for RunOptions {
@@ -230,6 +227,7 @@ impl Default for RunOptions {
             record: false,
             delivery: 1,
             holds: None,
+            span: None,
         }
     }
 }
@@ -552,6 +550,7 @@ impl Runtime {
         options: RunOptions,
     ) -> JobReport {
         let started = Instant::now();
+        let (job_span, delivery) = (options.span.clone(), options.delivery);
         let mut store = self.new_store(services, options, &event.event_uuid);
         let wit_event = bindings::types::Event {
             event_uuid: event.event_uuid.clone(),
@@ -568,20 +567,17 @@ impl Runtime {
                 .call_fulfill(&mut store, &wit_event)
                 .await
         };
-        // Every log line of the job, the component's included, carries these fields. A caller
-        // that already runs the job in its own `job` span (the pipeline's worker) keeps it as the
-        // only one, so each line carries the fields once.
-        let span = if in_job_span() {
-            tracing::Span::current()
-        } else {
+        // Every log line of the job, the component's included, carries these fields, once.
+        let span = job_span.unwrap_or_else(|| {
             tracing::info_span!(
                 JOB_SPAN,
                 order_id = event.order_id().unwrap_or_default(),
                 event_uuid = %event.event_uuid,
                 replay_id = %event.replay_id,
                 component = %format_args!("{}@{}", component.info.name, component.info.version),
+                delivery = delivery,
             )
-        };
+        });
         let call = tracing::Instrument::instrument(call, span);
         let result = match tokio::time::timeout(self.inner.config.wall_deadline, call).await {
             Ok(Ok(Ok(outcome))) => Ok(Outcome {
@@ -617,7 +613,6 @@ impl Runtime {
         }
     }
 
-    /// Turns an error out of wasmtime into a job failure with a precise code.
     /// An `info()` call that failed. A host failure keeps wasmtime's error as the cause; a
     /// component's (a trap, a sandbox limit) is told by the same description a job gets, which
     /// adds what the error lacks (the guest's panic message).
@@ -629,6 +624,7 @@ impl Runtime {
         })
     }
 
+    /// Turns an error out of wasmtime into a job failure with a precise code.
     fn describe_error(&self, store: &Store<JobState>, error: &wasmtime::Error) -> JobFailure {
         let state = store.data();
         let violation = state

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
 use base64::Engine as _;
@@ -261,7 +261,7 @@ impl EventBus {
         event_uuid: &str,
     ) -> Result<ReplayId, SandboxError> {
         let mut fields = Map::new();
-        fields.insert("CreatedDate".into(), Value::from(now_ms()));
+        fields.insert("CreatedDate".into(), Value::from(crate::domain::now_ms()));
         fields.insert("CreatedById".into(), Value::from(SANDBOX_USER_ID));
         fields.insert("OrderId__c".into(), Value::from(order_id));
         self.publish_fields(topic, event_uuid, &fields)
@@ -403,11 +403,4 @@ fn schema_id_for(schema_json: &str) -> String {
     let mut id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
     id.truncate(22);
     id
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }

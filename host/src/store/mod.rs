@@ -88,8 +88,3 @@ pub trait Store:
 
 /// A shared store handle.
 pub type SharedStore = Arc<dyn Store>;
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    crate::domain::now_ms()
-}

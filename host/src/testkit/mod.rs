@@ -415,7 +415,7 @@ impl TestKit {
         let options = crate::runtime::RunOptions {
             record: true,
             delivery,
-            holds: None,
+            ..crate::runtime::RunOptions::default()
         };
         self.runtime
             .run_with(&self.component, services, event, options)

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fulfilld::error::ErrorKind;
-use fulfilld::runtime::{Disposition, FailureSource, LoadedComponent, Runtime, RuntimeConfig};
+use fulfilld::runtime::{
+    Disposition, FailureSource, LoadedComponent, RunOptions, Runtime, RuntimeConfig,
+};
 use fulfilld::services::Services;
 use fulfilld::testkit::order_event;
 use fulfilld::testkit::scenario::Scenario;
@@ -165,7 +167,7 @@ async fn a_component_built_against_an_older_minor_loads_and_runs() {
 }
 
 /// Every log line of a job carries one `job` span, whether the runtime opens it (the test kit,
-/// the CLI) or its caller already did (the pipeline's worker opens `runtime::JOB_SPAN` itself).
+/// the CLI) or its caller hands in its own (the pipeline's worker opens `runtime::JOB_SPAN`).
 #[tokio::test]
 async fn every_log_line_of_a_job_carries_one_job_span() {
     use tracing::Instrument as _;
@@ -186,12 +188,16 @@ async fn every_log_line_of_a_job_carries_one_job_span() {
         .await;
     assert!(report.result.is_ok(), "{:?}", report.result);
     let span = tracing::info_span!(fulfilld::runtime::JOB_SPAN, opened_by = "caller");
+    let options = RunOptions {
+        span: Some(span.clone()),
+        ..RunOptions::default()
+    };
     let report = runtime
-        .run(
+        .run_with(
             &component,
             seeded_host() as Arc<dyn Services>,
             &event,
-            false,
+            options,
         )
         .instrument(span)
         .await;

@@ -14,9 +14,10 @@ use super::tables::{
     open_w,
 };
 use crate::domain::ReplayId;
+use crate::domain::now_ms;
 use crate::store::{
     CursorLease, DEDUPE_TTL, DeadLetterKind, Detail, IngestBatch, IngestReport, Lease, LeaseInfo,
-    StoreError, now_ms,
+    StoreError,
 };
 
 /// At most this many expired dedupe entries are purged by one ingest.

@@ -6,7 +6,8 @@ use futures::future::BoxFuture;
 use super::EmbeddedStore;
 use super::rows::{StoredJob, add_job, load_dead};
 use super::tables::{Context as _, DEAD, channel_ids, count_channel, open_r, open_w, parse_id};
-use crate::store::{DeadLetter, DeadLetterKind, DeadLetters, StoreError, now_ms};
+use crate::domain::now_ms;
+use crate::store::{DeadLetter, DeadLetterKind, DeadLetters, StoreError};
 
 impl DeadLetters for EmbeddedStore {
     fn dead_letters<'a>(

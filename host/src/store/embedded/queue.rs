@@ -12,7 +12,8 @@ use super::tables::{
     CLAIMED, Context as _, JOBS, PENDING, RECORDS, channel_ids, count_channel, decode, encode, ms,
     open_r, open_w, parse_id,
 };
-use crate::store::{ClaimOptions, DeadLetterKind, Job, JobQueue, JobRecord, StoreError, now_ms};
+use crate::domain::now_ms;
+use crate::store::{ClaimOptions, DeadLetterKind, Job, JobQueue, JobRecord, StoreError};
 
 impl EmbeddedStore {
     /// One claim attempt: the jobs handed out, and how long until a claimed job could be

@@ -10,9 +10,10 @@ use super::codec::{array, bytes, text, ttl_ms};
 use super::keys::GROUP;
 use super::{RedisStore, unavailable};
 use crate::domain::ReplayId;
+use crate::domain::now_ms;
 use crate::store::{
     CursorLease, DEDUPE_TTL, Detail, IngestBatch, IngestReport, Lease, LeaseInfo, StoreError,
-    cursor_key, now_ms,
+    cursor_key,
 };
 
 impl CursorLease for RedisStore {

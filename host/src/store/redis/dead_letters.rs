@@ -7,7 +7,8 @@ use redis::Value;
 use super::RedisStore;
 use super::codec::{array, dead_letter_from_entry, is_stream_id, text};
 use super::keys::GROUP;
-use crate::store::{DeadLetter, DeadLetters, StoreError, now_ms};
+use crate::domain::now_ms;
+use crate::store::{DeadLetter, DeadLetters, StoreError};
 
 impl DeadLetters for RedisStore {
     fn dead_letters<'a>(

@@ -9,9 +9,8 @@ use redis::Value;
 use super::codec::{array, fields, int, job_from_fields, text, ttl_ms};
 use super::keys::{ChannelKeys, GROUP};
 use super::{RedisStore, unavailable};
-use crate::store::{
-    ClaimOptions, DEDUPE_TTL, Detail, Job, JobQueue, JobRecord, StoreError, now_ms,
-};
+use crate::domain::now_ms;
+use crate::store::{ClaimOptions, DEDUPE_TTL, Detail, Job, JobQueue, JobRecord, StoreError};
 
 /// How many idle pending jobs one claim looks at (those past their delivery limit are all
 /// dead-lettered; at most `max` of the others are handed out).
