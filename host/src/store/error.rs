@@ -59,8 +59,9 @@ impl Detail {
         }
     }
 
-    /// The same text, with `cause` kept as the source (for a text that already says in its own
-    /// words what the cause was).
+    /// The same text, with `cause` kept as the source: the text says in the host's words what is
+    /// wrong (it is what `Display` shows), and [`crate::error::chain`] adds the cause's own
+    /// message after it.
     pub fn with_cause(self, cause: impl Error + Send + Sync + 'static) -> Self {
         Detail {
             text: self.text,
