@@ -428,6 +428,14 @@ fn read_submission(
         for entry in entries.flatten() {
             let file = entry.path();
             if file.extension().is_some_and(|e| e == "toml") {
+                // `file_type` does not follow links: a suite file must be the file itself, so a
+                // link cannot pull a host file into the deploy.
+                if !entry.file_type().is_ok_and(|kind| kind.is_file()) {
+                    return Err(SubmitError::BadRequest(format!(
+                        "scenario file {} is not a plain file (links are refused)",
+                        entry.file_name().to_string_lossy()
+                    )));
+                }
                 let contents = std::fs::read(&file).map_err(unreadable(&file))?;
                 scenarios.push((entry.file_name().to_string_lossy().into_owned(), contents));
             }

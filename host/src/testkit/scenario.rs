@@ -174,6 +174,47 @@ pub enum ScenarioError {
 }
 
 impl Scenario {
+    /// Loads a scenario that came from outside (a suite shipped with a deploy): its seed must be a
+    /// file inside `root`, named by a relative path without `..` and not a link, and no error
+    /// quotes the seed's content. Without this a scenario could name any host file
+    /// (`seed = "/proc/self/environ"`) and the gate's answer would quote it.
+    pub fn load_within(path: &Path, root: &Path) -> Result<Scenario, ScenarioError> {
+        let shown = |p: &Path| p.strip_prefix(root).unwrap_or(p).display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: shown(path),
+            source,
+        })?;
+        let mut scenario = Scenario::parse(&text).map_err(|message| ScenarioError::Invalid {
+            path: shown(path),
+            message,
+        })?;
+        if let Some(seed) = scenario.seed.clone() {
+            let invalid = |message: String| ScenarioError::Invalid {
+                path: shown(path),
+                message,
+            };
+            let seed_path = confined_seed(root, &seed).map_err(invalid)?;
+            let seed_text = std::fs::read_to_string(&seed_path).map_err(|source| {
+                invalid(format!("seed {seed:?} cannot be read: {}", source.kind()))
+            })?;
+            let seed_file: SeedFile = toml::from_str(&seed_text).map_err(|e| {
+                // The position and the parser's message, never the offending line itself.
+                let line = e.span().map(|span| {
+                    seed_text[..span.start.min(seed_text.len())]
+                        .lines()
+                        .count()
+                        .max(1)
+                });
+                invalid(match line {
+                    Some(line) => format!("seed {seed:?}, line {line}: {}", e.message()),
+                    None => format!("seed {seed:?}: {}", e.message()),
+                })
+            })?;
+            scenario.merge_seed(seed_file);
+        }
+        Ok(scenario)
+    }
+
     /// Parses and validates a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
@@ -256,6 +297,36 @@ impl Scenario {
         host.with_whmcs(|whmcs| seed_whmcs(&self.whmcs, whmcs));
         Ok(host)
     }
+}
+
+/// The file `seed` names inside `root`: a relative path of plain names (no absolute path, no
+/// `..` or `.`), to a regular file that is not a link and, once resolved, still inside `root`.
+fn confined_seed(root: &Path, seed: &str) -> Result<PathBuf, String> {
+    use std::path::Component;
+    let relative = Path::new(seed);
+    if seed.is_empty()
+        || !relative
+            .components()
+            .all(|part| matches!(part, Component::Normal(_)))
+    {
+        return Err(format!(
+            "seed {seed:?} must be a relative path inside the scenario suite (no absolute path, no `..`)"
+        ));
+    }
+    let path = root.join(relative);
+    let outside = || format!("seed {seed:?} is not a file inside the scenario suite");
+    let meta = std::fs::symlink_metadata(&path).map_err(|_| outside())?;
+    if !meta.file_type().is_file() {
+        return Err(format!(
+            "seed {seed:?} must be a plain file (links are refused)"
+        ));
+    }
+    let resolved = path.canonicalize().map_err(|_| outside())?;
+    let root = root.canonicalize().map_err(|_| outside())?;
+    if !resolved.starts_with(&root) {
+        return Err(outside());
+    }
+    Ok(resolved)
 }
 
 /// The scenario files `paths` stand for: a directory stands for the `*.toml` files in it, sorted,
@@ -648,5 +719,54 @@ mod tests {
             "billing.call AddOrder"
         ));
         assert!(same_value(&Value::from("1042"), &Value::from(1042)));
+    }
+
+    #[test]
+    fn a_confined_seed_stays_inside_its_suite() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("host.toml"), "secret = 1").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let suite = root.path();
+        std::fs::create_dir(suite.join("data")).unwrap();
+        std::fs::write(suite.join("data/_seed.toml"), "[config]").unwrap();
+        assert!(confined_seed(suite, "data/_seed.toml").is_ok());
+        let absolute = outside.path().join("host.toml").display().to_string();
+        std::os::unix::fs::symlink(outside.path().join("host.toml"), suite.join("link.toml"))
+            .unwrap();
+        std::os::unix::fs::symlink(outside.path(), suite.join("out")).unwrap();
+        for (seed, says) in [
+            (absolute.as_str(), "relative path"),
+            ("../host.toml", "relative path"),
+            ("data/../../host.toml", "relative path"),
+            ("./data/_seed.toml", "relative path"),
+            ("", "relative path"),
+            ("link.toml", "links are refused"),
+            ("out/host.toml", "not a file inside"),
+            ("missing.toml", "not a file inside"),
+            ("data", "links are refused"),
+        ] {
+            let error = confined_seed(suite, seed).unwrap_err();
+            assert!(error.contains(says), "{seed:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_confined_seed_that_is_not_toml_is_not_quoted() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("_seed.toml"), "TOKEN=abc-secret-123\n").unwrap();
+        std::fs::write(
+            root.path().join("s.toml"),
+            "name = \"s\"\nseed = \"_seed.toml\"\n[[run]]\nevent = { OrderId__c = \"x\" }\n\
+             [run.expect]\nresult = \"completed\"\n",
+        )
+        .unwrap();
+        let error = Scenario::load_within(&root.path().join("s.toml"), root.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("s.toml: seed \"_seed.toml\", line 1"),
+            "{error}"
+        );
+        assert!(!error.contains("abc-secret-123"), "{error}");
     }
 }

@@ -1562,6 +1562,33 @@ async fn the_deploy_directory_deploys_good_files_and_rejects_bad_ones() {
     let reason = std::fs::read_to_string(deploy_dir.join("rejected").join(error_file)).unwrap();
     assert!(reason.contains("not WebAssembly"), "{reason}");
     assert_eq!(host.shared().component.load().digest(), v2);
+
+    // A suite file that is a link to a host file is refused before anything reads it.
+    let outside = rig._dir.path().join("host-secret.toml");
+    std::fs::write(&outside, "secret = \"host-secret-4Kp8\"").unwrap();
+    let suite = deploy_dir.join("v3.scenarios");
+    std::fs::create_dir_all(&suite).unwrap();
+    std::os::unix::fs::symlink(&outside, suite.join("evil.toml")).unwrap();
+    let staging = rig._dir.path().join("v3.wasm");
+    std::fs::write(&staging, with_custom_section(&v1_wasm, "linked-suite")).unwrap();
+    std::fs::rename(&staging, deploy_dir.join("v3.wasm")).unwrap();
+    wait_for("v3.wasm rejected", Duration::from_secs(10), || {
+        listed("rejected")
+            .iter()
+            .any(|n| n.ends_with("-v3.wasm.error"))
+    })
+    .await;
+    let error_file = listed("rejected")
+        .into_iter()
+        .find(|n| n.ends_with("-v3.wasm.error"))
+        .unwrap();
+    let reason = std::fs::read_to_string(deploy_dir.join("rejected").join(error_file)).unwrap();
+    assert!(
+        reason.contains("evil.toml is not a plain file (links are refused)"),
+        "{reason}"
+    );
+    assert!(!reason.contains("host-secret-4Kp8"), "{reason}");
+    assert_eq!(host.shared().component.load().digest(), v2);
     host.shutdown().await;
 }
 

@@ -568,3 +568,87 @@ async fn a_scenario_suite_shipped_with_the_deploy_must_pass() {
     );
     assert_eq!(registry.list().unwrap(), before);
 }
+
+/// A suite shipped with a deploy reaches only its own files: a seed named by an absolute path,
+/// by `..`, or through a link (to a file or a directory outside) is refused, naming the seed,
+/// and no answer quotes what the named file holds.
+#[tokio::test]
+async fn a_shipped_suite_cannot_read_host_files_through_its_seeds() {
+    use fulfilld::registry::Extras;
+
+    const SECRET: &str = "host-secret-7Qz9w2";
+    let logs = common::LogCapture::default();
+    let _guard = logs.install();
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    // Not TOML, so a loader that read it would quote it in its parse error.
+    let secret_file = outside.path().join("secrets.toml");
+    std::fs::write(&secret_file, format!("WHMCS_SECRET={SECRET}\n")).unwrap();
+    let (registry, active) = with_active(dir.path(), Gates::default()).await;
+    let happy = std::fs::read_to_string(common::scenarios_dir().join("happy-path.toml")).unwrap();
+
+    let cases: Vec<(&str, Box<dyn Fn(&Path) -> String>)> = vec![
+        ("absolute", Box::new(|_| secret_file.display().to_string())),
+        ("environ", Box::new(|_| "/proc/self/environ".to_owned())),
+        (
+            "dotdot",
+            Box::new(|suite: &Path| {
+                let up = suite.components().count() + 2;
+                format!("{}{}", "../".repeat(up), secret_file.display())
+            }),
+        ),
+        (
+            "file-link",
+            Box::new(|suite: &Path| {
+                std::os::unix::fs::symlink(&secret_file, suite.join("_seed.toml")).unwrap();
+                "_seed.toml".to_owned()
+            }),
+        ),
+        (
+            "dir-link",
+            Box::new(|suite: &Path| {
+                std::os::unix::fs::symlink(outside.path(), suite.join("shared")).unwrap();
+                "shared/secrets.toml".to_owned()
+            }),
+        ),
+    ];
+    for (case, seed_for) in cases {
+        let suite_dir = tempfile::tempdir().unwrap();
+        let suite = suite_dir.path().join("suite");
+        std::fs::create_dir_all(&suite).unwrap();
+        let seed = seed_for(&suite);
+        std::fs::write(
+            suite.join("happy-path.toml"),
+            happy.replace("seed = \"_seed.toml\"", &format!("seed = {seed:?}")),
+        )
+        .unwrap();
+        let before = registry.list().unwrap();
+        let candidate = variant(&wasm("fulfillment"), case);
+        let error = registry
+            .deploy_with(
+                &candidate,
+                Extras {
+                    signature: None,
+                    scenarios: Some(&suite),
+                },
+                "mallory",
+                "upload",
+            )
+            .await
+            .unwrap_err();
+        let message = fulfilld::error::chain(&error);
+        assert!(
+            matches!(&error, DeployError::Scenarios { .. }) && message.contains("seed"),
+            "{case}: {message}"
+        );
+        assert!(!message.contains(SECRET), "{case}: {message}");
+        assert!(!message.contains("PATH="), "{case}: {message}");
+        assert_eq!(
+            registry.state().await.active.as_deref(),
+            Some(active.as_str()),
+            "{case}"
+        );
+        assert_eq!(registry.list().unwrap(), before, "{case}");
+    }
+    assert!(!logs.text().contains(SECRET), "the secret reached the logs");
+}
