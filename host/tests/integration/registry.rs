@@ -587,7 +587,9 @@ async fn a_shipped_suite_cannot_read_host_files_through_its_seeds() {
     let (registry, active) = with_active(dir.path(), Gates::default()).await;
     let happy = std::fs::read_to_string(common::scenarios_dir().join("happy-path.toml")).unwrap();
 
-    let cases: Vec<(&str, Box<dyn Fn(&Path) -> String>)> = vec![
+    // Each case writes what it needs into the suite directory and returns the seed to name.
+    type SeedFor<'a> = Box<dyn Fn(&Path) -> String + 'a>;
+    let cases: Vec<(&str, SeedFor)> = vec![
         ("absolute", Box::new(|_| secret_file.display().to_string())),
         ("environ", Box::new(|_| "/proc/self/environ".to_owned())),
         (
