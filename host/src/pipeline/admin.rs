@@ -96,6 +96,7 @@ fn registry_error(err: RegistryError) -> Response {
         RegistryError::InvalidId(_) => StatusCode::BAD_REQUEST,
         RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
         RegistryError::NothingToRollBack => StatusCode::CONFLICT,
+        RegistryError::NotSigned { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, chain(&err))

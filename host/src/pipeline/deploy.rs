@@ -261,17 +261,30 @@ pub(crate) async fn follow_shared(shared: &Shared, failed: &mut Option<String>) 
             return;
         }
     };
-    if active.sha256 == shared.component.load().digest() || failed.as_ref() == Some(&active.sha256)
-    {
+    if active.sha256 == shared.component.load().digest() {
+        // In step with the replicas (a refused version may since have been replaced).
+        if failed.take().is_some() {
+            shared.set_refused_shared(None);
+        }
+        return;
+    }
+    if failed.as_ref() == Some(&active.sha256) {
         return;
     }
     match adopt(shared, share, registry, &active).await {
         Ok(meta) => {
             *failed = None;
+            shared.set_refused_shared(None);
             tracing::info!(name = %meta.name, version = %meta.version, sha256 = %meta.sha256, activated_by = %active.by, "following the component version another replica activated");
         }
         Err(err) => {
-            tracing::error!(sha256 = %active.sha256, activated_by = %active.by, error = %chain(&err), "cannot follow the component version another replica activated; this replica keeps its version");
+            let reason = chain(&err);
+            tracing::error!(sha256 = %active.sha256, activated_by = %active.by, error = %reason, "cannot follow the component version another replica activated; this replica keeps its version");
+            shared.set_refused_shared(Some(super::RefusedVersion {
+                sha256: active.sha256.clone(),
+                activated_by: active.by.clone(),
+                reason,
+            }));
             *failed = Some(active.sha256.clone());
         }
     }

@@ -101,6 +101,12 @@ pub async fn health_report(shared: &Shared) -> (bool, Value) {
         // The probe works but a recent write failed; the next success clears it.
         problems.push(format!("a recent store write failed: {err}"));
     }
+    if let Some(refused) = &status.refused_shared {
+        problems.push(format!(
+            "this replica refuses the component version {} that {} activated for the replicas: {}",
+            refused.sha256, refused.activated_by, refused.reason
+        ));
+    }
     let stored_cursor = if store_ok {
         tokio::time::timeout(PROBE_TIMEOUT, store.cursor(&shared.channel))
             .await
@@ -143,6 +149,11 @@ pub async fn health_report(shared: &Shared) -> (bool, Value) {
             "name": info.name,
             "version": info.version,
             "sha256": component.digest(),
+            "refused_shared": status.refused_shared.as_ref().map(|refused| json!({
+                "sha256": refused.sha256,
+                "activated_by": refused.activated_by,
+                "reason": refused.reason,
+            })),
         },
         "queue": {"depth": depth, "dead_letters": dead},
         "problems": problems,

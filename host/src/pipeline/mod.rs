@@ -59,6 +59,18 @@ pub struct SubscriberStatus {
     pub cursor: Option<ReplayId>,
     /// The last store error seen by the subscriber or workers, cleared on success.
     pub store_error: Option<String>,
+    /// The version the replicas share, when this replica refused to run it (e.g. under
+    /// `FULFILLD_REQUIRE_SIGNED` its signature does not verify); cleared once it follows again.
+    pub refused_shared: Option<RefusedVersion>,
+}
+
+/// A shared component version this replica would not run, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedVersion {
+    pub sha256: String,
+    /// The replica that activated it.
+    pub activated_by: String,
+    pub reason: String,
 }
 
 /// State shared by the subscriber, the workers and the HTTP endpoint.
@@ -101,6 +113,10 @@ impl Shared {
     /// A snapshot of the subscriber side.
     pub fn status(&self) -> SubscriberStatus {
         self.status_mut().clone()
+    }
+
+    pub(crate) fn set_refused_shared(&self, refused: Option<RefusedVersion>) {
+        self.status_mut().refused_shared = refused;
     }
 
     fn set_role(&self, role: Role) {
@@ -154,6 +170,13 @@ pub async fn open_store(config: &StoreConfig) -> anyhow::Result<SharedStore> {
     }
 }
 
+/// The signature shipped next to a component file (`<file>.sig`), if there is one.
+fn signature_next_to(path: &std::path::Path) -> Option<String> {
+    let mut sig_path = path.as_os_str().to_owned();
+    sig_path.push(".sig");
+    std::fs::read_to_string(std::path::PathBuf::from(sig_path)).ok()
+}
+
 /// Opens the registry and picks the version to start on. A `FULFILLD_COMPONENT` file the
 /// registry has never seen counts as a deploy and goes live (it passes the same gates as any
 /// deploy); otherwise the registry's active version wins, so a version deployed or rolled back
@@ -176,9 +199,7 @@ async fn component_from_registry(
     let sha = crate::registry::sha256_hex(wasm);
     if !registry.contains(&sha) {
         // A signature next to the file (`<file>.sig`) goes through the signature gate.
-        let mut sig_path = path.as_os_str().to_owned();
-        sig_path.push(".sig");
-        let signature = std::fs::read_to_string(std::path::PathBuf::from(sig_path)).ok();
+        let signature = signature_next_to(path);
         let extras = crate::registry::Extras {
             signature: signature.as_deref(),
             scenarios: None,
@@ -267,6 +288,18 @@ impl Host {
             .with_context(|| format!("FULFILLD_COMPONENT: cannot read {}", path.display()))?;
         let (component, registry, fresh_component) = match &config.serve.registry_dir {
             None => {
+                // Without a registry there is no gate: FULFILLD_REQUIRE_SIGNED is checked here,
+                // against `<file>.sig`, so it holds on this way into the live slot too.
+                config
+                    .serve
+                    .signatures
+                    .check(&wasm, signature_next_to(&path).as_deref())
+                    .map_err(|reason| {
+                        anyhow::anyhow!(
+                            "FULFILLD_COMPONENT: {} was refused: {reason}",
+                            path.display()
+                        )
+                    })?;
                 let component = runtime.load(&wasm).await.with_context(|| {
                     format!("FULFILLD_COMPONENT: cannot load {}", path.display())
                 })?;
@@ -325,6 +358,7 @@ impl Host {
                 subscription: None,
                 cursor: None,
                 store_error: None,
+                refused_shared: None,
             }),
             stopping: AtomicBool::new(false),
         });

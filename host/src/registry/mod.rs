@@ -153,6 +153,11 @@ pub enum RegistryError {
     NothingToRollBack,
     #[error("stored component {sha256} is corrupt: its bytes hash to {actual}")]
     Corrupt { sha256: String, actual: String },
+    /// Under `FULFILLD_REQUIRE_SIGNED`, a stored version whose own signature does not verify now
+    /// (deployed unsigned before, or its `.sig` replaced) cannot go live: not by activation,
+    /// rollback, adoption from another replica or start-up.
+    #[error("component {sha256} cannot go live: {reason}")]
+    NotSigned { sha256: String, reason: String },
     #[error("cannot load component {sha256}")]
     Load { sha256: String, source: LoadError },
     #[error("{path}: unreadable registry metadata")]
@@ -500,6 +505,18 @@ impl Registry {
                 sha256: sha256.to_owned(),
                 actual,
             });
+        }
+        if self.gates.signatures.require {
+            // Checked again on every way into the live slot, against the bytes themselves: the
+            // metadata's `signed` flag is a file anyone with the directory could edit.
+            let signature = std::fs::read_to_string(self.signature_path(sha256)).ok();
+            self.gates
+                .signatures
+                .check(&wasm, signature.as_deref())
+                .map_err(|reason| RegistryError::NotSigned {
+                    sha256: sha256.to_owned(),
+                    reason,
+                })?;
         }
         let (loaded, cache) = self
             .runtime

@@ -1592,6 +1592,197 @@ async fn the_deploy_directory_deploys_good_files_and_rejects_bad_ones() {
     host.shutdown().await;
 }
 
+/// `serve` (the built binary) under FULFILLD_REQUIRE_SIGNED refuses an unsigned
+/// FULFILLD_COMPONENT at start-up, with a registry (its deploy gate) and without one (checked
+/// against `<file>.sig` directly), and starts on the same file once it is signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn require_signed_refuses_an_unsigned_start_up_component_with_or_without_a_registry() {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
+
+    let rig = Rig::new().await;
+    let dir = rig._dir.path();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[12; 32]);
+    let private_pem = dir.join("signing.pem");
+    let public_pem = dir.join("verify.pem");
+    std::fs::write(
+        &private_pem,
+        key.to_pkcs8_pem(Default::default()).unwrap().as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(
+        &public_pem,
+        key.verifying_key()
+            .to_public_key_pem(Default::default())
+            .unwrap(),
+    )
+    .unwrap();
+    let component = dir.join("unsigned.wasm");
+    std::fs::copy(common::component("fulfillment"), &component).unwrap();
+    let registry_dir = dir.join("registry");
+    for registry in [None, Some(&registry_dir)] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fulfilld"));
+        command
+            .arg("serve")
+            .envs(&rig.env)
+            .env("FULFILLD_COMPONENT", &component)
+            .env("FULFILLD_COMPONENT_PUBLIC_KEY", &public_pem)
+            .env("FULFILLD_REQUIRE_SIGNED", "true")
+            .env("FULFILLD_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env_remove("FULFILLD_REGISTRY_DIR");
+        if let Some(registry) = registry {
+            command.env("FULFILLD_REGISTRY_DIR", registry);
+        }
+        // A host that wrongly starts would serve forever: give it a bounded time to refuse.
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("registry {registry:?}: serve started on an unsigned component");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "registry {registry:?}: {stderr}");
+        assert!(
+            stderr.contains("FULFILLD_COMPONENT:")
+                && stderr.contains("was refused")
+                && stderr.contains("unsigned: FULFILLD_REQUIRE_SIGNED is on"),
+            "registry {registry:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // Signed (`unsigned.wasm.sig` next to it), the registry-less host starts and serves.
+    let mut out = Vec::new();
+    assert!(fulfilld::cli::component_sign(&component, &private_pem, None, &mut out).unwrap());
+    let serve = ServeProcess::start(
+        &rig,
+        "signed",
+        &[
+            ("FULFILLD_COMPONENT", component.to_str().unwrap()),
+            (
+                "FULFILLD_COMPONENT_PUBLIC_KEY",
+                public_pem.to_str().unwrap(),
+            ),
+            ("FULFILLD_REQUIRE_SIGNED", "true"),
+        ],
+    );
+    serve.wait_role("leader", Duration::from_secs(30)).await;
+}
+
+/// Under FULFILLD_REQUIRE_SIGNED a replica verifies a version the replicas share before it runs
+/// it: one written into Redis by hand without a signature is not adopted, and the replica says
+/// why in its log and on `/health`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn require_signed_replicas_do_not_adopt_an_unsigned_version_written_into_redis() {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
+    use fulfilld::store::{SharedActive, SharedComponent};
+
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let dir = rig._dir.path();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[13; 32]);
+    let private_pem = dir.join("signing.pem");
+    let public_pem = dir.join("verify.pem");
+    std::fs::write(
+        &private_pem,
+        key.to_pkcs8_pem(Default::default()).unwrap().as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(
+        &public_pem,
+        key.verifying_key()
+            .to_public_key_pem(Default::default())
+            .unwrap(),
+    )
+    .unwrap();
+    let v1_path = dir.join("fulfillment.wasm");
+    std::fs::copy(common::component("fulfillment"), &v1_path).unwrap();
+    let mut out = Vec::new();
+    assert!(fulfilld::cli::component_sign(&v1_path, &private_pem, None, &mut out).unwrap());
+    let v1 = fulfilld::registry::sha256_hex(&std::fs::read(&v1_path).unwrap());
+    let registry_dir = dir.join("registry");
+    let serve = ServeProcess::start(
+        &rig,
+        "signed-replica",
+        &[
+            ("FULFILLD_COMPONENT", v1_path.to_str().unwrap()),
+            ("FULFILLD_REGISTRY_DIR", registry_dir.to_str().unwrap()),
+            (
+                "FULFILLD_COMPONENT_PUBLIC_KEY",
+                public_pem.to_str().unwrap(),
+            ),
+            ("FULFILLD_REQUIRE_SIGNED", "true"),
+            ("FULFILLD_COMPONENT_POLL_MS", "100"),
+        ],
+    );
+    serve.wait_role("leader", Duration::from_secs(30)).await;
+
+    // Someone with write access to Redis publishes an unsigned version as the replicas' own.
+    let v2_wasm = with_custom_section(&std::fs::read(&v1_path).unwrap(), "hand-written");
+    let v2 = fulfilld::registry::sha256_hex(&v2_wasm);
+    let meta = serde_json::json!({
+        "sha256": v2, "name": "fulfillment", "version": "0.1.0", "size": v2_wasm.len(),
+        "deployed_by": "mallory", "deployed_at_ms": 0, "source": "redis-cli", "signed": true,
+    });
+    let store = rig.store().await;
+    let share = store.component_share().expect("Redis shares components");
+    share
+        .share_component(&SharedComponent {
+            sha256: v2.clone(),
+            meta_json: meta.to_string(),
+            wasm: v2_wasm,
+            signature: None,
+        })
+        .await
+        .unwrap();
+    share
+        .set_shared_active(&SharedActive {
+            sha256: v2.clone(),
+            by: "mallory".into(),
+            at_ms: 0,
+        })
+        .await
+        .unwrap();
+
+    let start = Instant::now();
+    let body = loop {
+        let body = serve.health().await.unwrap_or_default();
+        if body["component"]["refused_shared"]["sha256"] == v2.as_str() {
+            break body;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the refusal never reached /health: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["component"]["sha256"], v1.as_str(), "{body}");
+    let reason = body["component"]["refused_shared"]["reason"]
+        .as_str()
+        .unwrap();
+    assert!(reason.contains("unsigned"), "{body}");
+    assert!(
+        body["problems"].to_string().contains(&v2),
+        "the refusal is not among the problems: {body}"
+    );
+    let log = std::fs::read_to_string(&serve.log).unwrap();
+    assert!(
+        log.contains("cannot follow the component version another replica activated")
+            && log.contains("unsigned"),
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn require_signed_refuses_unsigned_and_badly_signed_deploys_through_the_cli() {
     use ed25519_dalek::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};

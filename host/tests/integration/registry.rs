@@ -654,3 +654,86 @@ async fn a_shipped_suite_cannot_read_host_files_through_its_seeds() {
     }
     assert!(!logs.text().contains(SECRET), "the secret reached the logs");
 }
+
+/// Require-signed holds on every way into the live slot, not only at deploy: a version stored
+/// unsigned while signing was optional, or whose stored signature was replaced, can be neither
+/// activated nor rolled back to, and a registry reopened on it does not load it.
+#[tokio::test]
+async fn under_require_signed_an_unsigned_stored_version_cannot_go_live() {
+    use fulfilld::registry::Extras;
+    use fulfilld::registry::signature::{SignaturePolicy, sign};
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = signing_key(7);
+    let policy = |require: bool| Gates {
+        signatures: SignaturePolicy {
+            key: Some(key.verifying_key()),
+            require,
+        },
+        ..Gates::default()
+    };
+    // Signing optional: v1 goes in unsigned and is active, then a signed v2 replaces it.
+    let v1 = wasm("fulfillment");
+    let v2 = variant(&v1, "signed-v2");
+    let (v1_sha, v2_sha) = {
+        let registry = open_registry(dir.path(), policy(false)).await;
+        let v1_meta = registry.deploy(&v1, "alice", "ci").await.unwrap();
+        assert!(!v1_meta.signed);
+        registry.activate(&v1_meta.sha256).await.unwrap();
+        let v2_meta = registry
+            .deploy_with(
+                &v2,
+                Extras {
+                    signature: Some(&sign(&key, &v2)),
+                    scenarios: None,
+                },
+                "alice",
+                "ci",
+            )
+            .await
+            .unwrap();
+        registry.activate(&v2_meta.sha256).await.unwrap();
+        (v1_meta.sha256, v2_meta.sha256)
+    };
+
+    // Signing required from now on.
+    let registry = open_registry(dir.path(), policy(true)).await;
+    let error = registry.rollback().await.unwrap_err();
+    assert!(
+        matches!(&error, RegistryError::NotSigned { sha256, .. } if *sha256 == v1_sha),
+        "{error}"
+    );
+    assert!(error.to_string().contains("unsigned"), "{error}");
+    let error = registry.activate(&v1_sha).await.unwrap_err();
+    assert!(error.to_string().contains("unsigned"), "{error}");
+    assert_eq!(
+        registry.state().await.active.as_deref(),
+        Some(v2_sha.as_str())
+    );
+
+    // A signature file put next to v1 by hand does not verify for its bytes: still refused.
+    std::fs::write(
+        dir.path().join("components").join(format!("{v1_sha}.sig")),
+        sign(&key, &v2),
+    )
+    .unwrap();
+    let error = registry.activate(&v1_sha).await.unwrap_err();
+    assert!(error.to_string().contains("bad signature"), "{error}");
+    // The signed version still goes live, and stays the one a reopened registry loads.
+    registry.activate(&v2_sha).await.unwrap();
+    drop(registry);
+    let registry = open_registry(dir.path(), policy(true)).await;
+    let (meta, _, _) = registry.load_active().await.unwrap().unwrap();
+    assert_eq!(meta.sha256, v2_sha);
+
+    // A registry whose active version is the unsigned one does not start on it.
+    let unsigned_dir = tempfile::tempdir().unwrap();
+    {
+        let registry = open_registry(unsigned_dir.path(), policy(false)).await;
+        let meta = registry.deploy(&v1, "alice", "ci").await.unwrap();
+        registry.activate(&meta.sha256).await.unwrap();
+    }
+    let registry = open_registry(unsigned_dir.path(), policy(true)).await;
+    let error = registry.load_active().await.unwrap_err();
+    assert!(error.to_string().contains("unsigned"), "{error}");
+}
