@@ -152,6 +152,7 @@ impl Bed {
             ("SF_EVENTS_REPLAY", "ALL".into()),
             ("FULFILLD_COMPONENT", component(V1).display().to_string()),
             ("FULFILLD_HTTP_ADDR", "127.0.0.1:0".into()),
+            ("FULFILLD_ADMIN_ADDR", "127.0.0.1:0".into()),
             ("FULFILLD_ENV", "bench".into()),
             ("FULFILLD_STATE_DIR", path("store")),
             ("FULFILLD_REGISTRY_DIR", path("registry")),
@@ -379,7 +380,7 @@ async fn swap_run(redis: bool, rate: f64, cycles: usize) -> SwapRun {
 
     let host = Host::from_config(&bed.config).await.unwrap();
     assert_eq!(host.shared().component.load().digest(), v1);
-    let base = format!("http://{}/admin", host.http_addr());
+    let base = format!("http://{}/admin", host.admin_addr().unwrap());
     let http = reqwest::Client::new();
 
     // Warm-up.

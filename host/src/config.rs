@@ -90,6 +90,9 @@ pub struct ServeConfig {
     pub store: StoreConfig,
     /// `FULFILLD_HTTP_ADDR`: where `/health` and `/metrics` are served.
     pub http_addr: std::net::SocketAddr,
+    /// `FULFILLD_ADMIN_ADDR`: where the admin API (`/admin/...`) listens when it is on; apart
+    /// from `/health` and `/metrics`, and on loopback unless set otherwise.
+    pub admin_addr: std::net::SocketAddr,
     /// `FULFILLD_ENV`: reported by `/health` (e.g. production, staging).
     pub environment: String,
     /// `FULFILLD_WORKERS`: jobs run at once by this replica.
@@ -207,7 +210,7 @@ impl AdminClientConfig {
         let lookup = |key: &str| lookup(key).filter(|v| !v.trim().is_empty());
         let url = lookup("FULFILLD_ADMIN_URL").ok_or_else(|| SettingError {
             setting: "FULFILLD_ADMIN_URL",
-            problem: "is required (the host's HTTP address, e.g. http://fulfilld:8080)".into(),
+            problem: "is required (the host's admin API address, FULFILLD_ADMIN_ADDR, e.g. http://127.0.0.1:8081)".into(),
         })?;
         let token = lookup("FULFILLD_ADMIN_TOKEN").ok_or_else(|| SettingError {
             setting: "FULFILLD_ADMIN_TOKEN",
@@ -567,6 +570,16 @@ impl Reader<'_> {
             );
             std::net::SocketAddr::from(([0, 0, 0, 0], 8080))
         });
+        let admin_addr = self
+            .optional("FULFILLD_ADMIN_ADDR")
+            .unwrap_or_else(|| "127.0.0.1:8081".to_owned());
+        let admin_addr = admin_addr.parse().unwrap_or_else(|_| {
+            self.fail(
+                "FULFILLD_ADMIN_ADDR",
+                format!("expected an address like 127.0.0.1:8081, got `{admin_addr}`"),
+            );
+            std::net::SocketAddr::from(([127, 0, 0, 1], 8081))
+        });
         let environment = self
             .optional("FULFILLD_ENV")
             .unwrap_or_else(|| "production".to_owned());
@@ -645,6 +658,7 @@ impl Reader<'_> {
         ServeConfig {
             store,
             http_addr,
+            admin_addr,
             environment,
             workers: usize::try_from(workers.min(1024)).unwrap_or(4),
             lease_ttl: Duration::from_millis(lease_ms),
@@ -784,7 +798,7 @@ mod tests {
         let err = admin(&[("FULFILLD_ADMIN_TOKEN", "t")]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "FULFILLD_ADMIN_URL: is required (the host's HTTP address, e.g. http://fulfilld:8080)"
+            "FULFILLD_ADMIN_URL: is required (the host's admin API address, FULFILLD_ADMIN_ADDR, e.g. http://127.0.0.1:8081)"
         );
         let err = admin(&[("FULFILLD_ADMIN_URL", "http://h:8080")]).unwrap_err();
         assert_eq!(err.to_string(), "FULFILLD_ADMIN_TOKEN: is required");

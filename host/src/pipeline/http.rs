@@ -25,13 +25,10 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut app = Router::new()
+    let app = Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(metrics));
-    if let Some(admin) = super::admin::routes(&shared) {
-        app = app.merge(admin);
-    }
-    let app = app.with_state(shared);
+        .route("/metrics", get(metrics))
+        .with_state(shared);
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };

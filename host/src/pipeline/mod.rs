@@ -248,6 +248,8 @@ pub struct Host {
     /// The deploy directory and shared-version watcher (with a registry).
     watcher: Option<JoinHandle<()>>,
     http: JoinHandle<()>,
+    admin_addr: Option<SocketAddr>,
+    admin: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -387,6 +389,26 @@ impl Host {
             Arc::clone(&shared),
             shutdown_rx.clone(),
         ));
+        let (admin_addr, admin) = match admin::routes(&shared) {
+            Some(router) => {
+                let listener = tokio::net::TcpListener::bind(serve.admin_addr)
+                    .await
+                    .with_context(|| {
+                        format!("FULFILLD_ADMIN_ADDR: cannot listen on {}", serve.admin_addr)
+                    })?;
+                let addr = listener
+                    .local_addr()
+                    .context("cannot read the admin API's address")?;
+                let task = tokio::spawn(admin::serve(
+                    listener,
+                    router,
+                    Arc::clone(&shared),
+                    shutdown_rx.clone(),
+                ));
+                (Some(addr), Some(task))
+            }
+            None => (None, None),
+        };
         let workers = (0..serve.workers)
             .map(|i| tokio::spawn(worker::run(Arc::clone(&shared), i, shutdown_rx.clone())))
             .collect();
@@ -415,6 +437,7 @@ impl Host {
             store = %shared.store.backend(),
             workers = serve.workers,
             http = %http_addr,
+            admin = %admin_addr.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
             component = %format!("{}@{}", info.name, info.version),
             replica = %serve.replica_id,
             "fulfilld serving"
@@ -422,17 +445,24 @@ impl Host {
         Ok(Host {
             shared,
             http_addr,
+            admin_addr,
             shutdown,
             ingest,
             workers,
             watcher,
             http,
+            admin,
         })
     }
 
     /// The address `/health` and `/metrics` are served on.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The address the admin API listens on; `None` when it is off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -465,6 +495,9 @@ impl Host {
             }
         }
         let _ = (&mut self.http).await;
+        if let Some(admin) = &mut self.admin {
+            let _ = admin.await;
+        }
         tracing::info!("stopped");
     }
 }
@@ -482,6 +515,9 @@ impl Drop for Host {
             worker.abort();
         }
         self.http.abort();
+        if let Some(admin) = &self.admin {
+            admin.abort();
+        }
     }
 }
 

@@ -53,7 +53,7 @@ fn a_missing_admin_setting_is_named() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(
-            "fulfilld: FULFILLD_ADMIN_URL: is required (the host's HTTP address, e.g. http://fulfilld:8080)"
+            "fulfilld: FULFILLD_ADMIN_URL: is required (the host's admin API address, FULFILLD_ADMIN_ADDR, e.g. http://127.0.0.1:8081)"
         ),
         "{stderr}"
     );

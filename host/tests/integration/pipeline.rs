@@ -63,6 +63,7 @@ impl Rig {
             common::component("fulfillment").display().to_string(),
         );
         env.insert("FULFILLD_HTTP_ADDR".into(), "127.0.0.1:0".into());
+        env.insert("FULFILLD_ADMIN_ADDR".into(), "127.0.0.1:0".into());
         env.insert("FULFILLD_ENV".into(), "test".into());
         env.insert("FULFILLD_WORKERS".into(), "4".into());
         env.insert("FULFILLD_LEASE_TTL_MS".into(), "2000".into());
@@ -1250,6 +1251,78 @@ fn with_custom_section(wasm: &[u8], tag: &str) -> Vec<u8> {
     out
 }
 
+/// The admin API listens apart from /health and /metrics, and a client cannot hold it: requests
+/// beyond the few it runs at once are answered 503 at once, and the bound frees up when they end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_api_has_its_own_address_and_bounds_requests_in_flight() {
+    use tokio::io::AsyncWriteExt as _;
+
+    const TOKEN: &str = "admin-token-for-the-bounds-test";
+    let rig = Rig::new().await;
+    let registry_dir = rig._dir.path().join("registry").display().to_string();
+    let host = rig
+        .host(&[
+            ("FULFILLD_REGISTRY_DIR", registry_dir.as_str()),
+            ("FULFILLD_ADMIN_TOKEN", TOKEN),
+        ])
+        .await;
+    let admin = host.admin_addr().unwrap();
+    assert_ne!(admin, host.http_addr());
+    let http = reqwest::Client::new();
+    let list = || {
+        http.get(format!("http://{admin}/admin/components"))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    assert_eq!(list().await.unwrap().status(), 200);
+    let on_health = http
+        .get(format!("http://{}/admin/components", host.http_addr()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_health.status(), 404);
+
+    // Four deploys whose bodies never arrive hold every slot.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let head = format!(
+            "POST /admin/components HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/wasm\r\nContent-Length: 100000\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(stream);
+    }
+    let start = Instant::now();
+    let busy = loop {
+        let response = list().await.unwrap();
+        if response.status() == 503 || start.elapsed() > Duration::from_secs(10) {
+            break response;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(busy.status(), 503);
+    let text = busy.text().await.unwrap();
+    assert!(text.contains("the admin API is busy"), "{text}");
+    // The endpoint load balancers and scrapers use is not affected.
+    assert!(metrics_text(&host).await.contains("fulfilld_"));
+
+    drop(stalled);
+    let start = Instant::now();
+    loop {
+        if list().await.unwrap().status() == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the slots were not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    host.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_version_deployed_mid_stream_takes_the_new_jobs_and_rolls_back() {
     const TOKEN: &str = "admin-token-for-the-swap-test";
@@ -1261,7 +1334,7 @@ async fn a_version_deployed_mid_stream_takes_the_new_jobs_and_rolls_back() {
             ("FULFILLD_ADMIN_TOKEN", TOKEN),
         ])
         .await;
-    let base = format!("http://{}/admin", host.http_addr());
+    let base = format!("http://{}/admin", host.admin_addr().unwrap());
     let http = reqwest::Client::new();
     let v1_wasm = std::fs::read(common::component("fulfillment")).unwrap();
     let v1 = fulfilld::registry::sha256_hex(&v1_wasm);
@@ -1367,8 +1440,17 @@ async fn a_version_deployed_mid_stream_takes_the_new_jobs_and_rolls_back() {
     for uuid in after {
         assert_eq!(wait_record(&store, &uuid).await.component_sha256, v1);
     }
+    // The admin API is not served where /health is, only on its own address.
+    let on_health_addr = http
+        .get(format!("http://{}/admin/components", host.http_addr()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_health_addr.status(), 404);
+    assert_ne!(host.admin_addr().unwrap(), host.http_addr());
     // The CLI (`fulfilld component list`) talks to the same API.
-    let url = format!("http://{}", host.http_addr());
+    let url = format!("http://{}", host.admin_addr().unwrap());
     let mut out = Vec::new();
     assert!(
         fulfilld::cli::admin(&url, TOKEN, fulfilld::cli::AdminAction::List, &mut out)
@@ -1452,7 +1534,7 @@ async fn two_replicas_on_one_redis_converge_on_a_newly_activated_version() {
     assert_eq!(b.shared().component.load().digest(), v1);
 
     // Deployed and activated on A only; B has never seen v2's bytes.
-    let base = format!("http://{}/admin", a.http_addr());
+    let base = format!("http://{}/admin", a.admin_addr().unwrap());
     let http = reqwest::Client::new();
     let deployed = http
         .post(format!("{base}/components?activate=true"))
@@ -1826,7 +1908,7 @@ async fn require_signed_refuses_unsigned_and_badly_signed_deploys_through_the_cl
         ])
         .await;
     let v1 = host.shared().component.load().digest().to_owned();
-    let url = format!("http://{}", host.http_addr());
+    let url = format!("http://{}", host.admin_addr().unwrap());
     let v2_path = dir.join("v2.wasm");
     let v2_wasm = with_custom_section(&std::fs::read(&v1_path).unwrap(), "signed");
     std::fs::write(&v2_path, &v2_wasm).unwrap();
