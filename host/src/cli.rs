@@ -385,11 +385,7 @@ fn deploy_form(
         "component",
         reqwest::multipart::Part::bytes(wasm).file_name(name),
     );
-    let default_sig = {
-        let mut path = file.as_os_str().to_owned();
-        path.push(".sig");
-        std::path::PathBuf::from(path)
-    };
+    let default_sig = crate::registry::signature::signature_path(file);
     let sig_path = match signature {
         Some(path) => Some(path.to_path_buf()),
         None => default_sig.is_file().then_some(default_sig),
@@ -440,11 +436,7 @@ pub fn component_sign(
     let signature = crate::registry::signature::sign(&key, &wasm);
     let target = match out_path {
         Some(path) => path.to_path_buf(),
-        None => {
-            let mut path = file.as_os_str().to_owned();
-            path.push(".sig");
-            std::path::PathBuf::from(path)
-        }
+        None => crate::registry::signature::signature_path(file),
     };
     std::fs::write(&target, format!("{signature}\n"))
         .with_context(|| format!("cannot write {}", target.display()))?;

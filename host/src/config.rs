@@ -471,6 +471,25 @@ impl Reader<'_> {
         }
     }
 
+    /// An `IP:port` setting; `default` when unset.
+    fn socket_addr(
+        &mut self,
+        setting: &'static str,
+        default: impl Into<std::net::SocketAddr>,
+    ) -> std::net::SocketAddr {
+        let default = default.into();
+        let Some(text) = self.optional(setting) else {
+            return default;
+        };
+        text.parse().unwrap_or_else(|_| {
+            self.fail(
+                setting,
+                format!("expected an address like {default}, got `{text}`"),
+            );
+            default
+        })
+    }
+
     fn boolean(&mut self, setting: &'static str, default: bool) -> bool {
         match self
             .optional(setting)
@@ -560,26 +579,8 @@ impl Reader<'_> {
                 .join("fulfilld.redb"),
             },
         };
-        let http_addr = self
-            .optional("FULFILLD_HTTP_ADDR")
-            .unwrap_or_else(|| "0.0.0.0:8080".to_owned());
-        let http_addr = http_addr.parse().unwrap_or_else(|_| {
-            self.fail(
-                "FULFILLD_HTTP_ADDR",
-                format!("expected an address like 0.0.0.0:8080, got `{http_addr}`"),
-            );
-            std::net::SocketAddr::from(([0, 0, 0, 0], 8080))
-        });
-        let admin_addr = self
-            .optional("FULFILLD_ADMIN_ADDR")
-            .unwrap_or_else(|| "127.0.0.1:8081".to_owned());
-        let admin_addr = admin_addr.parse().unwrap_or_else(|_| {
-            self.fail(
-                "FULFILLD_ADMIN_ADDR",
-                format!("expected an address like 127.0.0.1:8081, got `{admin_addr}`"),
-            );
-            std::net::SocketAddr::from(([127, 0, 0, 1], 8081))
-        });
+        let http_addr = self.socket_addr("FULFILLD_HTTP_ADDR", ([0, 0, 0, 0], 8080));
+        let admin_addr = self.socket_addr("FULFILLD_ADMIN_ADDR", ([127, 0, 0, 1], 8081));
         let environment = self
             .optional("FULFILLD_ENV")
             .unwrap_or_else(|| "production".to_owned());

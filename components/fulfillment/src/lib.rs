@@ -447,21 +447,37 @@ fn create_whmcs_order(
     );
 
     // Persist the id before anything else can fail, so a retry resumes instead of re-ordering.
-    ctx.sf
-        .update(ORDER, &order.id, json!({ field::WHMCS_ORDER_ID: order_id }))
-        .map_err(|e| {
-            let message = format!(
-                "WHMCS order {order_id} created but WHMCS_Order_ID__c not saved ({}); \
-                 reconcile before retry",
-                e.message
-            );
-            fail(WHMCS_CREATE, e.code, message)
-        })?;
+    save_whmcs_order_id(ctx, order, &order_id, "created")?;
     log.info("finished", &[("whmcs_order_id", &order_id)]);
     Ok(WhmcsOrderRef {
         order_id: created.order_id,
         needs_accept: true,
     })
+}
+
+/// `whmcs_create`'s save of `WHMCS_Order_ID__c` the moment a WHMCS order exists (`how`:
+/// created, or adopted from a dead run). A failed save says the order exists, so an operator
+/// reconciles before retrying.
+pub(crate) fn save_whmcs_order_id(
+    ctx: &Ctx,
+    order: &Order,
+    whmcs_order_id: &str,
+    how: &str,
+) -> Result<(), StepFailure> {
+    ctx.sf
+        .update(
+            ORDER,
+            &order.id,
+            json!({ field::WHMCS_ORDER_ID: whmcs_order_id }),
+        )
+        .map_err(|e| {
+            let message = format!(
+                "WHMCS order {whmcs_order_id} {how} but WHMCS_Order_ID__c not saved ({}); \
+                 reconcile before retry",
+                e.message
+            );
+            fail(WHMCS_CREATE, e.code, message)
+        })
 }
 
 /// `whmcs_accept`: AcceptOrder; a "not Pending" rejection is confirmed with GetOrders.

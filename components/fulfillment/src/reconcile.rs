@@ -13,14 +13,14 @@
 //!   was left by a dead run, and is adopted instead of creating another ([`adopt_orphan`]).
 
 use fulfillment_sdk::salesforce::order_fields as field;
-use fulfillment_sdk::serde_json::{Value, json};
+use fulfillment_sdk::serde_json::Value;
 use fulfillment_sdk::{
     AddOrderItem, BillingCycle, Hold, HoldMode, Order, OrderStatus, WhmcsOrder, json as lenient,
 };
 
 use crate::failure::{StepErr, StepFailure, fail};
 use crate::steps::WHMCS_CREATE;
-use crate::{Ctx, Customer, ORDER, WhmcsOrderRef, codes};
+use crate::{Ctx, Customer, WhmcsOrderRef, codes};
 
 /// The client's hold `whmcs-client:<id>`, released when dropped: keep it until
 /// `WHMCS_Order_ID__c` is saved.
@@ -119,16 +119,7 @@ pub(crate) fn adopt_orphan(
         return Ok(None);
     };
     let id_text = orphan.to_string();
-    ctx.sf
-        .update(ORDER, &order.id, json!({ field::WHMCS_ORDER_ID: id_text }))
-        .map_err(|e| {
-            let message = format!(
-                "WHMCS order {orphan} adopted but WHMCS_Order_ID__c not saved ({}); \
-                 reconcile before retry",
-                e.message
-            );
-            fail(WHMCS_CREATE, e.code, message)
-        })?;
+    crate::save_whmcs_order_id(ctx, order, &id_text, "adopted")?;
     log.info(
         "Adopted the WHMCS order an earlier delivery created; AddOrder skipped",
         &[("whmcs_order_id", &id_text)],

@@ -245,8 +245,9 @@ impl Drop for ShippedSuite {
 
 /// Follows the replicas' shared active version: when another replica activated a version this
 /// one does not run, fetch it (if needed), pass it through the gates and make it live here.
-/// A version that fails here is reported once and not retried until the shared version changes.
-pub(crate) async fn follow_shared(shared: &Shared, failed: &mut Option<String>) {
+/// A version that fails here is reported once (log and `/health`) and not retried until the
+/// shared version changes.
+pub(crate) async fn follow_shared(shared: &Shared) {
     let Some(registry) = shared.registry.as_deref() else {
         return;
     };
@@ -261,19 +262,19 @@ pub(crate) async fn follow_shared(shared: &Shared, failed: &mut Option<String>) 
             return;
         }
     };
+    let refused = shared.refused_shared();
     if active.sha256 == shared.component.load().digest() {
         // In step with the replicas (a refused version may since have been replaced).
-        if failed.take().is_some() {
+        if refused.is_some() {
             shared.set_refused_shared(None);
         }
         return;
     }
-    if failed.as_ref() == Some(&active.sha256) {
+    if refused.is_some_and(|refused| refused.sha256 == active.sha256) {
         return;
     }
     match adopt(shared, share, registry, &active).await {
         Ok(meta) => {
-            *failed = None;
             shared.set_refused_shared(None);
             tracing::info!(name = %meta.name, version = %meta.version, sha256 = %meta.sha256, activated_by = %active.by, "following the component version another replica activated");
         }
@@ -281,11 +282,10 @@ pub(crate) async fn follow_shared(shared: &Shared, failed: &mut Option<String>) 
             let reason = chain(&err);
             tracing::error!(sha256 = %active.sha256, activated_by = %active.by, error = %reason, "cannot follow the component version another replica activated; this replica keeps its version");
             shared.set_refused_shared(Some(super::RefusedVersion {
-                sha256: active.sha256.clone(),
-                activated_by: active.by.clone(),
+                sha256: active.sha256,
+                activated_by: active.by,
                 reason,
             }));
-            *failed = Some(active.sha256.clone());
         }
     }
 }
@@ -467,7 +467,6 @@ fn read_submission(
 /// The background task: the deploy directory and the shared active version, every poll.
 pub(crate) async fn watch(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut dir_state = DeployDir::default();
-    let mut failed = None;
     let mut tick = tokio::time::interval(shared.serve.component_poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -478,7 +477,7 @@ pub(crate) async fn watch(shared: Arc<Shared>, mut shutdown: watch::Receiver<boo
         if *shutdown.borrow() {
             return;
         }
-        follow_shared(&shared, &mut failed).await;
+        follow_shared(&shared).await;
         if let Some(dir) = shared.serve.deploy_dir.clone() {
             dir_state.scan(&shared, &dir).await;
         }

@@ -115,6 +115,10 @@ impl Shared {
         self.status_mut().clone()
     }
 
+    pub(crate) fn refused_shared(&self) -> Option<RefusedVersion> {
+        self.status_mut().refused_shared.clone()
+    }
+
     pub(crate) fn set_refused_shared(&self, refused: Option<RefusedVersion>) {
         self.status_mut().refused_shared = refused;
     }
@@ -172,9 +176,7 @@ pub async fn open_store(config: &StoreConfig) -> anyhow::Result<SharedStore> {
 
 /// The signature shipped next to a component file (`<file>.sig`), if there is one.
 fn signature_next_to(path: &std::path::Path) -> Option<String> {
-    let mut sig_path = path.as_os_str().to_owned();
-    sig_path.push(".sig");
-    std::fs::read_to_string(std::path::PathBuf::from(sig_path)).ok()
+    std::fs::read_to_string(crate::registry::signature::signature_path(path)).ok()
 }
 
 /// Opens the registry and picks the version to start on. A `FULFILLD_COMPONENT` file the
@@ -377,7 +379,7 @@ impl Host {
                     tracing::warn!(error = %crate::error::chain(&err), "FULFILLD_COMPONENT is active here but not recorded for the other replicas");
                 }
             } else {
-                deploy::follow_shared(&shared, &mut None).await;
+                deploy::follow_shared(&shared).await;
             }
         }
         let watcher = shared

@@ -12,6 +12,14 @@ use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::pkcs8::{DecodePrivateKey as _, DecodePublicKey as _};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 
+/// Where a component file's signature is kept: `<file>.sig` next to it (what `component sign`
+/// writes, and what `component deploy` and a start-up `FULFILLD_COMPONENT` pick up).
+pub fn signature_path(file: &Path) -> std::path::PathBuf {
+    let mut path = file.as_os_str().to_owned();
+    path.push(".sig");
+    std::path::PathBuf::from(path)
+}
+
 /// What a deploy's signature must satisfy.
 #[derive(Debug, Clone, Default)]
 pub struct SignaturePolicy {

@@ -497,6 +497,28 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// An ed25519 key pair as `component sign` and `FULFILLD_COMPONENT_PUBLIC_KEY` take them:
+/// `signing.pem` (PKCS#8) and `verify.pem` (SubjectPublicKeyInfo) in `dir`.
+fn write_key_pair(dir: &std::path::Path, seed: u8) -> (std::path::PathBuf, std::path::PathBuf) {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
+    let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+    let private_pem = dir.join("signing.pem");
+    let public_pem = dir.join("verify.pem");
+    std::fs::write(
+        &private_pem,
+        key.to_pkcs8_pem(Default::default()).unwrap().as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(
+        &public_pem,
+        key.verifying_key()
+            .to_public_key_pem(Default::default())
+            .unwrap(),
+    )
+    .unwrap();
+    (private_pem, public_pem)
+}
+
 /// `fulfilld serve` as a child process, logging to a file.
 struct ServeProcess {
     child: Child,
@@ -1679,25 +1701,9 @@ async fn the_deploy_directory_deploys_good_files_and_rejects_bad_ones() {
 /// against `<file>.sig` directly), and starts on the same file once it is signed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn require_signed_refuses_an_unsigned_start_up_component_with_or_without_a_registry() {
-    use ed25519_dalek::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
-
     let rig = Rig::new().await;
     let dir = rig._dir.path();
-    let key = ed25519_dalek::SigningKey::from_bytes(&[12; 32]);
-    let private_pem = dir.join("signing.pem");
-    let public_pem = dir.join("verify.pem");
-    std::fs::write(
-        &private_pem,
-        key.to_pkcs8_pem(Default::default()).unwrap().as_bytes(),
-    )
-    .unwrap();
-    std::fs::write(
-        &public_pem,
-        key.verifying_key()
-            .to_public_key_pem(Default::default())
-            .unwrap(),
-    )
-    .unwrap();
+    let (private_pem, public_pem) = write_key_pair(dir, 12);
     let component = dir.join("unsigned.wasm");
     std::fs::copy(common::component("fulfillment"), &component).unwrap();
     let registry_dir = dir.join("registry");
@@ -1766,26 +1772,11 @@ async fn require_signed_refuses_an_unsigned_start_up_component_with_or_without_a
 /// why in its log and on `/health`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn require_signed_replicas_do_not_adopt_an_unsigned_version_written_into_redis() {
-    use ed25519_dalek::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
     use fulfilld::store::{SharedActive, SharedComponent};
 
     let rig = Rig::new().await.with_redis(&redis_url());
     let dir = rig._dir.path();
-    let key = ed25519_dalek::SigningKey::from_bytes(&[13; 32]);
-    let private_pem = dir.join("signing.pem");
-    let public_pem = dir.join("verify.pem");
-    std::fs::write(
-        &private_pem,
-        key.to_pkcs8_pem(Default::default()).unwrap().as_bytes(),
-    )
-    .unwrap();
-    std::fs::write(
-        &public_pem,
-        key.verifying_key()
-            .to_public_key_pem(Default::default())
-            .unwrap(),
-    )
-    .unwrap();
+    let (private_pem, public_pem) = write_key_pair(dir, 13);
     let v1_path = dir.join("fulfillment.wasm");
     std::fs::copy(common::component("fulfillment"), &v1_path).unwrap();
     let mut out = Vec::new();
@@ -1867,27 +1858,12 @@ async fn require_signed_replicas_do_not_adopt_an_unsigned_version_written_into_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn require_signed_refuses_unsigned_and_badly_signed_deploys_through_the_cli() {
-    use ed25519_dalek::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
     use fulfilld::cli::AdminAction;
 
     const TOKEN: &str = "admin-token-for-the-signing-test";
     let rig = Rig::new().await;
     let dir = rig._dir.path();
-    let key = ed25519_dalek::SigningKey::from_bytes(&[11; 32]);
-    let private_pem = dir.join("signing.pem");
-    let public_pem = dir.join("verify.pem");
-    std::fs::write(
-        &private_pem,
-        key.to_pkcs8_pem(Default::default()).unwrap().as_bytes(),
-    )
-    .unwrap();
-    std::fs::write(
-        &public_pem,
-        key.verifying_key()
-            .to_public_key_pem(Default::default())
-            .unwrap(),
-    )
-    .unwrap();
+    let (private_pem, public_pem) = write_key_pair(dir, 11);
     // The start-up component is signed too: `<file>.sig` next to it.
     let v1_path = dir.join("fulfillment.wasm");
     std::fs::copy(common::component("fulfillment"), &v1_path).unwrap();
