@@ -12,13 +12,15 @@ export FULFILLD_COMPONENT_DIR := $(COMPONENT_DIR)
 
 all: lint test
 
-## Build the default component and the test fixtures; prints their paths.
+## Build the default component (packed with its manifest) and the test fixtures; prints their paths.
 components:
 	@command -v rustup >/dev/null && rustup target add $(WASM_TARGET) >/dev/null 2>&1 || true
 	$(CARGO) build --profile component --target $(WASM_TARGET) $(COMPONENT_PACKAGES)
 	$(CARGO) build --profile component --target $(WASM_TARGET) -p fixture-rules-v2 \
 		--target-dir $(CURDIR)/target/rules-v2
 	cp $(CURDIR)/target/rules-v2/$(WASM_TARGET)/component/fixture_rules_v2.wasm $(COMPONENT_DIR)/
+	$(CARGO) run -q -p fulfilld -- component pack $(COMPONENT_DIR)/fulfillment.wasm \
+		--manifest components/fulfillment/component.toml
 	@ls -1 $(COMPONENT_DIR)/*.wasm
 
 ## Every test: unit, integration (real HTTP on loopback, the built components), and the

@@ -9,19 +9,29 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::domain::Event;
+use crate::runtime::manifest::{self, Manifest};
 use crate::runtime::policy::CapabilityPolicy;
 use crate::runtime::{Runtime, RuntimeConfig, check};
 use crate::services::Services;
 use crate::testkit::TestKit;
 use crate::testkit::scenario::{Scenario, run_scenario};
 
-/// `fulfilld component check <file.wasm>`: exit status true when the component is usable.
-pub async fn component_check(path: &Path, out: &mut dyn Write) -> anyhow::Result<bool> {
+/// `fulfilld component check <file.wasm> [--policy <file>]`: exit status true when the component
+/// is usable (its manifest within the policy).
+pub async fn component_check(
+    path: &Path,
+    policy: Option<&Path>,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
     let wasm = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let runtime = Runtime::new(RuntimeConfig {
+    let mut config = RuntimeConfig {
         max_instances: 2,
         ..RuntimeConfig::default()
-    })?;
+    };
+    if let Some(path) = policy {
+        config.policy = CapabilityPolicy::load(path).context("--policy")?;
+    }
+    let runtime = Runtime::new(config)?;
     match runtime.load(&wasm).await {
         Ok(component) => {
             let surface = check::surface(&wasm)?;
@@ -37,6 +47,14 @@ pub async fn component_check(path: &Path, out: &mut dyn Write) -> anyhow::Result
                 component.digest()
             )?;
             writeln!(out, "imports: {}", surface.imports.join(", "))?;
+            match component.manifest() {
+                Some(manifest) => write_manifest(manifest, out)?,
+                None => writeln!(
+                    out,
+                    "manifest: none (runs under the host's capability policy and reads the \
+                     settings the host exposes)"
+                )?,
+            }
             Ok(true)
         }
         Err(error) => {
@@ -49,6 +67,88 @@ pub async fn component_check(path: &Path, out: &mut dyn Write) -> anyhow::Result
             Ok(false)
         }
     }
+}
+
+/// The manifest as `component check` shows it.
+fn write_manifest(manifest: &Manifest, out: &mut dyn Write) -> std::io::Result<()> {
+    let keys: Vec<String> = manifest
+        .config
+        .iter()
+        .map(|(key, entry)| match entry.default_value() {
+            Some(value) => format!("{key}={value:?}"),
+            None => key.clone(),
+        })
+        .collect();
+    let caps = &manifest.capabilities;
+    let updates: Vec<String> = caps
+        .update
+        .iter()
+        .flat_map(|(object, fields)| fields.iter().map(move |f| format!("{object}.{f}")))
+        .collect();
+    let list = |items: Vec<&str>| {
+        if items.is_empty() {
+            "(none)".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    writeln!(out, "manifest: wit {}", manifest.component.wit)?;
+    writeln!(
+        out,
+        "  config: {}",
+        list(keys.iter().map(String::as_str).collect())
+    )?;
+    writeln!(
+        out,
+        "  query: {}",
+        list(caps.query.iter().map(String::as_str).collect())
+    )?;
+    writeln!(
+        out,
+        "  update: {}",
+        list(updates.iter().map(String::as_str).collect())
+    )?;
+    writeln!(
+        out,
+        "  billing: {}",
+        list(caps.billing.iter().map(String::as_str).collect())
+    )
+}
+
+/// `fulfilld component pack <file.wasm> --manifest <component.toml> [--out <file>]`: embeds the
+/// manifest (validated first) into the component, in place unless `out` is given.
+pub fn component_pack(
+    file: &Path,
+    manifest: &Path,
+    to: Option<&Path>,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let meta = std::fs::metadata(manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    anyhow::ensure!(
+        meta.len() <= manifest::MAX_MANIFEST_BYTES as u64,
+        "{}: {} bytes, over the {}-byte manifest limit",
+        manifest.display(),
+        meta.len(),
+        manifest::MAX_MANIFEST_BYTES
+    );
+    let text = std::fs::read_to_string(manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    let packed = manifest::embed(&wasm, &text)
+        .with_context(|| format!("cannot pack {} into {}", manifest.display(), file.display()))?;
+    let target = to.unwrap_or(file);
+    std::fs::write(target, &packed)
+        .with_context(|| format!("cannot write {}", target.display()))?;
+    writeln!(
+        out,
+        "packed {} into {} ({} bytes, sha256 {}); sign it again if it was signed",
+        manifest.display(),
+        target.display(),
+        packed.len(),
+        crate::registry::sha256_hex(&packed)
+    )?;
+    Ok(true)
 }
 
 /// `fulfilld test <component.wasm> <scenario...>`: one PASS/FAIL line per scenario with the

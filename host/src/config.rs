@@ -23,6 +23,44 @@ pub const EXPOSED_SETTINGS: [&str; 2] = ["PORTAL_PRICEBOOK_ID", "SF_PROVISION_EV
 pub const DEFAULT_CHANNEL: &str = "/event/OrderProvisionRequested__e";
 pub const DEFAULT_API_VERSION: &str = "v66.0";
 
+/// The prefix of a host setting that overrides a component config value.
+pub const COMPONENT_CONFIG_PREFIX: &str = "FULFILLD_CONFIG_";
+
+/// The `FULFILLD_CONFIG_<KEY>` settings among `vars`, by key. A key a manifest could not list or
+/// a value over 4096 bytes is an error naming the setting (never its value).
+pub fn component_overrides(
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut overrides = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (name, value) in vars {
+        let Some(key) = name.strip_prefix(COMPONENT_CONFIG_PREFIX) else {
+            continue;
+        };
+        if !crate::runtime::manifest::is_config_key(key) {
+            errors.push(SettingError {
+                setting: "FULFILLD_CONFIG_<KEY>",
+                problem: format!(
+                    "{name}: the key must be letters, digits and _ starting with a letter, as a \
+                     manifest's [config] lists it"
+                ),
+            });
+        } else if value.len() > 4096 {
+            errors.push(SettingError {
+                setting: "FULFILLD_CONFIG_<KEY>",
+                problem: format!("{name}: {} bytes, over the 4096-byte limit", value.len()),
+            });
+        } else {
+            overrides.insert(key.to_owned(), value);
+        }
+    }
+    if errors.is_empty() {
+        Ok(overrides)
+    } else {
+        Err(ConfigError(errors))
+    }
+}
+
 /// One bad setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettingError {
@@ -70,6 +108,9 @@ pub struct Config {
     pub pubsub_ca_pem: Option<String>,
     pub pricebook_id: Option<String>,
     pub component: Option<PathBuf>,
+    /// `FULFILLD_CONFIG_<KEY>`: per-environment values of component config keys (what a
+    /// component's manifest lists under `[config]`), by key. Never secrets: components read them.
+    pub component_config: BTreeMap<String, String>,
     pub runtime: RuntimeConfig,
     /// The store, workers, lease and HTTP endpoint of `fulfilld serve`.
     pub serve: ServeConfig,
@@ -225,9 +266,14 @@ impl AdminClientConfig {
 }
 
 impl Config {
-    /// Reads the process environment.
+    /// Reads the process environment, `FULFILLD_CONFIG_<KEY>` overrides included.
     pub fn from_env() -> Result<Config, ConfigError> {
-        Config::from_lookup(|key| std::env::var(key).ok())
+        let mut config = Config::from_lookup(|key| std::env::var(key).ok())?;
+        config.component_config =
+            component_overrides(std::env::vars_os().filter_map(|(key, value)| {
+                Some((key.into_string().ok()?, value.into_string().ok()?))
+            }))?;
+        Ok(config)
     }
 
     /// Reads settings through `lookup` (tests pass a map). Empty values count as unset.
@@ -354,6 +400,7 @@ impl Config {
                 pubsub_ca_pem,
                 pricebook_id,
                 component,
+                component_config: BTreeMap::new(),
                 runtime,
                 serve,
             }),
@@ -387,7 +434,7 @@ impl Config {
 
     /// The settings components may read.
     pub fn exposed(&self) -> BTreeMap<String, String> {
-        let mut exposed = BTreeMap::new();
+        let mut exposed = self.component_config.clone();
         if let Some(id) = &self.pricebook_id {
             exposed.insert("PORTAL_PRICEBOOK_ID".to_owned(), id.clone());
         }
@@ -752,7 +799,42 @@ mod tests {
             config
                 .exposed()
                 .keys()
-                .all(|k| EXPOSED_SETTINGS.contains(&k.as_str()))
+                .all(|k| EXPOSED_SETTINGS.contains(&k.as_str())),
+            "without FULFILLD_CONFIG_ settings only the runbook's exposed settings"
+        );
+    }
+
+    #[test]
+    fn component_config_overrides_are_read_by_key_and_bad_ones_named() {
+        let vars = [
+            ("FULFILLD_CONFIG_PROVISIONING_NOTE", "rush"),
+            ("PATH", "/usr/bin"),
+            ("FULFILLD_CONFIG_PORTAL_PRICEBOOK_ID", "01s"),
+        ];
+        let overrides =
+            component_overrides(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+                .unwrap();
+        assert_eq!(
+            overrides,
+            BTreeMap::from([
+                ("PORTAL_PRICEBOOK_ID".to_owned(), "01s".to_owned()),
+                ("PROVISIONING_NOTE".to_owned(), "rush".to_owned()),
+            ])
+        );
+        let bad = [("FULFILLD_CONFIG_bad-key", "s3cret-value")];
+        let err = component_overrides(bad.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("FULFILLD_CONFIG_bad-key"), "{err}");
+        assert!(!err.contains("s3cret-value"), "{err}");
+        let mut config = load(&base()).unwrap();
+        config.component_config = overrides;
+        assert_eq!(
+            config
+                .exposed()
+                .get("PROVISIONING_NOTE")
+                .map(String::as_str),
+            Some("rush")
         );
     }
 

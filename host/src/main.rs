@@ -144,8 +144,24 @@ struct SandboxArgs {
 
 #[derive(Subcommand)]
 enum ComponentCommand {
-    /// Check that a `.wasm` file is a component this host can run, and say what is wrong if not.
-    Check { file: PathBuf },
+    /// Check that a `.wasm` file is a component this host can run, and say what is wrong if not
+    /// (its manifest included, against the default capability policy or `--policy`).
+    Check {
+        file: PathBuf,
+        /// The host's capability policy file (TOML), the ceiling a manifest must stay within.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Embed a component manifest (`component.toml`) into a `.wasm`, replacing any it carries;
+    /// sign after packing: the signature covers the manifest.
+    Pack {
+        file: PathBuf,
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Where to write the packed component (default: in place).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Upload a component to a running host (FULFILLD_ADMIN_URL, FULFILLD_ADMIN_TOKEN); it goes
     /// through the deploy gates first.
     Deploy {
@@ -215,8 +231,21 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             // Read only by the admin commands below: `check` and `sign` need no settings.
             let settings = fulfilld::config::AdminClientConfig::from_env;
             let action = match command {
-                ComponentCommand::Check { file } => {
-                    return fulfilld::cli::component_check(&file, &mut out).await;
+                ComponentCommand::Check { file, policy } => {
+                    return fulfilld::cli::component_check(&file, policy.as_deref(), &mut out)
+                        .await;
+                }
+                ComponentCommand::Pack {
+                    file,
+                    manifest,
+                    out: to,
+                } => {
+                    return fulfilld::cli::component_pack(
+                        &file,
+                        &manifest,
+                        to.as_deref(),
+                        &mut out,
+                    );
                 }
                 ComponentCommand::Sign { file, key, out: to } => {
                     return fulfilld::cli::component_sign(&file, &key, to.as_deref(), &mut out);

@@ -155,6 +155,11 @@ fn registry_error(err: RegistryError) -> Response {
         RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
         RegistryError::NothingToRollBack => StatusCode::CONFLICT,
         RegistryError::NotSigned { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        // A stored version whose manifest the host's policy no longer allows.
+        RegistryError::Load {
+            source: crate::runtime::LoadError::Manifest(_),
+            ..
+        } => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, chain(&err))

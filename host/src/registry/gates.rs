@@ -78,6 +78,7 @@ impl From<LoadError> for DeployError {
             LoadError::Compile(source) => DeployError::Compile(source),
             LoadError::Link(source) => DeployError::Link(source),
             LoadError::Info(source) => DeployError::InfoFailed(source),
+            LoadError::Manifest(error) => DeployError::Manifest(error),
         }
     }
 }

@@ -96,6 +96,10 @@ pub enum DeployError {
     /// [`SignaturePolicy::check`]: signature::SignaturePolicy::check
     #[error("rejected: {0}")]
     Signature(String),
+    /// The manifest is unusable, does not match the component, or asks beyond the host's
+    /// capability policy (each excess named).
+    #[error("rejected: {0}")]
+    Manifest(crate::runtime::manifest::ManifestError),
     #[error(
         "rejected: {} of {total} scenarios failed: {}",
         .failed.len(),

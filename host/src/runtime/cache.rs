@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::{LoadError, LoadedComponent, Runtime, check};
+use super::{LoadError, LoadedComponent, Runtime};
 
 /// Whether [`Runtime::load_cached`] found a usable compiled artifact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,14 +105,14 @@ impl Runtime {
         wasm: &[u8],
         cache_dir: &Path,
     ) -> Result<(LoadedComponent, CacheUse), LoadError> {
-        check::check_bytes(wasm)?;
+        let declared = super::declared(wasm)?;
         let digest = hex::encode(Sha256::digest(wasm));
         let path = self.artifact_path(cache_dir, &digest);
 
         if path.is_file() {
             match self.deserialize_artifact(&path).await {
                 Ok(component) => {
-                    let loaded = self.link(component, digest.clone()).await?;
+                    let loaded = self.link(component, digest.clone(), declared).await?;
                     tracing::debug!(digest = %digest, path = %path.display(), "component artifact cache hit");
                     return Ok((loaded, CacheUse::Hit));
                 }
@@ -143,7 +143,7 @@ impl Runtime {
                 tracing::warn!(digest = %digest, error = %format!("{error:#}"), "cannot serialize the compiled component; the component is loaded uncached");
             }
         }
-        let loaded = self.link(component, digest).await?;
+        let loaded = self.link(component, digest, declared).await?;
         Ok((loaded, CacheUse::Miss))
     }
 

@@ -125,6 +125,17 @@ pub struct Surface {
     pub exports: Vec<String>,
 }
 
+/// The `fulfilld:fulfillment` version a component was built against, as its `handler` export
+/// names it (`fulfilld:fulfillment/handler@1.1.0`).
+pub fn built_version(surface: &Surface) -> Option<Version> {
+    let prefix = format!("{WIT_PACKAGE}/{EXPORT_INTERFACE}@");
+    surface
+        .exports
+        .iter()
+        .find_map(|name| name.strip_prefix(&prefix))
+        .and_then(Version::parse)
+}
+
 /// Reads the top-level import and export names of a component.
 pub fn surface(wasm: &[u8]) -> Result<Surface, CheckError> {
     if !wasm.starts_with(b"\0asm") {

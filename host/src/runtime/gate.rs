@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::Instrument;
 
+use super::manifest::Manifest;
 use super::policy::CapabilityPolicy;
 use crate::error::CallError;
 use crate::services::Services;
@@ -107,10 +108,18 @@ impl CallCounters {
     }
 }
 
+/// What a component version may do: its manifest's capabilities and config keys, or the host's
+/// policy and settings when it has no manifest.
+#[derive(Debug, Clone)]
+pub(crate) struct Grant {
+    pub(crate) policy: Arc<CapabilityPolicy>,
+    pub(crate) manifest: Option<Arc<Manifest>>,
+}
+
 /// Per-job state of the gate.
 pub(crate) struct Gate {
     services: Arc<dyn Services>,
-    policy: Arc<CapabilityPolicy>,
+    grant: Grant,
     counters: Arc<CallCounters>,
     call_timeout: Duration,
     max_host_calls: u32,
@@ -124,7 +133,7 @@ pub(crate) struct Gate {
 impl Gate {
     pub(crate) fn new(
         services: Arc<dyn Services>,
-        policy: Arc<CapabilityPolicy>,
+        grant: Grant,
         counters: Arc<CallCounters>,
         call_timeout: Duration,
         max_host_calls: u32,
@@ -132,7 +141,7 @@ impl Gate {
     ) -> Self {
         Gate {
             services,
-            policy,
+            grant,
             counters,
             call_timeout,
             max_host_calls,
@@ -145,7 +154,16 @@ impl Gate {
     }
 
     pub(crate) fn policy(&self) -> &CapabilityPolicy {
-        &self.policy
+        &self.grant.policy
+    }
+
+    /// The value of config `key` for this component: with a manifest, only keys it lists (the
+    /// host's setting, else the manifest's default); without one, whatever the host exposes.
+    pub(crate) fn config(&self, key: &str) -> Option<String> {
+        match &self.grant.manifest {
+            Some(manifest) => manifest.config_value(key, self.services.config(key)),
+            None => self.services.config(key),
+        }
     }
 
     pub(crate) fn services(&self) -> &dyn Services {

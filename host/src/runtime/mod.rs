@@ -8,6 +8,7 @@ pub(crate) mod cache;
 pub mod check;
 mod gate;
 mod host;
+pub mod manifest;
 pub mod policy;
 
 use std::sync::Arc;
@@ -30,7 +31,9 @@ use crate::holds::{HoldTable, SharedHolds};
 use crate::services::Services;
 use bindings::{Fulfillment, FulfillmentPre};
 pub use cache::CacheUse;
+use gate::Grant;
 pub use gate::{CallCounters, CallRecord, Journal, LogRecord, Violation};
+use manifest::{Manifest, ManifestError};
 use policy::CapabilityPolicy;
 
 /// Limits and sizing of the runtime. The defaults live in [`RuntimeConfig::default`].
@@ -118,6 +121,10 @@ pub enum LoadError {
     /// trap with the guest's panic message, a sandbox limit) when the component did.
     #[error("component's info() export failed")]
     Info(#[source] wasmtime::Error),
+    /// The embedded manifest is unusable, does not match the component, or asks beyond the
+    /// host's capability policy.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
 }
 
 /// Name and version a component reports through `info()`.
@@ -133,11 +140,22 @@ pub struct LoadedComponent {
     pre: FulfillmentPre<JobState>,
     info: ComponentInfo,
     digest: String,
+    grant: Grant,
 }
 
 impl LoadedComponent {
     pub fn info(&self) -> &ComponentInfo {
         &self.info
+    }
+
+    /// The manifest the component carries, if any.
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.grant.manifest.as_deref()
+    }
+
+    /// The capabilities its jobs run with: its manifest's, or the host's policy without one.
+    pub fn policy(&self) -> &CapabilityPolicy {
+        &self.grant.policy
     }
 
     /// sha256 of the `.wasm` bytes, hex.
@@ -151,6 +169,7 @@ impl std::fmt::Debug for LoadedComponent {
         f.debug_struct("LoadedComponent")
             .field("info", &self.info)
             .field("digest", &self.digest)
+            .field("manifest", &self.grant.manifest.is_some())
             .finish()
     }
 }
@@ -409,10 +428,10 @@ impl Runtime {
     /// Validates, compiles and links a component, then asks it for its `info()`.
     /// Compilation is CPU-heavy and runs on a blocking thread.
     pub async fn load(&self, wasm: &[u8]) -> Result<LoadedComponent, LoadError> {
-        check::check_bytes(wasm)?;
+        let declared = declared(wasm)?;
         let digest = hex::encode(Sha256::digest(wasm));
         let component = self.compile(wasm).await?;
-        self.link(component, digest).await
+        self.link(component, digest, declared).await
     }
 
     /// Compiles checked `.wasm` bytes on a blocking thread.
@@ -428,10 +447,13 @@ impl Runtime {
     }
 
     /// Links a compiled component against the host's imports and asks it for its `info()`.
+    /// Links a compiled component against the host's imports, asks it for its `info()` and
+    /// checks its manifest (if any) against it and against the host's policy (the ceiling).
     async fn link(
         &self,
         component: Component,
         digest: String,
+        declared: Declared,
     ) -> Result<LoadedComponent, LoadError> {
         let instance_pre = self
             .inner
@@ -440,8 +462,41 @@ impl Runtime {
             .map_err(LoadError::Link)?;
         let pre = FulfillmentPre::new(instance_pre).map_err(LoadError::Link)?;
         let info = self.component_info(&pre).await?;
-        tracing::info!(name = %info.name, version = %info.version, digest = %digest, "component loaded");
-        Ok(LoadedComponent { pre, info, digest })
+        let grant = match declared.manifest {
+            Some(manifest) => {
+                manifest.check_component(&info.name, &info.version, declared.wit)?;
+                let excess = manifest.excess(&self.inner.policy);
+                if !excess.is_empty() {
+                    return Err(ManifestError::BeyondCeiling(excess).into());
+                }
+                Grant {
+                    policy: Arc::new(manifest.policy()),
+                    manifest: Some(Arc::new(manifest)),
+                }
+            }
+            None => self.host_grant(),
+        };
+        tracing::info!(
+            name = %info.name,
+            version = %info.version,
+            digest = %digest,
+            manifest = grant.manifest.is_some(),
+            "component loaded"
+        );
+        Ok(LoadedComponent {
+            pre,
+            info,
+            digest,
+            grant,
+        })
+    }
+
+    /// What a component without a manifest gets: the host's policy and settings.
+    fn host_grant(&self) -> Grant {
+        Grant {
+            policy: Arc::clone(&self.inner.policy),
+            manifest: None,
+        }
     }
 
     /// Instantiates `component` afresh and calls its `info()`: the fixed cost of a job (pooled
@@ -455,7 +510,12 @@ impl Runtime {
         &self,
         pre: &FulfillmentPre<JobState>,
     ) -> Result<ComponentInfo, LoadError> {
-        let mut store = self.new_store(Arc::new(NoServices), RunOptions::default(), "");
+        let mut store = self.new_store(
+            Arc::new(NoServices),
+            self.host_grant(),
+            RunOptions::default(),
+            "",
+        );
         let instance = pre
             .instantiate_async(&mut store)
             .await
@@ -474,6 +534,7 @@ impl Runtime {
     fn new_store(
         &self,
         services: Arc<dyn Services>,
+        grant: Grant,
         options: RunOptions,
         holder: &str,
     ) -> Store<JobState> {
@@ -491,7 +552,7 @@ impl Runtime {
             },
             gate: gate::Gate::new(
                 services,
-                Arc::clone(&self.inner.policy),
+                grant,
                 Arc::clone(&self.inner.counters),
                 config.call_timeout,
                 config.max_host_calls,
@@ -551,7 +612,12 @@ impl Runtime {
     ) -> JobReport {
         let started = Instant::now();
         let (job_span, delivery) = (options.span.clone(), options.delivery);
-        let mut store = self.new_store(services, options, &event.event_uuid);
+        let mut store = self.new_store(
+            services,
+            component.grant.clone(),
+            options,
+            &event.event_uuid,
+        );
         let wit_event = bindings::types::Event {
             event_uuid: event.event_uuid.clone(),
             replay_id: event.replay_id.clone(),
@@ -659,6 +725,23 @@ impl Runtime {
             message: format!("{error:#}"),
         }
     }
+}
+
+/// What a component's bytes declare beyond the world check: its manifest and the WIT version it
+/// was built against.
+pub(crate) struct Declared {
+    manifest: Option<Manifest>,
+    wit: Option<check::Version>,
+}
+
+/// Checks `wasm` against the world and reads its manifest (before anything is compiled).
+pub(crate) fn declared(wasm: &[u8]) -> Result<Declared, LoadError> {
+    let surface = check::check_bytes(wasm)?;
+    let manifest = manifest::from_component(wasm)?;
+    Ok(Declared {
+        manifest,
+        wit: check::built_version(&surface),
+    })
 }
 
 /// The last lines the guest wrote to stderr (a panic message), trimmed.

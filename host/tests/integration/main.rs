@@ -18,6 +18,7 @@ mod clients;
 mod component_admin;
 mod component_check;
 mod live;
+mod manifest;
 mod pipeline;
 mod pubsub;
 mod pubsub_server;

@@ -737,3 +737,38 @@ async fn under_require_signed_an_unsigned_stored_version_cannot_go_live() {
     let error = registry.load_active().await.unwrap_err();
     assert!(error.to_string().contains("unsigned"), "{error}");
 }
+
+/// The host's capability policy is a ceiling for manifests: a deploy whose manifest asks beyond
+/// it is refused naming each excess, and nothing is stored; a component without a manifest still
+/// deploys (it runs under the policy itself).
+#[tokio::test]
+async fn a_deploy_whose_manifest_asks_beyond_the_policy_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut policy = fulfilld::runtime::policy::CapabilityPolicy::default();
+    policy.billing_actions.remove("AcceptOrder");
+    policy.query = Some(["Order".to_owned()].into());
+    let runtime = Runtime::new(RuntimeConfig {
+        max_instances: 4,
+        policy,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let registry = Registry::open(dir.path(), runtime, Gates::default())
+        .await
+        .unwrap();
+    let error = registry
+        .deploy(&wasm("fulfillment"), "alice", "build")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DeployError::Manifest(_)), "{error:?}");
+    assert_eq!(
+        error.to_string(),
+        "rejected: the manifest asks beyond the host's capability policy: query OrderItem, \
+         billing AcceptOrder"
+    );
+    assert!(registry.list().unwrap().is_empty());
+    registry
+        .deploy(&wasm("fixture_rules_v2"), "alice", "build")
+        .await
+        .unwrap();
+}

@@ -139,6 +139,8 @@ fn the_cli_prints_a_line_per_scenario_and_fails_on_any_failure() {
     );
 }
 
+/// A component without a manifest runs under the host's policy (a packed one is held to it as a
+/// ceiling instead: see `manifest::a_manifest_beyond_the_ceiling_is_refused_naming_each_excess`).
 #[test]
 fn scenarios_can_run_under_a_stricter_policy_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,7 +155,7 @@ fn scenarios_can_run_under_a_stricter_policy_file() {
         .arg("test")
         .arg("--policy")
         .arg(&policy)
-        .arg(common::component("fulfillment"))
+        .arg(common::component("fixture_rules_v2"))
         .arg(common::scenarios_dir().join("happy-path.toml"))
         .output()
         .unwrap();

@@ -8,6 +8,6 @@ impl config::Host for JobState {
         const OP: &str = "config.get";
         self.gate.admit(OP)?;
         self.gate.count_local(OP);
-        Ok(self.gate.services().config(&key))
+        Ok(self.gate.config(&key))
     }
 }

@@ -9,6 +9,9 @@ impl salesforce::Host for JobState {
     async fn query(&mut self, soql: String) -> wasmtime::Result<Result<String, types::Error>> {
         const OP: &str = "salesforce.query";
         self.gate.admit(OP)?;
+        if let Err(error) = self.gate.policy().check_query(&soql) {
+            return Ok(Err(self.gate.refuse(OP, soql, None, error).into()));
+        }
         let result = self
             .gate
             .perform(OP, soql.clone(), None, |services| async move {
