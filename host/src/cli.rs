@@ -524,6 +524,28 @@ fn deploy_form(
     Ok(form)
 }
 
+/// `fulfilld component new <name> [--dir <parent>]`: writes the crate (`authoring`), then lists
+/// its files and the commands that build, check and test it.
+pub fn component_new(name: &str, parent: &Path, out: &mut dyn Write) -> anyhow::Result<bool> {
+    let new = crate::authoring::new_component(name, parent)?;
+    writeln!(out, "created {}", new.root.display())?;
+    for file in &new.files {
+        writeln!(out, "  {}", file.display())?;
+    }
+    let wasm = new.wasm_path();
+    let wasm = wasm.display();
+    writeln!(out, "next:")?;
+    writeln!(out, "  cd {}", new.root.display())?;
+    writeln!(out, "  cargo build --release --target wasm32-wasip2")?;
+    writeln!(out, "  fulfilld component check {wasm}")?;
+    writeln!(out, "  fulfilld test {wasm} scenarios")?;
+    writeln!(
+        out,
+        "  (README.md: pack with component.toml, sign and deploy)"
+    )?;
+    Ok(true)
+}
+
 /// `fulfilld component sign`: writes the base64 ed25519 signature of `file`.
 pub fn component_sign(
     file: &Path,

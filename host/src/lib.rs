@@ -1,4 +1,5 @@
 //! `fulfilld`: the native host for the `fulfillment` WebAssembly component.
+pub mod authoring;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -144,6 +144,15 @@ struct SandboxArgs {
 
 #[derive(Subcommand)]
 enum ComponentCommand {
+    /// Write a new component crate, `<dir>/<name>`: the default rules through their extension
+    /// points, the SDK and the rules vendored, a manifest, scenarios and a README.
+    New {
+        /// Lowercase letters, digits and `-` (1 to 64), starting with a letter.
+        name: String,
+        /// The folder to create it in (default: the current folder).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Check that a `.wasm` file is a component this host can run, and say what is wrong if not
     /// (its manifest included, against the default capability policy or `--policy`).
     Check {
@@ -231,6 +240,9 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             // Read only by the admin commands below: `check` and `sign` need no settings.
             let settings = fulfilld::config::AdminClientConfig::from_env;
             let action = match command {
+                ComponentCommand::New { name, dir } => {
+                    return fulfilld::cli::component_new(&name, &dir, &mut out);
+                }
                 ComponentCommand::Check { file, policy } => {
                     return fulfilld::cli::component_check(&file, policy.as_deref(), &mut out)
                         .await;

@@ -19,12 +19,19 @@
 //!
 //! This file is the runbook's steps, in order. The rest: `mapping.rs` (an OrderItem to a WHMCS
 //! AddOrder line), `reconcile.rs` (resuming a WHMCS order, the client hold and adopting an
-//! orphan) and `failure.rs` (a step's failure: `fail(STEP, code, message)` and
-//! `.step_err(STEP, "<call>")` on a host call's result).
+//! orphan), `failure.rs` (a step's failure: `fail(STEP, code, message)` and
+//! `.step_err(STEP, "<call>")` on a host call's result) and `extensions.rs` (the points where a
+//! variant changes the rules without copying them: [`Extensions`], run by
+//! [`fulfill_with_extensions`]).
 
+mod extensions;
 mod failure;
 mod mapping;
 mod reconcile;
+
+pub use extensions::{
+    ACCEPT_ORDER_OWN_PARAMS, ADD_ORDER_OWN_PARAMS, Extensions, default_map_item, split_quantity,
+};
 
 use fulfillment_sdk::salesforce::order_fields as field;
 use fulfillment_sdk::serde_json::{Value, json};
@@ -35,6 +42,7 @@ use fulfillment_sdk::{
     truncate_field,
 };
 
+use crate::extensions::without;
 use crate::failure::{StepErr, StepFailure, fail};
 
 /// Step names, as the runbook's logging cheatsheet lists them.
@@ -88,12 +96,27 @@ impl Fulfillment for Rules {
 #[cfg(feature = "component")]
 fulfillment_sdk::export_component!(Rules);
 
-/// Variations of the default rules. `RuleOptions::default()` is the default component.
+/// Variations of the default rules. `RuleOptions::default()` is the default component. For
+/// anything beyond these, implement [`Extensions`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuleOptions {
     /// Send an item of Quantity N > 1 as N AddOrder lines of qty 1 (same pid and billing
-    /// cycle) instead of one line of qty N.
+    /// cycle) instead of one line of qty N; the mapping log lines add `lines`.
     pub split_quantities: bool,
+}
+
+impl Extensions for RuleOptions {
+    fn add_order_lines(&self, line: &AddOrderItem) -> Vec<AddOrderItem> {
+        if self.split_quantities {
+            split_quantity(line)
+        } else {
+            vec![line.clone()]
+        }
+    }
+
+    fn log_line_counts(&self) -> bool {
+        self.split_quantities
+    }
 }
 
 /// The default rules with `options`: what [`Rules::fulfill`] runs with the default options.
@@ -101,6 +124,16 @@ pub fn fulfill_with(
     host: &dyn Host,
     event: Event,
     options: &RuleOptions,
+) -> Result<Outcome, Failure> {
+    fulfill_with_extensions(host, event, options)
+}
+
+/// The default rules, changed where `ext` overrides an [`Extensions`] method: every step,
+/// log line, failure record and the reconciliation stay the default rules' own.
+pub fn fulfill_with_extensions(
+    host: &dyn Host,
+    event: Event,
+    ext: &dyn Extensions,
 ) -> Result<Outcome, Failure> {
     let ctx = Ctx::new(host);
     let started_ms = host.now_ms();
@@ -129,7 +162,7 @@ pub fn fulfill_with(
     }
 
     let mut attempt = Attempt::default();
-    let result = provision(&ctx, &order, options, &mut attempt);
+    let result = provision(&ctx, &order, ext, &mut attempt);
     let elapsed_ms = (host.now_ms() - started_ms).to_string();
     match result {
         Ok(outcome) => {
@@ -147,16 +180,16 @@ pub fn fulfill_with(
 fn provision(
     ctx: &Ctx,
     order: &Order,
-    options: &RuleOptions,
+    ext: &dyn Extensions,
     attempt: &mut Attempt,
 ) -> Result<Outcome, StepFailure> {
-    let customer = validate_order(ctx, order)?;
+    let customer = validate_order(ctx, order, ext)?;
     mark_activating(ctx, order)?;
     let items = order_details(ctx, order)?;
-    let lines = map_items(ctx, &items, options)?;
-    let whmcs_order = create_whmcs_order(ctx, order, &customer, lines, options, attempt)?;
-    accept_whmcs_order(ctx, &whmcs_order)?;
-    mark_activated(ctx, order, whmcs_order.order_id)
+    let lines = map_items(ctx, &items, ext)?;
+    let whmcs_order = create_whmcs_order(ctx, order, &customer, lines, ext, attempt)?;
+    accept_whmcs_order(ctx, order, &whmcs_order, ext)?;
+    mark_activated(ctx, order, whmcs_order.order_id, ext)
 }
 
 /// `validation`, part 1: re-read the Order the event names (never trust the payload).
@@ -211,8 +244,9 @@ fn guard(ctx: &Ctx, order: &Order) -> Option<Outcome> {
     Some(Outcome::skipped(message))
 }
 
-/// `validation`, part 2: pricebook, linked WHMCS client and a payment method.
-fn validate_order(ctx: &Ctx, order: &Order) -> Result<Customer, StepFailure> {
+/// `validation`, part 2: pricebook, linked WHMCS client, a payment method, then the variant's
+/// own checks ([`Extensions::validate`]).
+fn validate_order(ctx: &Ctx, order: &Order, ext: &dyn Extensions) -> Result<Customer, StepFailure> {
     check_pricebook(ctx, order)?;
     let client_id = linked_client(order)?;
     let methods = ctx
@@ -223,6 +257,8 @@ fn validate_order(ctx: &Ctx, order: &Order) -> Result<Customer, StepFailure> {
         let message = "Payment method missing";
         return Err(fail(VALIDATION, codes::PAYMENT_METHOD_MISSING, message));
     };
+    ext.validate(ctx.host, order)
+        .map_err(|f| fail(VALIDATION, f.code, f.message))?;
 
     ctx.log.step(VALIDATION).info(
         "finished",
@@ -297,14 +333,15 @@ fn order_details(ctx: &Ctx, order: &Order) -> Result<Vec<OrderItem>, StepFailure
     Ok(items)
 }
 
-/// `mapping`: every item to a WHMCS line ([`mapping::map_item`]), with a log line per item and a
-/// report. Any unmapped item fails the order, naming each one and why. The lines stay one per
-/// item (reconciliation compares WHMCS orders with them); with `split_quantities` the logs also
-/// count the AddOrder lines ([`mapping::split_line`]) each item becomes.
+/// `mapping`: every item to a WHMCS line ([`Extensions::map_item`]), with a log line per item
+/// and a report. Any unmapped item fails the order, naming each one and why. The lines stay one
+/// per item (reconciliation compares WHMCS orders with them); with
+/// [`Extensions::log_line_counts`] the logs also count the AddOrder lines
+/// ([`Extensions::add_order_lines`]) each item becomes.
 fn map_items(
     ctx: &Ctx,
     items: &[OrderItem],
-    options: &RuleOptions,
+    ext: &dyn Extensions,
 ) -> Result<Vec<AddOrderItem>, StepFailure> {
     let log = ctx.log.step(MAPPING);
     log.info("started", &[]);
@@ -313,11 +350,11 @@ fn map_items(
     let mut add_order_line_count = 0_usize;
     let mut unmapped = Vec::new();
     for item in items {
-        match mapping::map_item(item) {
+        match ext.map_item(item) {
             Ok(line) => {
-                let item_lines = mapping::split_line(line.clone(), options).len();
+                let item_lines = ext.add_order_lines(&line).len();
                 add_order_line_count += item_lines;
-                log_item_mapped(&log, item, &line, item_lines, options);
+                log_item_mapped(&log, item, &line, item_lines, ext.log_line_counts());
                 lines.push(line);
             }
             Err(reason) => {
@@ -336,7 +373,7 @@ fn map_items(
         ("mapped", mapped_text.as_str()),
         ("unmapped", unmapped_text.as_str()),
     ];
-    if options.split_quantities {
+    if ext.log_line_counts() {
         report.push(("lines", lines_text.as_str()));
     }
     log.info("mapping report", &report);
@@ -348,14 +385,14 @@ fn map_items(
     Ok(lines)
 }
 
-/// `item mapped`: the item's WHMCS line; only the split rules add `lines` (the AddOrder lines
-/// it becomes), so the default rules' log lines stay as documented.
+/// `item mapped`: the item's WHMCS line; only with `log_line_counts` (the split rules) it adds
+/// `lines` (the AddOrder lines it becomes), so the default rules' log lines stay as documented.
 fn log_item_mapped(
     log: &StepLog,
     item: &OrderItem,
     line: &AddOrderItem,
     item_lines: usize,
-    options: &RuleOptions,
+    log_line_counts: bool,
 ) {
     let pid_text = line.pid.to_string();
     let qty_text = line.qty.to_string();
@@ -368,7 +405,7 @@ fn log_item_mapped(
         ("qty", qty_text.as_str()),
         ("status", "mapped"),
     ];
-    if options.split_quantities {
+    if log_line_counts {
         fields.push(("lines", lines_text.as_str()));
     }
     log.info("item mapped", &fields);
@@ -390,15 +427,16 @@ fn log_item_unmapped(log: &StepLog, item: &OrderItem, reason: &str) {
 }
 
 /// `whmcs_create`: resume the WHMCS order an earlier attempt created, or AddOrder and persist
-/// its id on the Order at once. AddOrder sends [`mapping::add_order_lines`]; reconciliation
-/// compares orphans with the mapped `lines` (one per item or one per unit), so the default and
-/// the `split_quantities` rules adopt each other's orphans.
+/// its id on the Order at once. AddOrder sends each mapped line as [`Extensions::add_order_lines`]
+/// with [`Extensions::add_order_params`]; reconciliation compares orphans with those lines and
+/// with the mapped `lines` (one per item or one per unit), so the default and the
+/// `split_quantities` rules adopt each other's orphans.
 fn create_whmcs_order(
     ctx: &Ctx,
     order: &Order,
     customer: &Customer,
     lines: Vec<AddOrderItem>,
-    options: &RuleOptions,
+    ext: &dyn Extensions,
     attempt: &mut Attempt,
 ) -> Result<WhmcsOrderRef, StepFailure> {
     let log = ctx.log.step(WHMCS_CREATE);
@@ -411,8 +449,16 @@ fn create_whmcs_order(
     // WHMCS has no idempotency key: hold the client until the id is saved (the hold is released
     // when this function returns), and a job delivered again adopts the Pending order a dead run
     // left instead of creating another (see `reconcile`).
+    let add_order_lines: Vec<AddOrderItem> = lines
+        .iter()
+        .flat_map(|line| ext.add_order_lines(line))
+        .collect();
     let hold = reconcile::hold_client(ctx, customer)?;
-    if let Some(adopted) = reconcile::adopt_orphan(ctx, &hold, order, customer, &lines)? {
+    let sent = reconcile::Lines {
+        mapped: &lines,
+        add_order: &add_order_lines,
+    };
+    if let Some(adopted) = reconcile::adopt_orphan(ctx, &hold, order, customer, sent)? {
         attempt.created_whmcs_order = Some(adopted.order_id);
         return Ok(adopted);
     }
@@ -420,8 +466,8 @@ fn create_whmcs_order(
     let request = AddOrder {
         client_id: customer.client_id,
         payment_method: customer.payment_method.clone(),
-        items: mapping::add_order_lines(lines, options),
-        ..AddOrder::default()
+        items: add_order_lines,
+        extra: without(ext.add_order_params(ctx.host, order), &ADD_ORDER_OWN_PARAMS),
     };
     let created = match ctx.whmcs.add_order(&request) {
         Err(e) if e.kind == ErrorKind::Timeout => {
@@ -480,8 +526,14 @@ pub(crate) fn save_whmcs_order_id(
         })
 }
 
-/// `whmcs_accept`: AcceptOrder; a "not Pending" rejection is confirmed with GetOrders.
-fn accept_whmcs_order(ctx: &Ctx, whmcs_order: &WhmcsOrderRef) -> Result<(), StepFailure> {
+/// `whmcs_accept`: AcceptOrder (with [`Extensions::accept_order_params`]); a "not Pending"
+/// rejection is confirmed with GetOrders.
+fn accept_whmcs_order(
+    ctx: &Ctx,
+    order: &Order,
+    whmcs_order: &WhmcsOrderRef,
+    ext: &dyn Extensions,
+) -> Result<(), StepFailure> {
     let log = ctx.log.step(WHMCS_ACCEPT);
     let order_id = whmcs_order.order_id;
     let id_text = order_id.to_string();
@@ -494,7 +546,11 @@ fn accept_whmcs_order(ctx: &Ctx, whmcs_order: &WhmcsOrderRef) -> Result<(), Step
     }
     log.info("started", &[("whmcs_order_id", &id_text)]);
 
-    match ctx.whmcs.accept_order(order_id) {
+    let params = without(
+        ext.accept_order_params(ctx.host, order),
+        &ACCEPT_ORDER_OWN_PARAMS,
+    );
+    match ctx.whmcs.accept_order_with(order_id, &params) {
         Err(e) if is_order_not_pending(&e) => {
             let status = ctx
                 .whmcs
@@ -524,19 +580,27 @@ fn accept_whmcs_order(ctx: &Ctx, whmcs_order: &WhmcsOrderRef) -> Result<(), Step
     Ok(())
 }
 
-/// `sf_success_update`: the Order is Activated with its WHMCS order id.
-fn mark_activated(ctx: &Ctx, order: &Order, whmcs_order_id: u64) -> Result<Outcome, StepFailure> {
+/// `sf_success_update`: the Order is Activated with its WHMCS order id, plus the variant's
+/// [`Extensions::success_fields`] in the same update (the default fields win).
+fn mark_activated(
+    ctx: &Ctx,
+    order: &Order,
+    whmcs_order_id: u64,
+    ext: &dyn Extensions,
+) -> Result<Outcome, StepFailure> {
     let log = ctx.log.step(SF_SUCCESS_UPDATE);
     log.info("started", &[]);
     let id_text = whmcs_order_id.to_string();
-    let fields = json!({
-        field::ACTIVATION_STATUS: ActivationStatus::Activated.as_str(),
-        field::WHMCS_ORDER_ID: id_text,
-        field::ACTIVATION_ERROR_CODE: null,
-        field::ACTIVATION_ERROR_MESSAGE: null,
-    });
+    let mut fields = ext.success_fields(ctx.host, order, whmcs_order_id);
+    fields.insert(
+        field::ACTIVATION_STATUS.into(),
+        ActivationStatus::Activated.as_str().into(),
+    );
+    fields.insert(field::WHMCS_ORDER_ID.into(), id_text.clone().into());
+    fields.insert(field::ACTIVATION_ERROR_CODE.into(), Value::Null);
+    fields.insert(field::ACTIVATION_ERROR_MESSAGE.into(), Value::Null);
     ctx.sf
-        .update(ORDER, &order.id, fields)
+        .update(ORDER, &order.id, Value::Object(fields))
         .step_err(SF_SUCCESS_UPDATE, "Order update")?;
     log.info("finished", &[("whmcs_order_id", &id_text)]);
     Ok(Outcome::completed(format!(

@@ -8,8 +8,6 @@
 use fulfillment_sdk::serde_json::Value;
 use fulfillment_sdk::{AddOrderItem, BillingCycle, OrderItem, json as lenient};
 
-use crate::RuleOptions;
-
 /// One item to a WHMCS line, or every reason it cannot be mapped (`; `-separated).
 pub(crate) fn map_item(item: &OrderItem) -> Result<AddOrderItem, String> {
     let mut reasons = Vec::new();
@@ -76,29 +74,21 @@ pub(crate) fn map_item(item: &OrderItem) -> Result<AddOrderItem, String> {
     }
 }
 
-/// The AddOrder lines for one mapped line: the line itself, or with `split_quantities` a line
-/// of qty N > 1 as N lines of qty 1 (same pid and billing cycle).
-pub(crate) fn split_line(line: AddOrderItem, options: &RuleOptions) -> Vec<AddOrderItem> {
-    if !options.split_quantities || line.qty <= 1 {
-        return vec![line];
+/// A line of qty N > 1 as N lines of qty 1 (same pid and billing cycle); a line of qty 1 as is.
+/// What [`RuleOptions::split_quantities`](crate::RuleOptions) sends to AddOrder.
+pub(crate) fn split_line(line: &AddOrderItem) -> Vec<AddOrderItem> {
+    if line.qty <= 1 {
+        return vec![line.clone()];
     }
     let units = usize::try_from(line.qty).unwrap_or(1);
-    std::iter::repeat_n(AddOrderItem { qty: 1, ..line }, units).collect()
-}
-
-/// The lines AddOrder sends for the mapped `lines`: as they are, or with `split_quantities`
-/// each line of qty N > 1 as N lines of qty 1 (same pid and billing cycle).
-pub(crate) fn add_order_lines(
-    lines: Vec<AddOrderItem>,
-    options: &RuleOptions,
-) -> Vec<AddOrderItem> {
-    if !options.split_quantities {
-        return lines;
-    }
-    lines
-        .into_iter()
-        .flat_map(|line| split_line(line, options))
-        .collect()
+    std::iter::repeat_n(
+        AddOrderItem {
+            qty: 1,
+            ..line.clone()
+        },
+        units,
+    )
+    .collect()
 }
 
 #[cfg(test)]
@@ -133,51 +123,21 @@ mod tests {
     }
 
     #[test]
-    fn splits_quantities_only_when_asked() {
+    fn splits_a_quantity_into_units() {
         let line = AddOrderItem {
             pid: 7,
             billing_cycle: BillingCycle::Monthly,
             qty: 3,
-        };
-        assert_eq!(
-            split_line(line.clone(), &RuleOptions::default()),
-            vec![line.clone()]
-        );
-
-        let split = RuleOptions {
-            split_quantities: true,
         };
         let unit = AddOrderItem {
             qty: 1,
             ..line.clone()
         };
         assert_eq!(
-            split_line(line.clone(), &split),
+            split_line(&line),
             [unit.clone(), unit.clone(), unit.clone()]
         );
-        assert_eq!(split_line(unit.clone(), &split), vec![unit.clone()]);
-
-        let annual = AddOrderItem {
-            pid: 8,
-            billing_cycle: BillingCycle::Annually,
-            qty: 2,
-        };
-        let lines = vec![line, annual.clone()];
-        assert_eq!(
-            add_order_lines(lines.clone(), &RuleOptions::default()),
-            lines
-        );
-        let annual_unit = AddOrderItem { qty: 1, ..annual };
-        assert_eq!(
-            add_order_lines(lines, &split),
-            [
-                unit.clone(),
-                unit.clone(),
-                unit,
-                annual_unit.clone(),
-                annual_unit
-            ]
-        );
+        assert_eq!(split_line(&unit), vec![unit.clone()]);
     }
 
     #[test]

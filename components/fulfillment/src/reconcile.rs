@@ -22,6 +22,14 @@ use crate::failure::{StepErr, StepFailure, fail};
 use crate::steps::WHMCS_CREATE;
 use crate::{Ctx, Customer, WhmcsOrderRef, codes};
 
+/// The lines of this attempt that reconciliation recognises an orphan by: the mapped lines (one
+/// per item) and the lines AddOrder would send ([`Extensions::add_order_lines`](crate::Extensions)).
+#[derive(Clone, Copy)]
+pub(crate) struct Lines<'a> {
+    pub(crate) mapped: &'a [AddOrderItem],
+    pub(crate) add_order: &'a [AddOrderItem],
+}
+
 /// The client's hold `whmcs-client:<id>`, released when dropped: keep it until
 /// `WHMCS_Order_ID__c` is saved.
 pub(crate) struct ClientHold<'h> {
@@ -63,7 +71,7 @@ pub(crate) fn adopt_orphan(
     hold: &ClientHold,
     order: &Order,
     customer: &Customer,
-    lines: &[AddOrderItem],
+    lines: Lines,
 ) -> Result<Option<WhmcsOrderRef>, StepFailure> {
     if hold.delivery <= 1 {
         return Ok(None);
@@ -131,17 +139,21 @@ pub(crate) fn adopt_orphan(
 }
 
 /// Whether a WHMCS order has the lines AddOrder would create for `lines`: as many lines (one
-/// per item, or one per unit) with the same billing cycles.
-fn same_lines(order: &WhmcsOrder, lines: &[AddOrderItem]) -> bool {
+/// per item, one per unit, or the AddOrder lines of this attempt) with the same billing cycles.
+fn same_lines(order: &WhmcsOrder, lines: Lines) -> bool {
     let mut have: Vec<Option<BillingCycle>> = order.lines.iter().map(|l| l.billing_cycle).collect();
     have.sort_unstable_by_key(|c| c.map(BillingCycle::as_whmcs));
-    let per_item = || lines.iter().map(|l| Some(l.billing_cycle));
-    let per_unit = || {
-        lines.iter().flat_map(|l| {
+    let cycles = |lines: &[AddOrderItem]| -> Vec<Option<BillingCycle>> {
+        lines.iter().map(|l| Some(l.billing_cycle)).collect()
+    };
+    let per_unit = lines
+        .mapped
+        .iter()
+        .flat_map(|l| {
             std::iter::repeat_n(Some(l.billing_cycle), usize::try_from(l.qty).unwrap_or(0))
         })
-    };
-    [per_item().collect::<Vec<_>>(), per_unit().collect()]
+        .collect();
+    [cycles(lines.mapped), per_unit, cycles(lines.add_order)]
         .into_iter()
         .any(|mut want| {
             want.sort_unstable_by_key(|c| c.map(BillingCycle::as_whmcs));

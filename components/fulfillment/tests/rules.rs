@@ -595,3 +595,208 @@ fn info_reports_name_and_version() {
     assert_eq!(info.name, "fulfillment");
     assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
 }
+
+// ---- Extension points (`fulfillment::Extensions`, run by `fulfill_with_extensions`) ----
+
+mod extensions {
+    use super::*;
+    use fulfillment::{Extensions, fulfill_with_extensions};
+    use fulfillment_sdk::{AddOrderItem, BillingCycle, Order, OrderItem};
+
+    fn run_with(mock: &Mock, ext: &dyn Extensions) -> Result<Outcome, Failure> {
+        fulfill_with_extensions(mock, event(json!({"OrderId__c": ORDER_ID})), ext)
+    }
+
+    fn updates(mock: &Mock) -> Vec<Value> {
+        mock.updates.borrow().iter().map(|u| u.2.clone()).collect()
+    }
+
+    #[test]
+    fn no_overrides_are_the_default_rules() {
+        struct Plain;
+        impl Extensions for Plain {}
+
+        let default = Mock::new();
+        default
+            .whmcs("AddOrder", add_order_ok())
+            .whmcs("AcceptOrder", success());
+        let expected = default.run();
+
+        let variant = Mock::new();
+        variant
+            .whmcs("AddOrder", add_order_ok())
+            .whmcs("AcceptOrder", success());
+        assert_eq!(run_with(&variant, &Plain), expected);
+        assert_eq!(*variant.calls.borrow(), *default.calls.borrow());
+        assert_eq!(updates(&variant), updates(&default));
+        assert_eq!(*variant.logs.borrow(), *default.logs.borrow());
+    }
+
+    /// (1) How an OrderItem becomes AddOrder lines: a variant maps items without a WHMCS
+    /// product id to a fallback pid from config, and sends each unit as its own line.
+    #[test]
+    fn map_item_and_add_order_lines_shape_the_add_order_request() {
+        struct Fallback;
+        impl Extensions for Fallback {
+            fn map_item(&self, item: &OrderItem) -> Result<AddOrderItem, String> {
+                if item.wh_product_id().is_none() {
+                    return Ok(AddOrderItem {
+                        pid: 99,
+                        billing_cycle: BillingCycle::Monthly,
+                        qty: 1,
+                    });
+                }
+                fulfillment::default_map_item(item)
+            }
+            fn add_order_lines(&self, line: &AddOrderItem) -> Vec<AddOrderItem> {
+                fulfillment::split_quantity(line)
+            }
+        }
+
+        let mut mock = Mock::new();
+        mock.items[0] = item("802000000000001AAA", Value::Null, json!("Monthly"), 1.0);
+        mock.whmcs("AddOrder", add_order_ok())
+            .whmcs("AcceptOrder", success());
+        run_with(&mock, &Fallback).expect("completed");
+        assert_eq!(
+            mock.calls.borrow()[1].1,
+            json!({"clientid": 42, "paymentmethod": "stripe", "pid": [99, 9, 9],
+                   "billingcycle": ["monthly", "semiannually", "semiannually"],
+                   "qty": [1, 1, 1]})
+        );
+
+        // The default rules refuse the same item, naming why.
+        let mut mock = Mock::new();
+        mock.items[0] = item("802000000000001AAA", Value::Null, json!("Monthly"), 1.0);
+        let failure = mock.run().expect_err("unmapped");
+        assert_eq!(failure.code, "MAPPING");
+        assert!(failure.message.contains("WH_Product_ID__c missing"));
+    }
+
+    /// (2) Extra validation: runs after the default checks and before the first write; its
+    /// failure is recorded on the Order under `validation`.
+    #[test]
+    fn validate_refuses_before_anything_is_written() {
+        struct NumberedOnly;
+        impl Extensions for NumberedOnly {
+            fn validate(&self, host: &dyn Host, order: &Order) -> Result<(), Failure> {
+                let blocked = host.config("BLOCKED_ORDER_NUMBER");
+                if order.order_number.as_deref() == blocked.as_deref() {
+                    return Err(Failure::new("ORDER_BLOCKED", "Order number is blocked"));
+                }
+                Ok(())
+            }
+        }
+
+        let mut mock = Mock::new();
+        mock.config
+            .insert("BLOCKED_ORDER_NUMBER".into(), "00000100".into());
+        let failure = run_with(&mock, &NumberedOnly).expect_err("blocked");
+        assert_recorded(&mock, &failure, "ORDER_BLOCKED");
+        assert_eq!(failure.message, "Order number is blocked");
+        // The only write is the failure record; WHMCS saw only the default check.
+        assert_eq!(
+            updates(&mock),
+            [json!({"Activation_Status__c": "Failed",
+                    "Activation_Error_Code__c": "ORDER_BLOCKED",
+                    "Activation_Error_Message__c": "Order number is blocked"})]
+        );
+        assert_eq!(mock.actions(), ["GetPayMethods"]);
+        assert!(
+            mock.logs
+                .borrow()
+                .iter()
+                .any(|l| l.1 == "validation" && l.2 == "Fulfillment failed")
+        );
+
+        // Another Order number passes.
+        let mut mock = Mock::new();
+        mock.config
+            .insert("BLOCKED_ORDER_NUMBER".into(), "00000999".into());
+        mock.whmcs("AddOrder", add_order_ok())
+            .whmcs("AcceptOrder", success());
+        run_with(&mock, &NumberedOnly).expect("completed");
+    }
+
+    /// (3) AddOrder and AcceptOrder options: merged into the calls; the parameters the rules
+    /// own (`clientid`, `pid`, ..., `orderid`) cannot be replaced.
+    #[test]
+    fn add_order_and_accept_order_params_are_sent() {
+        struct Quiet;
+        impl Extensions for Quiet {
+            fn add_order_params(&self, host: &dyn Host, order: &Order) -> Map<String, Value> {
+                let mut params = Map::new();
+                params.insert("noemail".into(), json!(true));
+                params.insert("promocode".into(), json!(host.config("PROMO")));
+                params.insert("notes".into(), json!(order.display_name()));
+                params.insert("clientid".into(), json!(1));
+                params
+            }
+            fn accept_order_params(&self, _: &dyn Host, _: &Order) -> Map<String, Value> {
+                let mut params = Map::new();
+                params.insert("autosetup".into(), json!(true));
+                params.insert("orderid".into(), json!(1));
+                params
+            }
+        }
+
+        let mut mock = Mock::new();
+        mock.config.insert("PROMO".into(), "SPRING".into());
+        mock.whmcs("AddOrder", add_order_ok())
+            .whmcs("AcceptOrder", success());
+        run_with(&mock, &Quiet).expect("completed");
+        let calls = mock.calls.borrow();
+        assert_eq!(calls[1].0, "AddOrder");
+        assert_eq!(
+            calls[1].1,
+            json!({"clientid": 42, "paymentmethod": "stripe", "pid": [7, 9],
+                   "billingcycle": ["monthly", "semiannually"], "qty": [1, 2],
+                   "noemail": true, "promocode": "SPRING", "notes": "00000100"})
+        );
+        assert_eq!(
+            calls[2],
+            (
+                "AcceptOrder".into(),
+                json!({"orderid": 1042, "autosetup": true})
+            )
+        );
+    }
+
+    /// (4) Extra Order fields, written in the success update together with the default ones
+    /// (which win over a field of the same name).
+    #[test]
+    fn success_fields_are_written_with_the_success_update() {
+        struct Noted;
+        impl Extensions for Noted {
+            fn success_fields(&self, host: &dyn Host, _: &Order, id: u64) -> Map<String, Value> {
+                let mut fields = Map::new();
+                let note = host.config("PROVISIONING_NOTE").unwrap_or_default();
+                fields.insert(
+                    "Provisioning_Note__c".into(),
+                    json!(format!("{note} #{id}")),
+                );
+                fields.insert("Activation_Status__c".into(), json!("Draft"));
+                fields
+            }
+        }
+
+        let mut mock = Mock::new();
+        mock.config
+            .insert("PROVISIONING_NOTE".into(), "express".into());
+        mock.whmcs("AddOrder", add_order_ok())
+            .whmcs("AcceptOrder", success());
+        run_with(&mock, &Noted).expect("completed");
+        let updates = updates(&mock);
+        assert_eq!(updates.len(), 3);
+        assert_eq!(
+            updates[2],
+            json!({"Activation_Status__c": "Activated", "WHMCS_Order_ID__c": "1042",
+                   "Activation_Error_Code__c": null, "Activation_Error_Message__c": null,
+                   "Provisioning_Note__c": "express #1042"})
+        );
+        assert_eq!(
+            mock.steps().iter().rev().nth(1).map(String::as_str),
+            Some("sf_success_update")
+        );
+    }
+}

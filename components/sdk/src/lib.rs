@@ -53,7 +53,9 @@ pub use whmcs::{
 /// dependency.
 pub use serde_json;
 
-/// Bindings generated from `wit/fulfillment.wit` (world `fulfillment`). Public only because the
+/// Bindings generated from the SDK's own copy of the WIT, `wit/fulfillment.wit` in this crate
+/// (world `fulfillment`; the host's tests keep it byte-identical to the workspace's
+/// `wit/fulfillment.wit`), so the SDK builds wherever it is copied. Public only because the
 /// generated export macro is expanded in component crates; rules should not use it directly.
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
@@ -61,7 +63,7 @@ pub use serde_json;
 pub mod bindings {
     wit_bindgen::generate!({
         world: "fulfillment",
-        path: "../../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "export",
         default_bindings_module: "fulfillment_sdk::bindings",

@@ -333,8 +333,19 @@ impl<'h> Whmcs<'h> {
 
     /// AcceptOrder `orderid`. See [`is_order_not_pending`] for the ambiguous rejection.
     pub fn accept_order(&self, order_id: u64) -> Result<(), HostError> {
-        self.call("AcceptOrder", json!({ "orderid": order_id }))
-            .map(drop)
+        self.accept_order_with(order_id, &Map::new())
+    }
+
+    /// AcceptOrder `orderid` with further parameters (`autosetup`, `sendemail`, ...), merged in
+    /// as given; `orderid` is always `order_id`.
+    pub fn accept_order_with(
+        &self,
+        order_id: u64,
+        extra: &Map<String, Value>,
+    ) -> Result<(), HostError> {
+        let mut params = extra.clone();
+        params.insert("orderid".into(), json!(order_id));
+        self.call("AcceptOrder", Value::Object(params)).map(drop)
     }
 
     /// GetOrders `id=`: the order, or `None` when WHMCS does not know it.

@@ -14,6 +14,7 @@
 
 mod common;
 
+mod authoring;
 mod clients;
 mod component_admin;
 mod component_check;

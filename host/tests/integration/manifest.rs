@@ -222,3 +222,28 @@ fn a_manifest_of_another_build_is_refused() {
         "{text}"
     );
 }
+
+/// A `FULFILLD_CONFIG_<KEY>` setting a manifest could not list stops the host at start, naming
+/// the setting and never its value.
+#[test]
+fn a_bad_component_config_setting_is_named_at_start() {
+    let keys = common::keys_dir();
+    let output = Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+        .args(["fulfill", "--order-id", "801000000000001AAA", "--component"])
+        .arg(common::component("fulfillment"))
+        .env("SF_LOGIN_URL", "http://127.0.0.1:9")
+        .env("SF_CLIENT_ID", "client")
+        .env("SF_USERNAME", "integration@example.com")
+        .env("SF_PRIVATE_KEY_PATH", keys.join("test_private.pem"))
+        .env("WHMCS_URL", "http://127.0.0.1:9")
+        .env("WHMCS_IDENTIFIER", "ident")
+        .env("WHMCS_SECRET", "secret")
+        .env("FULFILLD_CONFIG_bad-key", "value-7Rw2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("FULFILLD_CONFIG_bad-key"), "{stderr}");
+    assert!(!stderr.contains("value-7Rw2"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
