@@ -8,21 +8,21 @@ use std::process::{Command, Output};
 
 use fulfilld::authoring::{EmbeddedFile, RULES_FILES, SDK_FILES, TEMPLATE_FILES};
 
-fn workspace() -> PathBuf {
+pub(crate) fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
         .to_path_buf()
 }
 
-fn fulfilld(args: &[&std::ffi::OsStr]) -> Output {
+pub(crate) fn fulfilld(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_fulfilld"))
         .args(args)
         .output()
         .unwrap()
 }
 
-fn text(output: &Output) -> String {
+pub(crate) fn text(output: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -281,7 +281,7 @@ fn new_refuses_bad_names_and_existing_folders_and_writes_nothing() {
 
 /// `cargo build --release --target wasm32-wasip2` in `krate`, offline first (the workspace's
 /// dependencies are in the local registry cache), online when offline resolution fails.
-fn build(krate: &Path, target_dir: &Path) {
+pub(crate) fn build(krate: &Path, target_dir: &Path) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let run = |offline: bool| {
         let mut command = Command::new(&cargo);

@@ -1948,3 +1948,214 @@ async fn require_signed_refuses_unsigned_and_badly_signed_deploys_through_the_cl
     assert_eq!(shown["deployed"]["signed"], true, "{text}");
     host.shutdown().await;
 }
+
+/// The integration team's whole loop, from the released binary, against a running `serve`
+/// (sandbox, Redis): `component new` outside the workspace, a rule that needs a config key and a
+/// writable field the host has never heard of, build, pack, check, test, then `component deploy
+/// --activate`. No host restart and no host setting changed: orders follow the new rule at once,
+/// and `component rollback` returns them to the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_component_written_with_component_new_goes_live_and_rolls_back_without_a_host_change() {
+    use crate::authoring::{build, fulfilld, text, workspace};
+
+    const TOKEN: &str = "admin-token-for-the-authoring-test";
+    let dir = tempfile::tempdir().unwrap();
+    let out = fulfilld(&[
+        "component".as_ref(),
+        "new".as_ref(),
+        "acme-tiers".as_ref(),
+        "--dir".as_ref(),
+        dir.path().as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let krate = dir.path().join("acme-tiers");
+
+    // The rule: the default rules, plus the Order's service tier (config SERVICE_TIER, a key
+    // no host setting names) written with the success update (Service_Tier__c, a field the
+    // default rules never write).
+    std::fs::write(
+        krate.join("src/lib.rs"),
+        r#"use fulfillment::{Extensions, fulfill_with_extensions};
+use fulfillment_sdk::serde_json::{Map, Value};
+use fulfillment_sdk::{Event, Failure, Fulfillment, Host, Info, Log, Order, Outcome, export_component};
+
+pub struct Rules;
+
+impl Fulfillment for Rules {
+    fn info() -> Info {
+        Info { name: "acme-tiers".into(), version: env!("CARGO_PKG_VERSION").into() }
+    }
+
+    fn fulfill(host: &dyn Host, event: Event) -> Result<Outcome, Failure> {
+        fulfill_with_extensions(host, event, &Rules)
+    }
+}
+
+impl Extensions for Rules {
+    fn success_fields(&self, host: &dyn Host, _order: &Order, _whmcs_order_id: u64) -> Map<String, Value> {
+        let note = host.config("PROVISIONING_NOTE").unwrap_or_default();
+        Log::new(host).step("sf_success_update").info("provisioning note", &[("note", &note)]);
+        let mut fields = Map::new();
+        if let Some(tier) = host.config("SERVICE_TIER") {
+            fields.insert("Service_Tier__c".into(), tier.into());
+        }
+        fields
+    }
+}
+
+export_component!(Rules);
+"#,
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(krate.join("component.toml"))
+        .unwrap()
+        .replace("[config]\n", "[config]\nSERVICE_TIER = \"gold\"\n")
+        .replace(
+            "\"Activation_Error_Message__c\"]",
+            "\"Activation_Error_Message__c\", \"Service_Tier__c\"]",
+        );
+    assert!(manifest.contains("Service_Tier__c"), "{manifest}");
+    std::fs::write(krate.join("component.toml"), manifest).unwrap();
+    std::fs::write(
+        krate.join("scenarios/service-tier.toml"),
+        r#"name = "the service tier is written with the success update"
+seed = "_seed.toml"
+
+[[run]]
+event = { OrderId__c = "801000000000001AAA" }
+
+[run.expect]
+result = "completed"
+
+[run.expect.records.Order.801000000000001AAA]
+Activation_Status__c = "Activated"
+Service_Tier__c = "gold"
+"#,
+    )
+    .unwrap();
+
+    // The platform team's capability policy, set once on the hosts: broader than the default
+    // rules need. It is the ceiling the manifest is checked against, here and at deploy.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "billing_actions = [\"GetPayMethods\", \"AddOrder\", \"AcceptOrder\", \"GetOrders\"]\n\
+         [update]\nOrder = [\"Activation_Status__c\", \"WHMCS_Order_ID__c\", \
+         \"Activation_Error_Code__c\", \"Activation_Error_Message__c\", \"Service_Tier__c\"]\n",
+    )
+    .unwrap();
+
+    let target_dir = workspace().join("target/authoring");
+    build(&krate, &target_dir);
+    let wasm = target_dir.join("wasm32-wasip2/release/acme_tiers.wasm");
+    let manifest_path = krate.join("component.toml");
+    let scenarios = krate.join("scenarios");
+    for args in [
+        vec![
+            "component".as_ref(),
+            "pack".as_ref(),
+            wasm.as_os_str(),
+            "--manifest".as_ref(),
+            manifest_path.as_os_str(),
+        ],
+        vec![
+            "component".as_ref(),
+            "check".as_ref(),
+            wasm.as_os_str(),
+            "--policy".as_ref(),
+            policy.as_os_str(),
+        ],
+        vec![
+            "test".as_ref(),
+            "--policy".as_ref(),
+            policy.as_os_str(),
+            wasm.as_os_str(),
+            scenarios.as_os_str(),
+        ],
+    ] {
+        let out = fulfilld(&args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    // Against the default policy the same manifest asks too much, and says what.
+    let out = fulfilld(&["component".as_ref(), "check".as_ref(), wasm.as_os_str()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out)
+            .contains("asks beyond the host's capability policy: update Order.Service_Tier__c"),
+        "{}",
+        text(&out)
+    );
+
+    // The host: the default component, a registry, the admin API, and the capability policy the
+    // platform team set once, broader than the default rules need (the ceiling).
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let registry_dir = rig._dir.path().join("registry");
+    let admin_addr = format!("127.0.0.1:{}", free_port());
+    let mut serve = ServeProcess::start(
+        &rig,
+        "authoring",
+        &[
+            ("FULFILLD_REGISTRY_DIR", registry_dir.to_str().unwrap()),
+            ("FULFILLD_ADMIN_TOKEN", TOKEN),
+            ("FULFILLD_ADMIN_ADDR", admin_addr.as_str()),
+            ("FULFILLD_POLICY_FILE", policy.to_str().unwrap()),
+        ],
+    );
+    serve.wait_role("leader", Duration::from_secs(30)).await;
+    let admin = |args: &[&std::ffi::OsStr]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+            .args(args)
+            .env("FULFILLD_ADMIN_URL", format!("http://{admin_addr}"))
+            .env("FULFILLD_ADMIN_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        let said = text(&output);
+        assert!(output.status.success(), "{args:?}: {said}");
+        assert!(!said.contains(TOKEN), "{said}");
+        said
+    };
+    let tier = |order: &str| {
+        let org = rig.sandbox.salesforce().org();
+        let org = org.lock().unwrap();
+        org.get("Order", order)
+            .unwrap()
+            .get("Service_Tier__c")
+            .cloned()
+    };
+    let provision = |first: u64| {
+        let orders = rig.orders(first, 1);
+        rig.publish(&orders[0]);
+        orders
+    };
+
+    let before = provision(1);
+    rig.wait_activated(&before, Duration::from_secs(30)).await;
+    assert_eq!(tier(&before[0]), None, "the default rules write no tier");
+
+    let said = admin(&[
+        "component".as_ref(),
+        "deploy".as_ref(),
+        wasm.as_os_str(),
+        "--activate".as_ref(),
+        "--scenarios".as_ref(),
+        scenarios.as_os_str(),
+    ]);
+    assert!(said.contains("acme-tiers"), "{said}");
+    let after = provision(2);
+    rig.wait_activated(&after, Duration::from_secs(30)).await;
+    assert_eq!(tier(&after[0]), Some(serde_json::json!("gold")));
+    let health = serve.health().await.unwrap();
+    assert_eq!(health["component"]["name"], "acme-tiers", "{health}");
+
+    admin(&["component".as_ref(), "rollback".as_ref()]);
+    let back = provision(3);
+    rig.wait_activated(&back, Duration::from_secs(30)).await;
+    assert_eq!(tier(&back[0]), None, "rolled back to the default rules");
+    rig.assert_exactly_once(&[before, after, back].concat());
+    // One host process throughout: never restarted.
+    assert!(
+        serve.child.try_wait().unwrap().is_none(),
+        "{}",
+        serve.log_text()
+    );
+}
