@@ -1,8 +1,10 @@
 //! `fulfilld:fulfillment/log`: the component's step logs become `tracing` events, inside the
-//! job's span (which carries the order id, EventUuid, replay id and component version).
+//! job's span (which carries the order id, EventUuid, replay id and component version). A
+//! rehearsal's entries go to [`REHEARSAL_TARGET`] at DEBUG instead (see `RunKind`).
 
 use super::super::JobState;
 use super::super::bindings::log;
+use super::super::REHEARSAL_TARGET;
 use super::super::gate::LogRecord;
 
 /// Longest message or field value kept; a component cannot flood the host's logs.
@@ -27,6 +29,30 @@ impl log::Host for JobState {
             .collect();
         // Rendered only if a subscriber records the event.
         let rendered = Fields(&fields);
+        if self.job.rehearsal() {
+            // A rehearsal's ERROR is a scenario doing its job, not an incident: DEBUG, apart.
+            tracing::debug!(
+                target: REHEARSAL_TARGET,
+                level = level_name(level),
+                step = %step,
+                fields = %rendered,
+                "{message}"
+            );
+        } else {
+            emit_job_log(level, &step, &message, &rendered);
+        }
+        self.gate.record_log(|| LogRecord {
+            level: level_name(level).to_owned(),
+            step,
+            message,
+            fields,
+        });
+        Ok(())
+    }
+}
+
+/// A job's log entry: at the component's level, under the target `component`.
+fn emit_job_log(level: log::Level, step: &str, message: &str, rendered: &Fields<'_>) {
         match level {
             log::Level::Trace => {
                 tracing::trace!(target: "component", step = %step, fields = %rendered, "{message}")
@@ -44,14 +70,6 @@ impl log::Host for JobState {
                 tracing::error!(target: "component", step = %step, fields = %rendered, "{message}")
             }
         }
-        self.gate.record_log(|| LogRecord {
-            level: level_name(level).to_owned(),
-            step,
-            message,
-            fields,
-        });
-        Ok(())
-    }
 }
 
 /// `k=v k2=v2`, formatted on demand.
