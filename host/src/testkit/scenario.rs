@@ -706,11 +706,11 @@ pub fn compare(expect: &Expect, report: &JobReport, host: &FakeHost) -> Vec<Stri
 const SENT_SHOWN: usize = 300;
 
 /// The k-th call among `calls` that `is_one` picks, and how many there were.
-fn kth_call<'a>(
-    calls: &'a [CallRecord],
+fn kth_call(
+    calls: &[CallRecord],
     k: usize,
     is_one: impl Fn(&CallRecord) -> bool,
-) -> (Option<&'a CallRecord>, usize) {
+) -> (Option<&CallRecord>, usize) {
     let mut picked = calls.iter().filter(|call| is_one(call));
     let found = picked.nth(k);
     let count = k + usize::from(found.is_some()) + picked.count();
@@ -767,9 +767,9 @@ pub fn compare_whmcs_calls(expected: &[WhmcsCallExpectation], calls: &[CallRecor
                 match actual {
                     Some(actual) if actual == expected => {}
                     None if expected.is_empty() => {}
-                    Some(actual) => problems.push(format!(
-                        "{name}: expected {expected:?}, sent {actual:?}"
-                    )),
+                    Some(actual) => {
+                        problems.push(format!("{name}: expected {expected:?}, sent {actual:?}"))
+                    }
                     None => problems.push(format!("{name}: expected {expected:?}, not sent")),
                 }
             }
@@ -861,7 +861,9 @@ pub fn compare_sf_updates(expected: &[SfUpdateExpectation], calls: &[CallRecord]
 fn same_id(expected: &str, actual: &str) -> bool {
     expected == actual
         || (expected.len().min(actual.len()) == 15
-            && expected.get(..15).is_some_and(|e| Some(e) == actual.get(..15)))
+            && expected
+                .get(..15)
+                .is_some_and(|e| Some(e) == actual.get(..15)))
 }
 
 /// The parameters of a billing call as WHMCS receives them (`pid[0]=1`).
@@ -1069,7 +1071,14 @@ mod tests {
                 }),
             ),
             billing("AcceptOrder", serde_json::json!({ "orderid": 1000 })),
-            billing("AddOrder", serde_json::json!({ "clientid": 42, "pid": [13] })),
+            // A failed call counts among its action's calls like any other.
+            CallRecord {
+                result: Err(crate::error::CallError::timeout("no answer")),
+                ..billing(
+                    "AddOrder",
+                    serde_json::json!({ "clientid": 42, "pid": [13] }),
+                )
+            },
         ]
     }
 
@@ -1115,7 +1124,9 @@ mod tests {
         .unwrap();
         assert_eq!(
             compare_whmcs_calls(&expect.whmcs_calls, &add_order_calls()),
-            vec!["whmcs_calls[2] (3rd AddOrder): expected a 3rd AddOrder call, the component made 2"]
+            vec![
+                "whmcs_calls[2] (3rd AddOrder): expected a 3rd AddOrder call, the component made 2"
+            ]
         );
     }
 
@@ -1123,9 +1134,10 @@ mod tests {
     fn what_was_sent_is_shown_bounded() {
         let long = "x".repeat(1000);
         let calls = vec![billing("AddOrder", serde_json::json!({ "notes": long }))];
-        let expect =
-            expect_of("[[run.expect.whmcs_calls]]\naction = \"AddOrder\"\nparams = { clientid = 1 }\n")
-                .unwrap();
+        let expect = expect_of(
+            "[[run.expect.whmcs_calls]]\naction = \"AddOrder\"\nparams = { clientid = 1 }\n",
+        )
+        .unwrap();
         let difference = compare_whmcs_calls(&expect.whmcs_calls, &calls).remove(0);
         assert!(difference.ends_with("xxx…)"), "{difference}");
         let sent = difference.split_once("(sent: ").unwrap().1;
@@ -1139,7 +1151,10 @@ mod tests {
                 "Order/801000000000001AAA",
                 serde_json::json!({ "Activation_Status__c": "Activating", "Activation_Error_Code__c": null }),
             ),
-            update("Account/001000000000001AAA", serde_json::json!({ "Note__c": "x" })),
+            update(
+                "Account/001000000000001AAA",
+                serde_json::json!({ "Note__c": "x" }),
+            ),
             update(
                 "Order/801000000000001AAA",
                 serde_json::json!({ "Activation_Status__c": "Activated", "WHMCS_Order_ID__c": "1000" }),
@@ -1182,12 +1197,17 @@ mod tests {
             "[[run.expect.whmcs_calls]]\naction = \"AddOrder\"\nparmas = { clientid = 42 }\n",
         )
         .unwrap_err();
-        assert!(error.contains("line 8") && error.contains("parmas"), "{error}");
-        let error = expect_of(
-            "[[run.expect.sf_updates]]\nsobject = \"Order\"\nvalues = { A = 1 }\n",
-        )
-        .unwrap_err();
-        assert!(error.contains("line 8") && error.contains("values"), "{error}");
+        assert!(
+            error.contains("line 8") && error.contains("parmas"),
+            "{error}"
+        );
+        let error =
+            expect_of("[[run.expect.sf_updates]]\nsobject = \"Order\"\nvalues = { A = 1 }\n")
+                .unwrap_err();
+        assert!(
+            error.contains("line 8") && error.contains("values"),
+            "{error}"
+        );
         let error = expect_of("[[run.expect.sf_updates]]\nfields = { A = 1 }\n").unwrap_err();
         assert!(error.contains("sobject"), "{error}");
     }

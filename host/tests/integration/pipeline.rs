@@ -1968,7 +1968,11 @@ async fn a_deploy_gate_run_is_no_job_in_the_serve_log_or_metrics() {
             ("FULFILLD_ADMIN_ADDR", admin_addr.as_str()),
             ("FULFILLD_ADMIN_TOKEN", TOKEN),
             ("FULFILLD_REGISTRY_DIR", registry_dir.as_str()),
-            ("FULFILLD_LOG", "info,fulfilld::gate=debug"),
+            // The default of `serve` plus the gate's DEBUG lines (docs/operations.md).
+            (
+                "FULFILLD_LOG",
+                "warn,fulfilld=info,component=info,fulfilld::gate=debug",
+            ),
             ("NO_COLOR", "1"),
         ],
     );
@@ -2003,15 +2007,25 @@ async fn a_deploy_gate_run_is_no_job_in_the_serve_log_or_metrics() {
         String::from_utf8_lossy(&deploy.stderr)
     );
 
-    assert_eq!(job_lines(&metrics().await), before, "the gate counted as jobs");
+    assert_eq!(
+        job_lines(&metrics().await),
+        before,
+        "the gate counted as jobs"
+    );
     let log = serve.log_text()[log_start..].to_owned();
     for line in log.lines() {
         assert!(
             !line.contains(" ERROR ") && !line.contains(" WARN "),
             "the gate logged at ERROR/WARN: {line}"
         );
-        assert!(!line.contains("job{"), "the gate logged in a job span: {line}");
-        assert!(!line.contains(" component: "), "the gate logged as a job: {line}");
+        assert!(
+            !line.contains("job{"),
+            "the gate logged in a job span: {line}"
+        );
+        assert!(
+            !line.contains(" component: "),
+            "the gate logged as a job: {line}"
+        );
     }
     let failures: Vec<&str> = log
         .lines()

@@ -765,13 +765,20 @@ async fn the_deploy_gate_rehearses_without_job_logs_or_job_counts() {
     registry.deploy(&candidate, "alice", "ci").await.unwrap();
     let gate_text = logs.text()[before..].to_owned();
 
-    assert_eq!(rt.call_counters().snapshot(), counted, "the gate counted as jobs");
+    assert_eq!(
+        rt.call_counters().snapshot(),
+        counted,
+        "the gate counted as jobs"
+    );
     for line in gate_text.lines() {
         assert!(
             !line.contains(" ERROR ") && !line.contains(" WARN "),
             "a gate run logged at ERROR/WARN: {line}"
         );
-        assert!(!line.contains("job{"), "a gate run logged in a job span: {line}");
+        assert!(
+            !line.contains("job{"),
+            "a gate run logged in a job span: {line}"
+        );
         assert!(
             !line.contains(" component: "),
             "a gate run logged under the job target: {line}"

@@ -160,6 +160,32 @@ fn scenarios_can_run_under_a_stricter_policy_file() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("FORBIDDEN"), "{stdout}");
+
+    // A scenario run is a rehearsal: the refusal is no WARN line, only DEBUG under the gate.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("host call refused"), "{stderr}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+        .arg("test")
+        .arg("--policy")
+        .arg(&policy)
+        .arg(common::component("fulfillment"))
+        .arg(common::scenarios_dir().join("happy-path.toml"))
+        .env("FULFILLD_LOG", "warn,fulfilld::gate=debug")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let refused: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("host call refused"))
+        .collect();
+    assert!(!refused.is_empty(), "{stderr}");
+    for line in refused {
+        assert!(
+            line.contains(" DEBUG rehearsal{") && line.contains(" fulfilld::gate: "),
+            "{line}"
+        );
+    }
 }
 
 /// A wrong parameter or written value is shown precisely by the binary: which expectation, which
@@ -178,8 +204,11 @@ fn the_cli_shows_the_difference_of_a_call_or_write_expectation() {
     std::fs::write(
         dir.path().join("wrong-cycle.toml"),
         happy
-            .replace(cycles, "billingcycle = [\"monthly\", \"annually\", \"annually\"]")
-            .replace("name = \"happy path", "name = \"wrong cycle"),
+            .replace(
+                cycles,
+                "billingcycle = [\"monthly\", \"annually\", \"annually\"]",
+            )
+            .replace(happy.lines().next().unwrap(), "name = \"wrong cycle\""),
     )
     .unwrap();
     let status = "fields = { Activation_Status__c = \"Activated\"";
@@ -201,7 +230,7 @@ fn the_cli_shows_the_difference_of_a_call_or_write_expectation() {
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(
         stdout.contains(
-            ": run 1: whmcs_calls[0] (1st AddOrder): billingcycle[1]: expected \"annually\", sent \
+            "FAIL wrong cycle: run 1: whmcs_calls[0] (1st AddOrder): billingcycle[1]: expected \"annually\", sent \
              \"monthly\" (sent: billingcycle[0]=monthly billingcycle[1]=monthly \
              billingcycle[2]=annually clientid=42 paymentmethod=stripe pid[0]=11 pid[1]=12 \
              pid[2]=13 qty[0]=1 qty[1]=2 qty[2]=1)"
@@ -226,7 +255,7 @@ fn the_cli_logs_a_scenario_failure_only_at_debug_under_the_gate_target() {
         .arg("test")
         .arg(common::component("fulfillment"))
         .arg(common::scenarios_dir())
-        .env("FULFILLD_LOG", "info,fulfilld::gate=debug")
+        .env("FULFILLD_LOG", "warn,fulfilld::gate=debug")
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
@@ -245,7 +274,10 @@ fn the_cli_logs_a_scenario_failure_only_at_debug_under_the_gate_target() {
         assert!(line.contains("level=\"error\""), "{line}");
     }
     for line in stderr.lines() {
-        assert!(!line.contains(" ERROR ") && !line.contains(" WARN "), "{line}");
+        assert!(
+            !line.contains(" ERROR ") && !line.contains(" WARN "),
+            "{line}"
+        );
         assert!(!line.contains("job{"), "{line}");
     }
 }

@@ -3,8 +3,8 @@
 //! rehearsal's entries go to [`REHEARSAL_TARGET`] at DEBUG instead (see `RunKind`).
 
 use super::super::JobState;
-use super::super::bindings::log;
 use super::super::REHEARSAL_TARGET;
+use super::super::bindings::log;
 use super::super::gate::LogRecord;
 
 /// Longest message or field value kept; a component cannot flood the host's logs.
@@ -53,23 +53,23 @@ impl log::Host for JobState {
 
 /// A job's log entry: at the component's level, under the target `component`.
 fn emit_job_log(level: log::Level, step: &str, message: &str, rendered: &Fields<'_>) {
-        match level {
-            log::Level::Trace => {
-                tracing::trace!(target: "component", step = %step, fields = %rendered, "{message}")
-            }
-            log::Level::Debug => {
-                tracing::debug!(target: "component", step = %step, fields = %rendered, "{message}")
-            }
-            log::Level::Info => {
-                tracing::info!(target: "component", step = %step, fields = %rendered, "{message}")
-            }
-            log::Level::Warn => {
-                tracing::warn!(target: "component", step = %step, fields = %rendered, "{message}")
-            }
-            log::Level::Error => {
-                tracing::error!(target: "component", step = %step, fields = %rendered, "{message}")
-            }
+    match level {
+        log::Level::Trace => {
+            tracing::trace!(target: "component", step = %step, fields = %rendered, "{message}")
         }
+        log::Level::Debug => {
+            tracing::debug!(target: "component", step = %step, fields = %rendered, "{message}")
+        }
+        log::Level::Info => {
+            tracing::info!(target: "component", step = %step, fields = %rendered, "{message}")
+        }
+        log::Level::Warn => {
+            tracing::warn!(target: "component", step = %step, fields = %rendered, "{message}")
+        }
+        log::Level::Error => {
+            tracing::error!(target: "component", step = %step, fields = %rendered, "{message}")
+        }
+    }
 }
 
 /// `k=v k2=v2`, formatted on demand.
