@@ -10,7 +10,7 @@ use tracing::Instrument as _;
 use super::Shared;
 use crate::domain::Event;
 use crate::error::chain;
-use crate::runtime::{Disposition, FailureSource, LoadedComponent, RunOptions};
+use crate::runtime::{Disposition, FailureSource, LoadedComponent, RunKind, RunOptions};
 use crate::store::{ClaimOptions, Job, JobRecord, StoreError};
 
 /// How long a claim waits for work before checking for shutdown.
@@ -93,6 +93,7 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
         // heartbeat lives in this future, so a worker that dies takes its heartbeat with it.
         let every = (shared.serve.reclaim_after / 3).max(Duration::from_millis(100));
         let options = RunOptions {
+            kind: RunKind::Job,
             record: false,
             delivery: job.deliveries,
             holds: Some(Arc::clone(&shared.holds)),

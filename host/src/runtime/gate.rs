@@ -128,6 +128,8 @@ pub(crate) struct Gate {
     host_time: Duration,
     pub(crate) violation: Option<Violation>,
     journal: Option<Journal>,
+    /// A rehearsal's refusals are logged at DEBUG (see [`super::RunKind::Rehearsal`]).
+    rehearsal: bool,
 }
 
 impl Gate {
@@ -150,7 +152,14 @@ impl Gate {
             host_time: Duration::ZERO,
             violation: None,
             journal: record.then(Journal::default),
+            rehearsal: false,
         }
+    }
+
+    /// Marks the gate as a rehearsal's.
+    pub(crate) fn rehearsing(mut self, rehearsal: bool) -> Self {
+        self.rehearsal = rehearsal;
+        self
     }
 
     pub(crate) fn policy(&self) -> &CapabilityPolicy {
@@ -192,7 +201,8 @@ impl Gate {
             let violation = Violation::HostCallLimit {
                 limit: self.max_host_calls,
             };
-            tracing::warn!(
+            run_warn!(
+                self.rehearsal,
                 op,
                 limit = self.max_host_calls,
                 "host call refused: per-job limit reached"
@@ -212,7 +222,8 @@ impl Gate {
         request: Option<Value>,
         error: CallError,
     ) -> CallError {
-        tracing::warn!(
+        run_warn!(
+            self.rehearsal,
             op,
             target = %target,
             kind = %error.kind,

@@ -3,6 +3,18 @@
 //! on host calls. WASI is linked with nothing granted: no files, environment, arguments, sockets
 //! or name lookups; stdout is discarded and stderr is kept (bounded) only to explain a trap.
 
+/// A warning about a run: WARN for a job, DEBUG under [`REHEARSAL_TARGET`] for a rehearsal
+/// (a rehearsal's troubles are the scenario's business, not an operator's alert).
+macro_rules! run_warn {
+    ($rehearsal:expr, $($arg:tt)+) => {
+        if $rehearsal {
+            tracing::debug!(target: $crate::runtime::REHEARSAL_TARGET, $($arg)+)
+        } else {
+            tracing::warn!($($arg)+)
+        }
+    };
+}
+
 mod bindings;
 pub(crate) mod cache;
 pub mod check;
@@ -225,9 +237,33 @@ pub struct JobReport {
 /// [`Runtime::run_with`] hands its own in [`RunOptions::span`], or the runtime opens it.
 pub const JOB_SPAN: &str = "job";
 
+/// Name of the span a rehearsal runs in (at DEBUG, with `order_id`, `event_uuid`, `component`
+/// and `delivery`), instead of [`JOB_SPAN`].
+pub const REHEARSAL_SPAN: &str = "rehearsal";
+
+/// Log target of everything a rehearsal logs: the component's entries (at DEBUG whatever level
+/// the component used, with that level in the `level` field) and the host's remarks on its calls.
+pub const REHEARSAL_TARGET: &str = "fulfilld::gate";
+
+/// Whether a run provisions a real order or rehearses against fakes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RunKind {
+    /// A real job (the pipeline's worker, `fulfilld fulfill`): the component's logs go out at
+    /// their own level under the target `component` in a [`JOB_SPAN`], and its calls count in
+    /// [`Runtime::call_counters`].
+    #[default]
+    Job,
+    /// A scenario run (the deploy gate, `fulfilld test`): the component's logs go to
+    /// [`REHEARSAL_TARGET`] at DEBUG in a [`REHEARSAL_SPAN`], and its calls count in counters
+    /// private to the run.
+    Rehearsal,
+}
+
 /// What a run knows about its job beyond the event.
 #[derive(Clone)]
 pub struct RunOptions {
+    /// A job or a rehearsal.
+    pub kind: RunKind,
     /// Keep a journal of the job's calls and logs (the test kit does).
     pub record: bool,
     /// How many times the job has been handed out, this run included (the `job.delivery`
@@ -236,13 +272,15 @@ pub struct RunOptions {
     /// Where `holds` live; `None` uses a table private to this runtime (one process).
     pub holds: Option<SharedHolds>,
     /// The job's [`JOB_SPAN`] when the caller opened it (the pipeline's worker, whose own lines
-    /// about the job are in it); `None` opens one for the run. Either way a job has one span.
+    /// about the job are in it); `None` opens one for the run ([`REHEARSAL_SPAN`] for a
+    /// rehearsal). Either way a job has one span.
     pub span: Option<tracing::Span>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
+            kind: RunKind::Job,
             record: false,
             delivery: 1,
             holds: None,
@@ -253,6 +291,7 @@ impl Default for RunOptions {
 
 /// The job-level part of [`JobState`]: delivery count and the holds the job has.
 pub(crate) struct JobContext {
+    pub(crate) kind: RunKind,
     pub(crate) delivery: u32,
     /// The job's identity as a holder: its EventUuid (see [`crate::holds`]).
     pub(crate) holder: String,
@@ -260,6 +299,12 @@ pub(crate) struct JobContext {
     pub(crate) hold_ttl: Duration,
     /// Names this job holds, released when it ends.
     pub(crate) held: Vec<String>,
+}
+
+impl JobContext {
+    pub(crate) fn rehearsal(&self) -> bool {
+        self.kind == RunKind::Rehearsal
+    }
 }
 
 /// Store data of one job.
@@ -540,6 +585,13 @@ impl Runtime {
     ) -> Store<JobState> {
         let config = &self.inner.config;
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+        let rehearsal = options.kind == RunKind::Rehearsal;
+        // A rehearsal's calls are not the host's traffic: they count apart.
+        let counters = if rehearsal {
+            Arc::new(CallCounters::default())
+        } else {
+            Arc::clone(&self.inner.counters)
+        };
         let mut wasi = WasiCtxBuilder::new();
         wasi.stderr(stderr.clone())
             .wall_clock(ServicesClock(Arc::clone(&services)));
@@ -553,12 +605,14 @@ impl Runtime {
             gate: gate::Gate::new(
                 services,
                 grant,
-                Arc::clone(&self.inner.counters),
+                counters,
                 config.call_timeout,
                 config.max_host_calls,
                 options.record,
-            ),
+            )
+            .rehearsing(rehearsal),
             job: JobContext {
+                kind: options.kind,
                 delivery: options.delivery,
                 holder: holder.to_owned(),
                 holds: options
@@ -611,7 +665,7 @@ impl Runtime {
         options: RunOptions,
     ) -> JobReport {
         let started = Instant::now();
-        let (job_span, delivery) = (options.span.clone(), options.delivery);
+        let (job_span, delivery, kind) = (options.span.clone(), options.delivery, options.kind);
         let mut store = self.new_store(
             services,
             component.grant.clone(),
@@ -634,15 +688,23 @@ impl Runtime {
                 .await
         };
         // Every log line of the job, the component's included, carries these fields, once.
-        let span = job_span.unwrap_or_else(|| {
-            tracing::info_span!(
+        let span = job_span.unwrap_or_else(|| match kind {
+            RunKind::Job => tracing::info_span!(
                 JOB_SPAN,
                 order_id = event.order_id().unwrap_or_default(),
                 event_uuid = %event.event_uuid,
                 replay_id = %event.replay_id,
                 component = %format_args!("{}@{}", component.info.name, component.info.version),
                 delivery = delivery,
-            )
+            ),
+            RunKind::Rehearsal => tracing::debug_span!(
+                target: REHEARSAL_TARGET,
+                REHEARSAL_SPAN,
+                order_id = event.order_id().unwrap_or_default(),
+                event_uuid = %event.event_uuid,
+                component = %format_args!("{}@{}", component.info.name, component.info.version),
+                delivery = delivery,
+            ),
         });
         let call = tracing::Instrument::instrument(call, span);
         let result = match tokio::time::timeout(self.inner.config.wall_deadline, call).await {

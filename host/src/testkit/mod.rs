@@ -398,7 +398,7 @@ impl TestKit {
     }
 
     /// Runs `fulfill(event)` against `host` as the job's first delivery, recording every
-    /// import call.
+    /// import call. Every run of the kit is a rehearsal ([`crate::runtime::RunKind`]).
     pub async fn fulfill(&self, host: &Arc<FakeHost>, event: &Event) -> JobReport {
         self.fulfill_delivery(host, event, 1).await
     }
@@ -412,7 +412,9 @@ impl TestKit {
         delivery: u32,
     ) -> JobReport {
         let services: Arc<dyn Services> = Arc::clone(host) as Arc<dyn Services>;
+        // Scenario runs are rehearsals: their logs and counts stay out of the host's job traffic.
         let options = crate::runtime::RunOptions {
+            kind: crate::runtime::RunKind::Rehearsal,
             record: true,
             delivery,
             ..crate::runtime::RunOptions::default()

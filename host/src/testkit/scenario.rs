@@ -160,6 +160,42 @@ pub struct Expect {
     /// How many orders the fake WHMCS holds after the run.
     #[serde(default)]
     pub whmcs_orders: Option<usize>,
+    /// WHMCS calls with their parameters: the k-th entry for an action is compared with the
+    /// k-th call of that action the component made.
+    #[serde(default)]
+    pub whmcs_calls: Vec<WhmcsCallExpectation>,
+    /// Salesforce writes with their values: the k-th entry for an sObject is compared with the
+    /// k-th `salesforce.update` of that sObject.
+    #[serde(default)]
+    pub sf_updates: Vec<SfUpdateExpectation>,
+}
+
+/// `[[run.expect.whmcs_calls]]`: one WHMCS call and some of its parameters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhmcsCallExpectation {
+    /// The WHMCS action (`AddOrder`).
+    pub action: String,
+    /// Parameters the call must have sent, compared as WHMCS receives them (`pid = [1, 2]` is
+    /// `pid[0]=1`, `pid[1]=2`, and no `pid[2]`; `"pid[1]" = 2` checks one line). Parameters not
+    /// listed are not checked.
+    #[serde(default)]
+    pub params: Map<String, Value>,
+}
+
+/// `[[run.expect.sf_updates]]`: one Salesforce write and some of its values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SfUpdateExpectation {
+    /// The updated sObject (`Order`).
+    pub sobject: String,
+    /// The updated record's Id (not checked when absent).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Fields the write must have set, with these values (`""` matches a field cleared to null
+    /// or the empty string). Fields not listed are not checked.
+    #[serde(default)]
+    pub fields: Map<String, Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -661,7 +697,230 @@ pub fn compare(expect: &Expect, report: &JobReport, host: &FakeHost) -> Vec<Stri
             out.push(format!("whmcs_orders: expected {expected}, got {actual}"));
         }
     }
+    out.extend(compare_whmcs_calls(&expect.whmcs_calls, &journal.calls));
+    out.extend(compare_sf_updates(&expect.sf_updates, &journal.calls));
     out
+}
+
+/// Longest rendering of what a call actually sent, in a difference.
+const SENT_SHOWN: usize = 300;
+
+/// The k-th call among `calls` that `is_one` picks, and how many there were.
+fn kth_call(
+    calls: &[CallRecord],
+    k: usize,
+    is_one: impl Fn(&CallRecord) -> bool,
+) -> (Option<&CallRecord>, usize) {
+    let mut picked = calls.iter().filter(|call| is_one(call));
+    let found = picked.nth(k);
+    let count = k + usize::from(found.is_some()) + picked.count();
+    (found, count)
+}
+
+/// `1st`, `2nd`, `3rd`, `4th`, ...
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// Every way the WHMCS calls differ from `expected`: one entry per expectation that failed.
+pub fn compare_whmcs_calls(expected: &[WhmcsCallExpectation], calls: &[CallRecord]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (index, wanted) in expected.iter().enumerate() {
+        let k = seen.entry(wanted.action.to_ascii_lowercase()).or_insert(0);
+        let nth = *k;
+        *k += 1;
+        let (call, count) = kth_call(calls, nth, |call| {
+            call.op == "billing.call" && call.target.eq_ignore_ascii_case(&wanted.action)
+        });
+        let label = format!(
+            "whmcs_calls[{index}] ({} {})",
+            ordinal(nth + 1),
+            wanted.action
+        );
+        let Some(call) = call else {
+            out.push(format!(
+                "{label}: expected a {} {} call, the component made {count}",
+                ordinal(nth + 1),
+                wanted.action
+            ));
+            continue;
+        };
+        let sent = form_pairs(call.request.as_ref());
+        let mut problems = Vec::new();
+        for (key, value) in &wanted.params {
+            let mut want = Vec::new();
+            flatten(key.clone(), value, &mut want);
+            if want.is_empty() {
+                // `""` or an empty list: the parameter must not carry a value.
+                want.push((key.clone(), String::new()));
+            }
+            for (name, expected) in &want {
+                let actual = sent.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+                match actual {
+                    Some(actual) if actual == expected => {}
+                    None if expected.is_empty() => {}
+                    Some(actual) => {
+                        problems.push(format!("{name}: expected {expected:?}, sent {actual:?}"))
+                    }
+                    None => problems.push(format!("{name}: expected {expected:?}, not sent")),
+                }
+            }
+            // A list is the whole list: no lines beyond the expected ones.
+            if let Value::Array(items) = value {
+                let lines = sent_indices(&sent, key);
+                if lines > items.len() {
+                    problems.push(format!(
+                        "{key}: expected {} entries, sent {lines}",
+                        items.len()
+                    ));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            let rendered: Vec<String> = sent.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out.push(format!(
+                "{label}: {} (sent: {})",
+                problems.join("; "),
+                bounded(&rendered.join(" "))
+            ));
+        }
+    }
+    out
+}
+
+/// Every way the Salesforce writes differ from `expected`: one entry per expectation that
+/// failed.
+pub fn compare_sf_updates(expected: &[SfUpdateExpectation], calls: &[CallRecord]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (index, wanted) in expected.iter().enumerate() {
+        let k = seen.entry(wanted.sobject.to_ascii_lowercase()).or_insert(0);
+        let nth = *k;
+        *k += 1;
+        let (call, count) = kth_call(calls, nth, |call| {
+            call.op == "salesforce.update"
+                && call
+                    .target
+                    .split_once('/')
+                    .is_some_and(|(sobject, _)| sobject.eq_ignore_ascii_case(&wanted.sobject))
+        });
+        let label = format!(
+            "sf_updates[{index}] ({} {} update)",
+            ordinal(nth + 1),
+            wanted.sobject
+        );
+        let Some(call) = call else {
+            out.push(format!(
+                "{label}: expected a {} update of {}, the component made {count}",
+                ordinal(nth + 1),
+                wanted.sobject
+            ));
+            continue;
+        };
+        let id = call.target.split_once('/').map_or("", |(_, id)| id);
+        let mut problems = Vec::new();
+        if let Some(want) = &wanted.id
+            && !same_id(want, id)
+        {
+            problems.push(format!("id: expected {want:?}, sent {id:?}"));
+        }
+        let sent = match &call.request {
+            Some(Value::Object(fields)) => fields.clone(),
+            _ => Map::new(),
+        };
+        for (field, expected) in &wanted.fields {
+            match sent.get(field) {
+                Some(actual) if same_value(expected, actual) => {}
+                Some(actual) => {
+                    problems.push(format!("{field}: expected {expected}, sent {actual}"))
+                }
+                None => problems.push(format!("{field}: expected {expected}, not sent")),
+            }
+        }
+        if !problems.is_empty() {
+            out.push(format!(
+                "{label}: {} (sent: {} {})",
+                problems.join("; "),
+                call.target,
+                bounded(&Value::Object(sent).to_string())
+            ));
+        }
+    }
+    out
+}
+
+/// A record Id as Salesforce compares them: the 15-character form matches the 18.
+fn same_id(expected: &str, actual: &str) -> bool {
+    expected == actual
+        || (expected.len().min(actual.len()) == 15
+            && expected
+                .get(..15)
+                .is_some_and(|e| Some(e) == actual.get(..15)))
+}
+
+/// The parameters of a billing call as WHMCS receives them (`pid[0]=1`).
+fn form_pairs(request: Option<&Value>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(Value::Object(params)) = request {
+        for (key, value) in params {
+            flatten(key.clone(), value, &mut out);
+        }
+    }
+    out
+}
+
+/// PHP-style form encoding, as [`crate::whmcs::encode_params`] sends a value.
+fn flatten(name: String, value: &Value, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Null => {}
+        Value::Bool(b) => out.push((name, if *b { "1" } else { "0" }.into())),
+        Value::Number(n) => out.push((name, n.to_string())),
+        Value::String(s) => out.push((name, s.clone())),
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                flatten(format!("{name}[{index}]"), item, out);
+            }
+        }
+        Value::Object(fields) => {
+            for (key, item) in fields {
+                flatten(format!("{name}[{key}]"), item, out);
+            }
+        }
+    }
+}
+
+/// How many entries of the list `key` were sent (`key[0]`, `key[1]`, ...).
+fn sent_indices(sent: &[(String, String)], key: &str) -> usize {
+    let prefix = format!("{key}[");
+    let mut indices: Vec<usize> = sent
+        .iter()
+        .filter_map(|(name, _)| name.strip_prefix(prefix.as_str()))
+        .filter_map(|rest| rest.split_once(']'))
+        .filter_map(|(index, _)| index.parse().ok())
+        .collect();
+    indices.sort_unstable();
+    indices.dedup();
+    indices.len()
+}
+
+/// `text` cut to [`SENT_SHOWN`] bytes (at a character boundary), with `…` when cut.
+fn bounded(text: &str) -> String {
+    if text.len() <= SENT_SHOWN {
+        return text.to_owned();
+    }
+    let mut end = SENT_SHOWN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// Field comparison as an operator reads it: `"1042"` equals `1042`; `""` (TOML has no null)
@@ -768,5 +1027,188 @@ mod tests {
             "{error}"
         );
         assert!(!error.contains("abc-secret-123"), "{error}");
+    }
+
+    fn billing(action: &str, params: Value) -> CallRecord {
+        CallRecord {
+            op: "billing.call",
+            target: action.to_owned(),
+            request: Some(params),
+            result: Ok(Value::Null),
+        }
+    }
+
+    fn update(target: &str, fields: Value) -> CallRecord {
+        CallRecord {
+            op: "salesforce.update",
+            target: target.to_owned(),
+            request: Some(fields),
+            result: Ok(Value::Null),
+        }
+    }
+
+    /// The `[run.expect]` of a scenario whose expectation tables are `tables`.
+    fn expect_of(tables: &str) -> Result<Expect, String> {
+        let text = format!(
+            "name = \"x\"\n[[run]]\nevent = {{}}\n[run.expect]\nresult = \"completed\"\n{tables}"
+        );
+        Scenario::parse(&text).map(|s| s.runs[0].expect.clone())
+    }
+
+    fn add_order_calls() -> Vec<CallRecord> {
+        vec![
+            billing("GetPayMethods", serde_json::json!({ "clientid": "42" })),
+            billing(
+                "AddOrder",
+                // In key order, as the host holds a JSON object from the component.
+                serde_json::json!({
+                    "billingcycle": ["monthly", "annually"],
+                    "clientid": "42",
+                    "noemail": true,
+                    "paymentmethod": "stripe",
+                    "pid": [11, 12],
+                    "qty": [1, 2],
+                }),
+            ),
+            billing("AcceptOrder", serde_json::json!({ "orderid": 1000 })),
+            // A failed call counts among its action's calls like any other.
+            CallRecord {
+                result: Err(crate::error::CallError::timeout("no answer")),
+                ..billing(
+                    "AddOrder",
+                    serde_json::json!({ "clientid": 42, "pid": [13] }),
+                )
+            },
+        ]
+    }
+
+    #[test]
+    fn whmcs_call_expectations_match_listed_params_as_whmcs_receives_them() {
+        let expect = expect_of(
+            "[[run.expect.whmcs_calls]]\naction = \"AddOrder\"\n\
+             params = { clientid = 42, paymentmethod = \"stripe\", pid = [11, 12], \
+             billingcycle = [\"monthly\", \"annually\"], \"qty[1]\" = \"2\", noemail = true }\n\
+             [[run.expect.whmcs_calls]]\naction = \"AcceptOrder\"\nparams = { orderid = \"1000\" }\n\
+             [[run.expect.whmcs_calls]]\naction = \"addorder\"\nparams = { pid = [13], promocode = \"\" }\n",
+        )
+        .unwrap();
+        let differences = compare_whmcs_calls(&expect.whmcs_calls, &add_order_calls());
+        assert!(differences.is_empty(), "{differences:?}");
+    }
+
+    #[test]
+    fn a_whmcs_call_difference_names_expectation_key_values_and_what_was_sent() {
+        let expect = expect_of(
+            "[[run.expect.whmcs_calls]]\naction = \"AddOrder\"\n\
+             params = { clientid = 42, billingcycle = [\"monthly\", \"monthly\"], qty = [1], promocode = \"X\" }\n",
+        )
+        .unwrap();
+        let differences = compare_whmcs_calls(&expect.whmcs_calls, &add_order_calls());
+        assert_eq!(
+            differences,
+            vec![
+                "whmcs_calls[0] (1st AddOrder): billingcycle[1]: expected \"monthly\", sent \"annually\"; \
+                 promocode: expected \"X\", not sent; qty: expected 1 entries, sent 2 \
+                 (sent: billingcycle[0]=monthly billingcycle[1]=annually clientid=42 noemail=1 \
+                 paymentmethod=stripe pid[0]=11 pid[1]=12 qty[0]=1 qty[1]=2)"
+                    .to_owned()
+            ]
+        );
+
+        // A third AddOrder that never happened, counted among AddOrders only.
+        let expect = expect_of(
+            "[[run.expect.whmcs_calls]]\naction = \"AddOrder\"\n\
+             [[run.expect.whmcs_calls]]\naction = \"AddOrder\"\n\
+             [[run.expect.whmcs_calls]]\naction = \"AddOrder\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            compare_whmcs_calls(&expect.whmcs_calls, &add_order_calls()),
+            vec![
+                "whmcs_calls[2] (3rd AddOrder): expected a 3rd AddOrder call, the component made 2"
+            ]
+        );
+    }
+
+    #[test]
+    fn what_was_sent_is_shown_bounded() {
+        let long = "x".repeat(1000);
+        let calls = vec![billing("AddOrder", serde_json::json!({ "notes": long }))];
+        let expect = expect_of(
+            "[[run.expect.whmcs_calls]]\naction = \"AddOrder\"\nparams = { clientid = 1 }\n",
+        )
+        .unwrap();
+        let difference = compare_whmcs_calls(&expect.whmcs_calls, &calls).remove(0);
+        assert!(difference.ends_with("xxx…)"), "{difference}");
+        let sent = difference.split_once("(sent: ").unwrap().1;
+        assert_eq!(sent.len(), SENT_SHOWN + "…)".len(), "{difference}");
+    }
+
+    #[test]
+    fn sf_update_expectations_match_in_order_among_updates_of_the_sobject() {
+        let calls = vec![
+            update(
+                "Order/801000000000001AAA",
+                serde_json::json!({ "Activation_Status__c": "Activating", "Activation_Error_Code__c": null }),
+            ),
+            update(
+                "Account/001000000000001AAA",
+                serde_json::json!({ "Note__c": "x" }),
+            ),
+            update(
+                "Order/801000000000001AAA",
+                serde_json::json!({ "Activation_Status__c": "Activated", "WHMCS_Order_ID__c": "1000" }),
+            ),
+        ];
+        let expect = expect_of(
+            "[[run.expect.sf_updates]]\nsobject = \"Order\"\nid = \"801000000000001\"\n\
+             fields = { Activation_Status__c = \"Activating\", Activation_Error_Code__c = \"\" }\n\
+             [[run.expect.sf_updates]]\nsobject = \"Account\"\n\
+             [[run.expect.sf_updates]]\nsobject = \"Order\"\nfields = { WHMCS_Order_ID__c = 1000 }\n",
+        )
+        .unwrap();
+        let differences = compare_sf_updates(&expect.sf_updates, &calls);
+        assert!(differences.is_empty(), "{differences:?}");
+
+        let expect = expect_of(
+            "[[run.expect.sf_updates]]\nsobject = \"Order\"\n\
+             [[run.expect.sf_updates]]\nsobject = \"Order\"\nid = \"801000000000009AAA\"\n\
+             fields = { Activation_Status__c = \"Failed\", Activation_Error_Code__c = \"409\" }\n\
+             [[run.expect.sf_updates]]\nsobject = \"Order\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            compare_sf_updates(&expect.sf_updates, &calls),
+            vec![
+                "sf_updates[1] (2nd Order update): id: expected \"801000000000009AAA\", sent \
+                 \"801000000000001AAA\"; Activation_Error_Code__c: expected \"409\", not sent; \
+                 Activation_Status__c: expected \"Failed\", sent \"Activated\" (sent: Order/801000000000001AAA \
+                 {\"Activation_Status__c\":\"Activated\",\"WHMCS_Order_ID__c\":\"1000\"})"
+                    .to_owned(),
+                "sf_updates[2] (3rd Order update): expected a 3rd update of Order, the component made 2"
+                    .to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_call_and_write_expectations_are_refused_by_line() {
+        let error = expect_of(
+            "[[run.expect.whmcs_calls]]\naction = \"AddOrder\"\nparmas = { clientid = 42 }\n",
+        )
+        .unwrap_err();
+        assert!(
+            error.contains("line 8") && error.contains("parmas"),
+            "{error}"
+        );
+        let error =
+            expect_of("[[run.expect.sf_updates]]\nsobject = \"Order\"\nvalues = { A = 1 }\n")
+                .unwrap_err();
+        assert!(
+            error.contains("line 8") && error.contains("values"),
+            "{error}"
+        );
+        let error = expect_of("[[run.expect.sf_updates]]\nfields = { A = 1 }\n").unwrap_err();
+        assert!(error.contains("sobject"), "{error}");
     }
 }

@@ -2159,3 +2159,95 @@ Service_Tier__c = "gold"
         serve.log_text()
     );
 }
+
+/// A deploy through the running host's admin API rehearses its scenario suite: `fulfilld serve`
+/// (a process, logging to a file as an operator runs it) runs the shipped suite, whose 409, 429,
+/// 503 and timeout scenarios make the component log ERROR entries, and none of that reaches the
+/// host's log as ERROR/WARN or a `job` span, nor its job metrics on /metrics. With DEBUG turned
+/// on for `fulfilld::gate` the entries are there, in a `rehearsal` span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_gate_run_is_no_job_in_the_serve_log_or_metrics() {
+    const TOKEN: &str = "admin-token-for-the-rehearsal-test";
+    let rig = Rig::new().await;
+    let admin_port = free_port();
+    let admin_addr = format!("127.0.0.1:{admin_port}");
+    let registry_dir = rig._dir.path().join("registry").display().to_string();
+    let serve = ServeProcess::start(
+        &rig,
+        "rehearsal",
+        &[
+            ("FULFILLD_ADMIN_ADDR", admin_addr.as_str()),
+            ("FULFILLD_ADMIN_TOKEN", TOKEN),
+            ("FULFILLD_REGISTRY_DIR", registry_dir.as_str()),
+            // The default of `serve` plus the gate's DEBUG lines (docs/operations.md).
+            (
+                "FULFILLD_LOG",
+                "warn,fulfilld=info,component=info,fulfilld::gate=debug",
+            ),
+            ("NO_COLOR", "1"),
+        ],
+    );
+    serve.wait_role("leader", Duration::from_secs(30)).await;
+    let metrics = || async { get(&format!("{}/metrics", serve.http)).await.1 };
+    let job_lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("fulfilld_jobs_total") || l.starts_with("fulfilld_job_run"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let before = job_lines(&metrics().await);
+    let log_start = serve.log_text().len();
+
+    let candidate = rig._dir.path().join("candidate.wasm");
+    let wasm = std::fs::read(common::component("fulfillment")).unwrap();
+    std::fs::write(&candidate, with_custom_section(&wasm, "rehearsal")).unwrap();
+    let deploy = Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+        .args(["component", "deploy"])
+        .arg(&candidate)
+        .arg("--scenarios")
+        .arg(common::scenarios_dir())
+        .env("FULFILLD_ADMIN_URL", format!("http://{admin_addr}"))
+        .env("FULFILLD_ADMIN_TOKEN", TOKEN)
+        .env("USER", "rehearsal-test")
+        .output()
+        .unwrap();
+    assert!(
+        deploy.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&deploy.stdout),
+        String::from_utf8_lossy(&deploy.stderr)
+    );
+
+    assert_eq!(
+        job_lines(&metrics().await),
+        before,
+        "the gate counted as jobs"
+    );
+    let log = serve.log_text()[log_start..].to_owned();
+    for line in log.lines() {
+        assert!(
+            !line.contains(" ERROR ") && !line.contains(" WARN "),
+            "the gate logged at ERROR/WARN: {line}"
+        );
+        assert!(
+            !line.contains("job{"),
+            "the gate logged in a job span: {line}"
+        );
+        assert!(
+            !line.contains(" component: "),
+            "the gate logged as a job: {line}"
+        );
+    }
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Fulfillment failed"))
+        .collect();
+    assert!(!failures.is_empty(), "no rehearsal DEBUG lines:\n{log}");
+    for line in failures {
+        assert!(
+            line.contains(" DEBUG rehearsal{") && line.contains(" fulfilld::gate: "),
+            "{line}"
+        );
+        assert!(line.contains("level=\"error\""), "{line}");
+    }
+}

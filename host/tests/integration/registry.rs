@@ -772,3 +772,89 @@ async fn a_deploy_whose_manifest_asks_beyond_the_policy_is_refused() {
         .await
         .unwrap();
 }
+
+/// The deploy gate rehearses: the shipped scenarios fail orders on purpose (409, 429, 503,
+/// timeouts), and none of that may look like production trouble. The component's ERROR entries
+/// come out at DEBUG under `fulfilld::gate` in a `rehearsal` span, never as ERROR/WARN lines or in
+/// a `job` span, and the runtime's call counters do not move. A real job on the same runtime,
+/// run under the same capture, does show its ERROR line in its `job` span and does count.
+#[tokio::test]
+async fn the_deploy_gate_rehearses_without_job_logs_or_job_counts() {
+    use fulfilld::runtime::{REHEARSAL_SPAN, REHEARSAL_TARGET};
+    use fulfilld::testkit::scenario::Scenario;
+
+    let logs = common::LogCapture::default();
+    let _guard = logs.install();
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, _) = with_active(dir.path(), Gates::default()).await;
+    drop(registry);
+    let rt = runtime();
+    let gates = Gates {
+        scenarios: vec![common::scenarios_dir()],
+        ..Gates::default()
+    };
+    let registry = Registry::open(dir.path(), rt.clone(), gates).await.unwrap();
+    let counted = rt.call_counters().snapshot();
+    let before = logs.text().len();
+    let candidate = variant(&wasm("fulfillment"), "rehearsal");
+    registry.deploy(&candidate, "alice", "ci").await.unwrap();
+    let gate_text = logs.text()[before..].to_owned();
+
+    assert_eq!(
+        rt.call_counters().snapshot(),
+        counted,
+        "the gate counted as jobs"
+    );
+    for line in gate_text.lines() {
+        assert!(
+            !line.contains(" ERROR ") && !line.contains(" WARN "),
+            "a gate run logged at ERROR/WARN: {line}"
+        );
+        assert!(
+            !line.contains("job{"),
+            "a gate run logged in a job span: {line}"
+        );
+        assert!(
+            !line.contains(" component: "),
+            "a gate run logged under the job target: {line}"
+        );
+    }
+    // The entries are there for whoever turns on DEBUG for the target.
+    let rehearsed = format!(" DEBUG {REHEARSAL_SPAN}{{");
+    let failed = gate_text
+        .lines()
+        .find(|line| {
+            line.contains(&rehearsed)
+                && line.contains(&format!("{REHEARSAL_TARGET}: Fulfillment failed"))
+        })
+        .unwrap_or_else(|| panic!("no rehearsal DEBUG line of a failure:\n{gate_text}"));
+    assert!(failed.contains("level=\"error\""), "{failed}");
+
+    // The same failure as a job: an ERROR line from the component in its job span, counted.
+    let scenario = Scenario::load(&common::scenarios_dir().join("no-payment-method.toml")).unwrap();
+    let host = scenario.seed().unwrap();
+    for (sobject, records) in &scenario.runs[0].set {
+        for (id, fields) in records {
+            host.with_org(|org| org.update(sobject, id, fields).unwrap());
+        }
+    }
+    let component = rt.load(&wasm("fulfillment")).await.unwrap();
+    let before = logs.text().len();
+    let report = rt
+        .run(
+            &component,
+            host,
+            &fulfilld::testkit::order_event("801000000000001AAA"),
+            false,
+        )
+        .await;
+    assert_eq!(report.result.unwrap_err().code, "409");
+    let job_text = logs.text()[before..].to_owned();
+    assert!(
+        job_text
+            .lines()
+            .any(|l| l.contains(" ERROR job{") && l.contains("component: Fulfillment failed")),
+        "{job_text}"
+    );
+    assert_ne!(rt.call_counters().snapshot(), counted);
+}

@@ -162,4 +162,124 @@ fn scenarios_can_run_under_a_stricter_policy_file() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("FORBIDDEN"), "{stdout}");
+
+    // A scenario run is a rehearsal: the refusal is no WARN line, only DEBUG under the gate.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("host call refused"), "{stderr}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+        .arg("test")
+        .arg("--policy")
+        .arg(&policy)
+        .arg(common::component("fulfillment"))
+        .arg(common::scenarios_dir().join("happy-path.toml"))
+        .env("FULFILLD_LOG", "warn,fulfilld::gate=debug")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let refused: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("host call refused"))
+        .collect();
+    assert!(!refused.is_empty(), "{stderr}");
+    for line in refused {
+        assert!(
+            line.contains(" DEBUG rehearsal{") && line.contains(" fulfilld::gate: "),
+            "{line}"
+        );
+    }
+}
+
+/// A wrong parameter or written value is shown precisely by the binary: which expectation, which
+/// key, the expected and the sent value, and what the call sent.
+#[test]
+fn the_cli_shows_the_difference_of_a_call_or_write_expectation() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        common::scenarios_dir().join("_seed.toml"),
+        dir.path().join("_seed.toml"),
+    )
+    .unwrap();
+    let happy = std::fs::read_to_string(common::scenarios_dir().join("happy-path.toml")).unwrap();
+    let cycles = "billingcycle = [\"monthly\", \"monthly\", \"annually\"]";
+    assert!(happy.contains(cycles));
+    std::fs::write(
+        dir.path().join("wrong-cycle.toml"),
+        happy
+            .replace(
+                cycles,
+                "billingcycle = [\"monthly\", \"annually\", \"annually\"]",
+            )
+            .replace(happy.lines().next().unwrap(), "name = \"wrong cycle\""),
+    )
+    .unwrap();
+    let status = "fields = { Activation_Status__c = \"Activated\"";
+    assert!(happy.contains(status));
+    std::fs::write(
+        dir.path().join("wrong-write.toml"),
+        happy
+            .replace(status, "fields = { Activation_Status__c = \"Done\"")
+            .replace("name = \"happy path", "name = \"wrong write"),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+        .arg("test")
+        .arg(common::component("fulfillment"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(
+            "FAIL wrong cycle: run 1: whmcs_calls[0] (1st AddOrder): billingcycle[1]: expected \"annually\", sent \
+             \"monthly\" (sent: billingcycle[0]=monthly billingcycle[1]=monthly \
+             billingcycle[2]=annually clientid=42 paymentmethod=stripe pid[0]=11 pid[1]=12 \
+             pid[2]=13 qty[0]=1 qty[1]=2 qty[2]=1)"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            ": run 1: sf_updates[2] (3rd Order update): Activation_Status__c: expected \"Done\", \
+             sent \"Activated\" (sent: Order/801000000000001AAA {"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("0 passed, 2 failed"), "{stdout}");
+}
+
+/// `fulfilld test` rehearses: the shipped scenarios fail orders on purpose, and their ERROR
+/// entries come out only at DEBUG under `fulfilld::gate`, when asked for.
+#[test]
+fn the_cli_logs_a_scenario_failure_only_at_debug_under_the_gate_target() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+        .arg("test")
+        .arg(common::component("fulfillment"))
+        .arg(common::scenarios_dir())
+        .env("FULFILLD_LOG", "warn,fulfilld::gate=debug")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let failed: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("Fulfillment failed"))
+        .collect();
+    assert!(!failed.is_empty(), "{stderr}");
+    for line in &failed {
+        assert!(
+            line.contains(" DEBUG rehearsal{") && line.contains("fulfilld::gate: "),
+            "{line}"
+        );
+        assert!(line.contains("level=\"error\""), "{line}");
+    }
+    for line in stderr.lines() {
+        assert!(
+            !line.contains(" ERROR ") && !line.contains(" WARN "),
+            "{line}"
+        );
+        assert!(!line.contains("job{"), "{line}");
+    }
 }

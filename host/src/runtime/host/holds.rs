@@ -26,7 +26,7 @@ impl holds::Host for JobState {
             holds::HoldMode::Exclusive => HoldMode::Exclusive,
         };
         if let Some(problem) = invalid_name(&name) {
-            tracing::warn!(hold = %name, "hold refused: {problem}");
+            run_warn!(self.job.rehearsal(), hold = %name, "hold refused: {problem}");
             self.gate.count(OP, "invalid_input");
             return Ok(Err(CallError::invalid_input(problem).into()));
         }
@@ -43,7 +43,7 @@ impl holds::Host for JobState {
                 self.job.held.push(name.clone());
             }
             Err(error) => {
-                tracing::warn!(hold = %name, mode = %mode, code = %error.code, "hold not taken: {}", error.message);
+                run_warn!(self.job.rehearsal(), hold = %name, mode = %mode, code = %error.code, "hold not taken: {}", error.message);
             }
         }
         self.gate.count(
@@ -107,7 +107,7 @@ async fn take(job: &JobContext, name: &str, mode: HoldMode) -> Result<(), CallEr
 
 async fn drop_hold(job: &JobContext, name: &str) {
     if let Err(error) = job.holds.release_hold(name, &job.holder).await {
-        tracing::warn!(hold = %name, error = %error, "could not release a hold; it expires on its own");
+        run_warn!(job.rehearsal(), hold = %name, error = %error, "could not release a hold; it expires on its own");
     }
 }
 

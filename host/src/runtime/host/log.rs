@@ -1,7 +1,9 @@
 //! `fulfilld:fulfillment/log`: the component's step logs become `tracing` events, inside the
-//! job's span (which carries the order id, EventUuid, replay id and component version).
+//! job's span (which carries the order id, EventUuid, replay id and component version). A
+//! rehearsal's entries go to [`REHEARSAL_TARGET`] at DEBUG instead (see `RunKind`).
 
 use super::super::JobState;
+use super::super::REHEARSAL_TARGET;
 use super::super::bindings::log;
 use super::super::gate::LogRecord;
 
@@ -27,22 +29,17 @@ impl log::Host for JobState {
             .collect();
         // Rendered only if a subscriber records the event.
         let rendered = Fields(&fields);
-        match level {
-            log::Level::Trace => {
-                tracing::trace!(target: "component", step = %step, fields = %rendered, "{message}")
-            }
-            log::Level::Debug => {
-                tracing::debug!(target: "component", step = %step, fields = %rendered, "{message}")
-            }
-            log::Level::Info => {
-                tracing::info!(target: "component", step = %step, fields = %rendered, "{message}")
-            }
-            log::Level::Warn => {
-                tracing::warn!(target: "component", step = %step, fields = %rendered, "{message}")
-            }
-            log::Level::Error => {
-                tracing::error!(target: "component", step = %step, fields = %rendered, "{message}")
-            }
+        if self.job.rehearsal() {
+            // A rehearsal's ERROR is a scenario doing its job, not an incident: DEBUG, apart.
+            tracing::debug!(
+                target: REHEARSAL_TARGET,
+                level = level_name(level),
+                step = %step,
+                fields = %rendered,
+                "{message}"
+            );
+        } else {
+            emit_job_log(level, &step, &message, &rendered);
         }
         self.gate.record_log(|| LogRecord {
             level: level_name(level).to_owned(),
@@ -51,6 +48,27 @@ impl log::Host for JobState {
             fields,
         });
         Ok(())
+    }
+}
+
+/// A job's log entry: at the component's level, under the target `component`.
+fn emit_job_log(level: log::Level, step: &str, message: &str, rendered: &Fields<'_>) {
+    match level {
+        log::Level::Trace => {
+            tracing::trace!(target: "component", step = %step, fields = %rendered, "{message}")
+        }
+        log::Level::Debug => {
+            tracing::debug!(target: "component", step = %step, fields = %rendered, "{message}")
+        }
+        log::Level::Info => {
+            tracing::info!(target: "component", step = %step, fields = %rendered, "{message}")
+        }
+        log::Level::Warn => {
+            tracing::warn!(target: "component", step = %step, fields = %rendered, "{message}")
+        }
+        log::Level::Error => {
+            tracing::error!(target: "component", step = %step, fields = %rendered, "{message}")
+        }
     }
 }
 
