@@ -17,6 +17,7 @@ mod common;
 mod clients;
 mod component_admin;
 mod component_check;
+mod listeners;
 mod live;
 mod pipeline;
 mod pubsub;
