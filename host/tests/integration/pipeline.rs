@@ -101,7 +101,7 @@ impl Rig {
         Host::from_config(&self.config(extra)).await.unwrap()
     }
 
-    async fn store(&self) -> SharedStore {
+    pub(crate) async fn store(&self) -> SharedStore {
         fulfilld::pipeline::open_store(&self.config(&[]).serve.store)
             .await
             .unwrap()
@@ -210,7 +210,7 @@ impl Rig {
 }
 
 /// The record of the job of EventUuid `uuid`, waiting up to 5 s for the job to finish.
-async fn wait_record(store: &SharedStore, uuid: &str) -> fulfilld::store::JobRecord {
+pub(crate) async fn wait_record(store: &SharedStore, uuid: &str) -> fulfilld::store::JobRecord {
     for _ in 0..100 {
         if let Some(record) = store.job_record(uuid).await.unwrap() {
             return record;
