@@ -982,6 +982,8 @@ async fn serve_refuses_bad_settings_and_names_each() {
         .env("FULFILLD_WORKERS", "lots")
         .env("FULFILLD_LEASE_TTL_MS", "10")
         .env("REDIS_URL", "not a url")
+        .env("FULFILLD_HTTP_MAX_CONNECTIONS", "0")
+        .env("FULFILLD_HEADER_READ_TIMEOUT_MS", "400000")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -991,6 +993,12 @@ async fn serve_refuses_bad_settings_and_names_each() {
             stderr.contains(setting),
             "{setting} not named in:\n{stderr}"
         );
+    }
+    for problem in [
+        "FULFILLD_HTTP_MAX_CONNECTIONS: expected a positive whole number, got `0`",
+        "FULFILLD_HEADER_READ_TIMEOUT_MS: must be at most 300000, got 400000",
+    ] {
+        assert!(stderr.contains(problem), "{problem} not in:\n{stderr}");
     }
 }
 
