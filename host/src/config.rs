@@ -134,6 +134,17 @@ pub struct ServeConfig {
     /// `FULFILLD_ADMIN_ADDR`: where the admin API (`/admin/...`) listens when it is on; apart
     /// from `/health` and `/metrics`, and on loopback unless set otherwise.
     pub admin_addr: std::net::SocketAddr,
+    /// `FULFILLD_HTTP_MAX_CONNECTIONS`: connections open at once on `FULFILLD_HTTP_ADDR`; one
+    /// more is closed at once.
+    pub http_max_connections: usize,
+    /// `FULFILLD_ADMIN_MAX_CONNECTIONS`: the same bound on `FULFILLD_ADMIN_ADDR`.
+    pub admin_max_connections: usize,
+    /// `FULFILLD_HEADER_READ_TIMEOUT_MS`: on both listeners, a connection that has not sent a
+    /// request's complete headers within this time (idle between requests included) is closed.
+    pub header_read_timeout: Duration,
+    /// `FULFILLD_ADMIN_REQUEST_TIMEOUT_MS`: longest an admin request may take, upload and gates
+    /// included (408 beyond).
+    pub admin_request_timeout: Duration,
     /// `FULFILLD_ENV`: reported by `/health` (e.g. production, staging).
     pub environment: String,
     /// `FULFILLD_WORKERS`: jobs run at once by this replica.
@@ -584,6 +595,16 @@ impl Reader<'_> {
         }
     }
 
+    /// A positive whole number no larger than `max`; `default` when unset.
+    fn bounded(&mut self, setting: &'static str, default: u64, max: u64) -> u64 {
+        let value = self.number(setting, default);
+        if value > max {
+            self.fail(setting, format!("must be at most {max}, got {value}"));
+            return default;
+        }
+        value
+    }
+
     fn serve(&mut self) -> ServeConfig {
         let store = match self.optional("REDIS_URL") {
             Some(url) => {
@@ -628,6 +649,11 @@ impl Reader<'_> {
         };
         let http_addr = self.socket_addr("FULFILLD_HTTP_ADDR", ([0, 0, 0, 0], 8080));
         let admin_addr = self.socket_addr("FULFILLD_ADMIN_ADDR", ([127, 0, 0, 1], 8081));
+        let http_max_connections = self.bounded("FULFILLD_HTTP_MAX_CONNECTIONS", 256, 65_536);
+        let admin_max_connections = self.bounded("FULFILLD_ADMIN_MAX_CONNECTIONS", 64, 65_536);
+        let header_read_ms = self.bounded("FULFILLD_HEADER_READ_TIMEOUT_MS", 10_000, 300_000);
+        // The CLI waits 300 s for an admin answer: a longer limit would only hide the 408.
+        let admin_request_ms = self.bounded("FULFILLD_ADMIN_REQUEST_TIMEOUT_MS", 120_000, 300_000);
         let environment = self
             .optional("FULFILLD_ENV")
             .unwrap_or_else(|| "production".to_owned());
@@ -707,6 +733,10 @@ impl Reader<'_> {
             store,
             http_addr,
             admin_addr,
+            http_max_connections: usize::try_from(http_max_connections).unwrap_or(256),
+            admin_max_connections: usize::try_from(admin_max_connections).unwrap_or(64),
+            header_read_timeout: Duration::from_millis(header_read_ms),
+            admin_request_timeout: Duration::from_millis(admin_request_ms),
             environment,
             workers: usize::try_from(workers.min(1024)).unwrap_or(4),
             lease_ttl: Duration::from_millis(lease_ms),
@@ -971,5 +1001,42 @@ mod tests {
         let err = load(&env).unwrap_err().to_string();
         assert!(err.contains("REDIS_URL") && err.contains("TLS"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+    #[test]
+    fn listener_bounds_default_and_refuse_zero_or_too_large() {
+        let config = load(&base()).unwrap();
+        assert_eq!(config.serve.http_max_connections, 256);
+        assert_eq!(config.serve.admin_max_connections, 64);
+        assert_eq!(config.serve.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.serve.admin_request_timeout, Duration::from_secs(120));
+
+        let mut env = base();
+        env.insert("FULFILLD_HTTP_MAX_CONNECTIONS", "8".into());
+        env.insert("FULFILLD_ADMIN_MAX_CONNECTIONS", "2".into());
+        env.insert("FULFILLD_HEADER_READ_TIMEOUT_MS", "500".into());
+        env.insert("FULFILLD_ADMIN_REQUEST_TIMEOUT_MS", "1500".into());
+        let config = load(&env).unwrap();
+        assert_eq!(config.serve.http_max_connections, 8);
+        assert_eq!(config.serve.admin_max_connections, 2);
+        assert_eq!(config.serve.header_read_timeout, Duration::from_millis(500));
+        assert_eq!(
+            config.serve.admin_request_timeout,
+            Duration::from_millis(1500)
+        );
+
+        let mut env = base();
+        env.insert("FULFILLD_HTTP_MAX_CONNECTIONS", "0".into());
+        env.insert("FULFILLD_ADMIN_MAX_CONNECTIONS", "100000".into());
+        env.insert("FULFILLD_HEADER_READ_TIMEOUT_MS", "soon".into());
+        env.insert("FULFILLD_ADMIN_REQUEST_TIMEOUT_MS", "600000".into());
+        let err = load(&env).unwrap_err().to_string();
+        for expected in [
+            "FULFILLD_HTTP_MAX_CONNECTIONS: expected a positive whole number, got `0`",
+            "FULFILLD_ADMIN_MAX_CONNECTIONS: must be at most 65536, got 100000",
+            "FULFILLD_HEADER_READ_TIMEOUT_MS: expected a positive whole number, got `soon`",
+            "FULFILLD_ADMIN_REQUEST_TIMEOUT_MS: must be at most 300000, got 600000",
+        ] {
+            assert!(err.contains(expected), "{expected} missing from: {err}");
+        }
     }
 }

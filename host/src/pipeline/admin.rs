@@ -5,7 +5,8 @@
 //! It listens on its own address (`FULFILLD_ADMIN_ADDR`, loopback by default), apart from
 //! `/health` and `/metrics`, which load balancers and scrapers reach: what can change the live
 //! component is not exposed wherever health is. Each request has a time limit and only a few run
-//! at once, so a slow or flooding client cannot hold the deploy path.
+//! at once, and the listener bounds its connections and how long request headers may take
+//! ([`super::listener`]), so a slow or flooding client cannot hold the deploy path.
 //!
 //! A deploy passes the registry's gates (size, world and WIT version, compile, link, `info()`)
 //! before anything changes; activation swaps the version new jobs run on atomically, while jobs
@@ -26,16 +27,13 @@ use serde_json::json;
 
 use super::Shared;
 use super::deploy::{self, Submission, SubmitError};
+use super::listener::Limits;
 use crate::error::chain;
 use crate::registry::RegistryError;
 use crate::secret::Secret;
 
 /// Bytes a deploy body may carry beyond the component: its signature and scenario suite.
 const SUITE_ALLOWANCE: usize = 4 << 20;
-
-/// Longest an admin request may take, upload and gates included (a deploy compiles the component
-/// and runs its scenario suite; the CLI waits up to 300 s).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Admin requests handled at once; more are answered 503 at once instead of queueing.
 const MAX_IN_FLIGHT: usize = 4;
@@ -45,41 +43,44 @@ pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     router: Router<Arc<Shared>>,
     shared: Arc<Shared>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let timeout = shared.serve.admin_request_timeout;
+    let limits = Limits {
+        max_connections: shared.serve.admin_max_connections,
+        header_read_timeout: shared.serve.header_read_timeout,
+    };
     let app = router
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             let in_flight = Arc::clone(&in_flight);
-            async move { bounded(&in_flight, request, next).await }
+            async move { bounded(&in_flight, timeout, request, next).await }
         }))
         .with_state(shared);
-    let stop = async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    };
-    if let Err(err) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %chain(&err), "the admin API failed");
-    }
+    super::listener::serve("admin", listener, app, limits, shutdown).await;
 }
 
-/// At most [`MAX_IN_FLIGHT`] requests at once, each within [`REQUEST_TIMEOUT`].
-async fn bounded(in_flight: &tokio::sync::Semaphore, request: Request, next: Next) -> Response {
+/// At most [`MAX_IN_FLIGHT`] requests at once, each within `timeout`
+/// (`FULFILLD_ADMIN_REQUEST_TIMEOUT_MS`).
+async fn bounded(
+    in_flight: &tokio::sync::Semaphore,
+    timeout: Duration,
+    request: Request,
+    next: Next,
+) -> Response {
     let Ok(_permit) = in_flight.try_acquire() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the admin API is busy: {MAX_IN_FLIGHT} requests are running; retry shortly"),
         );
     };
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+    match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => error(
             StatusCode::REQUEST_TIMEOUT,
             format!(
-                "the request took longer than {} s",
-                REQUEST_TIMEOUT.as_secs()
+                "the request took longer than {} ms (FULFILLD_ADMIN_REQUEST_TIMEOUT_MS)",
+                timeout.as_millis()
             ),
         ),
     }

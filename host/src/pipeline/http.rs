@@ -12,6 +12,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use super::listener::Limits;
 use super::metrics::Gauges;
 use super::{Role, Shared, rfc3339};
 use crate::error::chain;
@@ -23,21 +24,17 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .with_state(shared);
-    let stop = async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
+        .with_state(Arc::clone(&shared));
+    let limits = Limits {
+        max_connections: shared.serve.http_max_connections,
+        header_read_timeout: shared.serve.header_read_timeout,
     };
-    if let Err(err) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %chain(&err), "the HTTP endpoint failed");
-    }
+    super::listener::serve("http", listener, app, limits, shutdown).await;
 }
 
 /// The health report and whether it is healthy.

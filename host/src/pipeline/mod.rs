@@ -11,6 +11,7 @@ mod admin;
 pub mod deploy;
 pub mod http;
 mod ingest;
+mod listener;
 pub mod metrics;
 mod worker;
 

@@ -18,6 +18,7 @@ mod authoring;
 mod clients;
 mod component_admin;
 mod component_check;
+mod listeners;
 mod live;
 mod manifest;
 mod pipeline;

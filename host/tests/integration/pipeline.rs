@@ -20,20 +20,20 @@ use fulfilld::sandbox::{
 };
 use fulfilld::store::{SharedStore, Store};
 
-fn redis_url() -> String {
+pub(crate) fn redis_url() -> String {
     std::env::var("FULFILLD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
 /// A sandbox with its own channel, and the settings that point hosts at it.
-struct Rig {
-    sandbox: Sandbox,
-    channel: String,
-    env: BTreeMap<String, String>,
-    _dir: tempfile::TempDir,
+pub(crate) struct Rig {
+    pub(crate) sandbox: Sandbox,
+    pub(crate) channel: String,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) _dir: tempfile::TempDir,
 }
 
 impl Rig {
-    async fn new() -> Rig {
+    pub(crate) async fn new() -> Rig {
         // The tests' own HTTP clients (reqwest::get) need the process-wide rustls provider the
         // host installs when it builds its clients; a test may call them before any host exists.
         fulfilld::http::install_crypto_provider();
@@ -82,7 +82,7 @@ impl Rig {
     }
 
     /// Use Redis at `url` with a namespace of this rig's own.
-    fn with_redis(mut self, url: &str) -> Rig {
+    pub(crate) fn with_redis(mut self, url: &str) -> Rig {
         self.env.insert("REDIS_URL".into(), url.to_owned());
         let ns = format!("fulfilld-test-{}", &random_uuid()[..8]);
         self.env.insert("FULFILLD_REDIS_NAMESPACE".into(), ns);
@@ -97,23 +97,23 @@ impl Rig {
         Config::from_lookup(|key| env.get(key).cloned()).unwrap()
     }
 
-    async fn host(&self, extra: &[(&str, &str)]) -> Host {
+    pub(crate) async fn host(&self, extra: &[(&str, &str)]) -> Host {
         Host::from_config(&self.config(extra)).await.unwrap()
     }
 
-    async fn store(&self) -> SharedStore {
+    pub(crate) async fn store(&self) -> SharedStore {
         fulfilld::pipeline::open_store(&self.config(&[]).serve.store)
             .await
             .unwrap()
     }
 
-    fn orders(&self, first: u64, count: u64) -> Vec<String> {
+    pub(crate) fn orders(&self, first: u64, count: u64) -> Vec<String> {
         let org = self.sandbox.salesforce().org();
         let mut org = org.lock().unwrap();
         add_orders(&mut org, ACME_ACCOUNT, first, count).unwrap()
     }
 
-    fn publish(&self, order_id: &str) -> (String, ReplayId) {
+    pub(crate) fn publish(&self, order_id: &str) -> (String, ReplayId) {
         let uuid = random_uuid();
         let replay = self.publish_with_uuid(order_id, &uuid);
         (uuid, replay)
@@ -127,7 +127,7 @@ impl Rig {
             .unwrap()
     }
 
-    fn status(&self, order_id: &str) -> (String, String) {
+    pub(crate) fn status(&self, order_id: &str) -> (String, String) {
         let org = self.sandbox.salesforce().org();
         let org = org.lock().unwrap();
         let order = org.get("Order", order_id).unwrap();
@@ -167,7 +167,7 @@ impl Rig {
     }
 
     /// Waits until every order is Activated; panics with the stragglers after `limit`.
-    async fn wait_activated(&self, orders: &[String], limit: Duration) {
+    pub(crate) async fn wait_activated(&self, orders: &[String], limit: Duration) {
         let start = Instant::now();
         loop {
             let pending: Vec<&String> = orders
@@ -210,7 +210,7 @@ impl Rig {
 }
 
 /// The record of the job of EventUuid `uuid`, waiting up to 5 s for the job to finish.
-async fn wait_record(store: &SharedStore, uuid: &str) -> fulfilld::store::JobRecord {
+pub(crate) async fn wait_record(store: &SharedStore, uuid: &str) -> fulfilld::store::JobRecord {
     for _ in 0..100 {
         if let Some(record) = store.job_record(uuid).await.unwrap() {
             return record;
@@ -489,7 +489,7 @@ async fn a_worker_killed_mid_job_is_reclaimed_and_the_job_finishes() {
     host.shutdown().await;
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -499,7 +499,10 @@ fn free_port() -> u16 {
 
 /// An ed25519 key pair as `component sign` and `FULFILLD_COMPONENT_PUBLIC_KEY` take them:
 /// `signing.pem` (PKCS#8) and `verify.pem` (SubjectPublicKeyInfo) in `dir`.
-fn write_key_pair(dir: &std::path::Path, seed: u8) -> (std::path::PathBuf, std::path::PathBuf) {
+pub(crate) fn write_key_pair(
+    dir: &std::path::Path,
+    seed: u8,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     use ed25519_dalek::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
     let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
     let private_pem = dir.join("signing.pem");
@@ -520,14 +523,14 @@ fn write_key_pair(dir: &std::path::Path, seed: u8) -> (std::path::PathBuf, std::
 }
 
 /// `fulfilld serve` as a child process, logging to a file.
-struct ServeProcess {
+pub(crate) struct ServeProcess {
     child: Child,
-    http: String,
-    log: std::path::PathBuf,
+    pub(crate) http: String,
+    pub(crate) log: std::path::PathBuf,
 }
 
 impl ServeProcess {
-    fn start(rig: &Rig, name: &str, extra: &[(&str, &str)]) -> ServeProcess {
+    pub(crate) fn start(rig: &Rig, name: &str, extra: &[(&str, &str)]) -> ServeProcess {
         let port = free_port();
         let log = rig._dir.path().join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
@@ -555,12 +558,12 @@ impl ServeProcess {
         }
     }
 
-    async fn health(&self) -> Option<serde_json::Value> {
+    pub(crate) async fn health(&self) -> Option<serde_json::Value> {
         let response = reqwest::get(format!("{}/health", self.http)).await.ok()?;
         response.json().await.ok()
     }
 
-    async fn wait_role(&self, role: &str, limit: Duration) {
+    pub(crate) async fn wait_role(&self, role: &str, limit: Duration) {
         let start = Instant::now();
         loop {
             if let Some(body) = self.health().await
@@ -579,7 +582,7 @@ impl ServeProcess {
         }
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -979,6 +982,8 @@ async fn serve_refuses_bad_settings_and_names_each() {
         .env("FULFILLD_WORKERS", "lots")
         .env("FULFILLD_LEASE_TTL_MS", "10")
         .env("REDIS_URL", "not a url")
+        .env("FULFILLD_HTTP_MAX_CONNECTIONS", "0")
+        .env("FULFILLD_HEADER_READ_TIMEOUT_MS", "400000")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -988,6 +993,12 @@ async fn serve_refuses_bad_settings_and_names_each() {
             stderr.contains(setting),
             "{setting} not named in:\n{stderr}"
         );
+    }
+    for problem in [
+        "FULFILLD_HTTP_MAX_CONNECTIONS: expected a positive whole number, got `0`",
+        "FULFILLD_HEADER_READ_TIMEOUT_MS: must be at most 300000, got 400000",
+    ] {
+        assert!(stderr.contains(problem), "{problem} not in:\n{stderr}");
     }
 }
 
@@ -1249,7 +1260,7 @@ async fn a_worker_whose_claim_was_taken_stops_before_provisioning() {
 
 /// The same component with a custom section appended: another sha256 (another registry
 /// version), same rules.
-fn with_custom_section(wasm: &[u8], tag: &str) -> Vec<u8> {
+pub(crate) fn with_custom_section(wasm: &[u8], tag: &str) -> Vec<u8> {
     fn leb(mut n: usize, out: &mut Vec<u8>) {
         loop {
             let byte = (n & 0x7f) as u8;
