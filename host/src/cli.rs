@@ -24,14 +24,10 @@ pub async fn component_check(
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
     let wasm = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut config = RuntimeConfig {
+    let runtime = Runtime::new(RuntimeConfig {
         max_instances: 2,
-        ..RuntimeConfig::default()
-    };
-    if let Some(path) = policy {
-        config.policy = CapabilityPolicy::load(path).context("--policy")?;
-    }
-    let runtime = Runtime::new(config)?;
+        ..offline_runtime_config(policy)?
+    })?;
     match runtime.load(&wasm).await {
         Ok(component) => {
             let surface = check::surface(&wasm)?;
@@ -51,8 +47,8 @@ pub async fn component_check(
                 Some(manifest) => write_manifest(manifest, out)?,
                 None => writeln!(
                     out,
-                    "manifest: none (runs under the host's capability policy and reads the \
-                     settings the host exposes)"
+                    "manifest: none (runs under the host's capability policy and reads only \
+                     PORTAL_PRICEBOOK_ID and SF_PROVISION_EVENT_CHANNEL)"
                 )?,
             }
             Ok(true)
@@ -67,6 +63,16 @@ pub async fn component_check(
             Ok(false)
         }
     }
+}
+
+/// The runtime settings of the commands that run a component without a host (`component
+/// check`, `test`): the defaults, under the `--policy` file when one is given.
+fn offline_runtime_config(policy: Option<&Path>) -> anyhow::Result<RuntimeConfig> {
+    let mut config = RuntimeConfig::default();
+    if let Some(path) = policy {
+        config.policy = CapabilityPolicy::load(path).context("--policy")?;
+    }
+    Ok(config)
 }
 
 /// The manifest as `component check` shows it.
@@ -138,16 +144,29 @@ pub fn component_pack(
     let packed = manifest::embed(&wasm, &text)
         .with_context(|| format!("cannot pack {} into {}", manifest.display(), file.display()))?;
     let target = to.unwrap_or(file);
-    std::fs::write(target, &packed)
+    // Written beside the target and renamed over it: a failed write never leaves half a file.
+    let mut staging = target.as_os_str().to_owned();
+    staging.push(".packing");
+    let staging = PathBuf::from(staging);
+    std::fs::write(&staging, &packed)
+        .and_then(|()| std::fs::rename(&staging, target))
         .with_context(|| format!("cannot write {}", target.display()))?;
     writeln!(
         out,
-        "packed {} into {} ({} bytes, sha256 {}); sign it again if it was signed",
+        "packed {} into {} ({} bytes, sha256 {})",
         manifest.display(),
         target.display(),
         packed.len(),
         crate::registry::sha256_hex(&packed)
     )?;
+    let stale = crate::registry::signature::signature_path(target);
+    if stale.exists() {
+        writeln!(
+            out,
+            "note: {} signs the bytes before packing and no longer verifies: sign again",
+            stale.display()
+        )?;
+    }
     Ok(true)
 }
 
@@ -160,11 +179,7 @@ pub async fn test(
     verbose: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
-    let mut config = RuntimeConfig::default();
-    if let Some(path) = policy {
-        config.policy = CapabilityPolicy::load(path).context("--policy")?;
-    }
-    let kit = TestKit::load_file_with(component, config).await?;
+    let kit = TestKit::load_file_with(component, offline_runtime_config(policy)?).await?;
     let info = kit.component().info();
     writeln!(
         out,

@@ -11,14 +11,14 @@ use url::Url;
 use crate::domain::ReplayId;
 use crate::pubsub::{ReplayFrom, SubscriberOptions};
 use crate::runtime::RuntimeConfig;
+use crate::runtime::manifest::MAX_VALUE_BYTES;
 use crate::runtime::policy::CapabilityPolicy;
 use crate::salesforce::SalesforceConfig;
 use crate::secret::Secret;
 use crate::services::{LiveServices, LiveServicesError};
 use crate::whmcs::WhmcsConfig;
 
-/// Settings components may read through the `config` import. Nothing secret is ever listed.
-pub const EXPOSED_SETTINGS: [&str; 2] = ["PORTAL_PRICEBOOK_ID", "SF_PROVISION_EVENT_CHANNEL"];
+pub use crate::services::EXPOSED_SETTINGS;
 
 pub const DEFAULT_CHANNEL: &str = "/event/OrderProvisionRequested__e";
 pub const DEFAULT_API_VERSION: &str = "v66.0";
@@ -45,10 +45,13 @@ pub fn component_overrides(
                      manifest's [config] lists it"
                 ),
             });
-        } else if value.len() > 4096 {
+        } else if value.len() > MAX_VALUE_BYTES {
             errors.push(SettingError {
                 setting: "FULFILLD_CONFIG_<KEY>",
-                problem: format!("{name}: {} bytes, over the 4096-byte limit", value.len()),
+                problem: format!(
+                    "{name}: {} bytes, over the {MAX_VALUE_BYTES}-byte limit",
+                    value.len()
+                ),
             });
         } else {
             overrides.insert(key.to_owned(), value);
@@ -445,7 +448,7 @@ impl Config {
 
     /// The settings components may read.
     pub fn exposed(&self) -> BTreeMap<String, String> {
-        let mut exposed = self.component_config.clone();
+        let mut exposed = BTreeMap::new();
         if let Some(id) = &self.pricebook_id {
             exposed.insert("PORTAL_PRICEBOOK_ID".to_owned(), id.clone());
         }
@@ -453,6 +456,8 @@ impl Config {
             "SF_PROVISION_EVENT_CHANNEL".to_owned(),
             self.channel.clone(),
         );
+        // A FULFILLD_CONFIG_<KEY> setting is the one made for components: it wins.
+        exposed.extend(self.component_config.clone());
         exposed
     }
 }
@@ -840,6 +845,10 @@ mod tests {
             ("FULFILLD_CONFIG_PROVISIONING_NOTE", "rush"),
             ("PATH", "/usr/bin"),
             ("FULFILLD_CONFIG_PORTAL_PRICEBOOK_ID", "01s"),
+            (
+                "FULFILLD_CONFIG_SF_PROVISION_EVENT_CHANNEL",
+                "/event/Other__e",
+            ),
         ];
         let overrides =
             component_overrides(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
@@ -849,6 +858,10 @@ mod tests {
             BTreeMap::from([
                 ("PORTAL_PRICEBOOK_ID".to_owned(), "01s".to_owned()),
                 ("PROVISIONING_NOTE".to_owned(), "rush".to_owned()),
+                (
+                    "SF_PROVISION_EVENT_CHANNEL".to_owned(),
+                    "/event/Other__e".to_owned()
+                ),
             ])
         );
         let bad = [("FULFILLD_CONFIG_bad-key", "s3cret-value")];
@@ -859,12 +872,17 @@ mod tests {
         assert!(!err.contains("s3cret-value"), "{err}");
         let mut config = load(&base()).unwrap();
         config.component_config = overrides;
+        let exposed = config.exposed();
         assert_eq!(
-            config
-                .exposed()
-                .get("PROVISIONING_NOTE")
-                .map(String::as_str),
+            exposed.get("PROVISIONING_NOTE").map(String::as_str),
             Some("rush")
+        );
+        assert_eq!(
+            exposed
+                .get("SF_PROVISION_EVENT_CHANNEL")
+                .map(String::as_str),
+            Some("/event/Other__e"),
+            "a FULFILLD_CONFIG_ setting wins over the runbook setting of that name"
         );
     }
 

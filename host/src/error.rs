@@ -184,3 +184,38 @@ mod tests {
         assert_eq!(chain(&error), "no answer: answer");
     }
 }
+
+/// Where a TOML document failed and the parser's message, never the offending line itself
+/// (`line 3: unknown field ...`): for files whose content must not be echoed.
+pub fn toml_error(text: &str, error: &toml::de::Error) -> String {
+    match error.span() {
+        Some(span) => {
+            let line = text
+                .get(..span.start)
+                .map_or(1, |before| before.matches('\n').count() + 1);
+            format!("line {line}: {}", error.message())
+        }
+        None => error.message().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod toml_error_tests {
+    use super::toml_error;
+
+    #[test]
+    fn the_line_is_counted_from_one_and_the_text_is_not_quoted() {
+        let text = "a = 1\nb = \"secret-7Kq\nc = 3\n";
+        let error = toml::from_str::<toml::Table>(text).unwrap_err();
+        let said = toml_error(text, &error);
+        assert!(said.starts_with("line 2: "), "{said}");
+        assert!(!said.contains("secret-7Kq"), "{said}");
+        let text = "a = 1\n[[b]]\nx = 1\n[b]\n";
+        let error = toml::from_str::<toml::Table>(text).unwrap_err();
+        assert!(
+            toml_error(text, &error).starts_with("line 4: "),
+            "{}",
+            toml_error(text, &error)
+        );
+    }
+}

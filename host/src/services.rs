@@ -16,6 +16,10 @@ use crate::http::{HttpClientError, http_client};
 use crate::salesforce::{SalesforceClient, SalesforceConfig, SalesforceConfigError};
 use crate::whmcs::{WhmcsClient, WhmcsConfig};
 
+/// The settings a component without a manifest may read through the `config` import (a component
+/// with one reads the keys its manifest lists). Nothing secret is ever listed.
+pub const EXPOSED_SETTINGS: [&str; 2] = ["PORTAL_PRICEBOOK_ID", "SF_PROVISION_EVENT_CHANNEL"];
+
 /// What the host does on a component's behalf. Arguments have been validated and allowed by the
 /// capability policy before a method is called.
 pub trait Services: Send + Sync + 'static {

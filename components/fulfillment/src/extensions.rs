@@ -101,10 +101,32 @@ pub fn split_quantity(line: &AddOrderItem) -> Vec<AddOrderItem> {
     mapping::split_line(line)
 }
 
-/// `extra` without the `own` keys.
+/// `extra` without the `own` keys, in any of their PHP-style forms (`pid`, `pid[2]`, `pid[]`):
+/// an extension cannot add, change or remove the lines the rules send.
 pub(crate) fn without(mut extra: Map<String, Value>, own: &[&str]) -> Map<String, Value> {
-    for key in own {
-        extra.remove(*key);
-    }
+    extra.retain(|key, _| {
+        let base = key.split('[').next().unwrap_or(key);
+        !own.contains(&base)
+    });
     extra
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use fulfillment_sdk::serde_json::json;
+
+    #[test]
+    fn extra_params_cannot_touch_the_rules_own_in_any_php_form() {
+        let extra = json!({
+            "pid": [9], "pid[2]": 99, "qty[0]": 5, "billingcycle[]": "monthly",
+            "promocode": "WELCOME", "clientid": 1
+        });
+        let Value::Object(extra) = extra else {
+            unreachable!()
+        };
+        let kept = without(extra, &["pid", "qty", "billingcycle", "clientid"]);
+        assert_eq!(Value::Object(kept), json!({ "promocode": "WELCOME" }));
+    }
 }

@@ -13,6 +13,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use event::Event;
 pub use replay::{ReplayId, ReplayIdParseError};
 
+/// `text` cut to at most `max` bytes at a character boundary, with `…` when it was cut: for
+/// logs and answers that quote something from outside.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// Milliseconds since the Unix epoch from the system clock.
 pub fn now_ms() -> i64 {
     SystemTime::now()

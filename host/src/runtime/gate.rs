@@ -17,7 +17,7 @@ use tracing::Instrument;
 use super::manifest::Manifest;
 use super::policy::CapabilityPolicy;
 use crate::error::CallError;
-use crate::services::Services;
+use crate::services::{EXPOSED_SETTINGS, Services};
 
 /// A sandbox rule a job broke; the job fails with the violation's code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,11 +167,13 @@ impl Gate {
     }
 
     /// The value of config `key` for this component: with a manifest, only keys it lists (the
-    /// host's setting, else the manifest's default); without one, whatever the host exposes.
+    /// host's setting, else the manifest's default); without one, only the runbook's
+    /// [`EXPOSED_SETTINGS`], as before manifests existed.
     pub(crate) fn config(&self, key: &str) -> Option<String> {
         match &self.grant.manifest {
             Some(manifest) => manifest.config_value(key, self.services.config(key)),
-            None => self.services.config(key),
+            None if EXPOSED_SETTINGS.contains(&key) => self.services.config(key),
+            None => None,
         }
     }
 
@@ -225,7 +227,7 @@ impl Gate {
         run_warn!(
             self.rehearsal,
             op,
-            target = %target,
+            target = %crate::domain::clip(&target, 200),
             kind = %error.kind,
             code = %error.code,
             "host call refused: {}",

@@ -40,8 +40,8 @@ pub const SECTION: &str = "fulfilld-manifest";
 pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
 /// At most this many config keys, sObjects, fields per sObject, actions or queried objects.
 const MAX_ENTRIES: usize = 256;
-/// The longest config value, in bytes.
-const MAX_VALUE_BYTES: usize = 4096;
+/// The longest config value, in bytes (a manifest's default or a host setting).
+pub const MAX_VALUE_BYTES: usize = 4096;
 /// The longest name (config key, sObject, field, action, component name or version).
 const MAX_NAME: usize = 80;
 
@@ -148,16 +148,8 @@ impl Manifest {
                 text.len()
             )));
         }
-        let manifest: Manifest = toml::from_str(text).map_err(|e| {
-            // The position and the parser's message, never the offending line itself.
-            let line = e
-                .span()
-                .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
-            invalid(match line {
-                Some(line) => format!("line {line}: {}", e.message()),
-                None => e.message().to_owned(),
-            })
-        })?;
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|e| invalid(crate::error::toml_error(text, &e)))?;
         manifest.validate()?;
         Ok(manifest)
     }
@@ -220,14 +212,12 @@ impl Manifest {
     pub fn excess(&self, ceiling: &CapabilityPolicy) -> Vec<String> {
         let caps = &self.capabilities;
         let mut excess = Vec::new();
-        if let Some(allowed) = &ceiling.query {
-            excess.extend(
-                caps.query
-                    .iter()
-                    .filter(|object| !allowed.contains(*object))
-                    .map(|object| format!("query {object}")),
-            );
-        }
+        excess.extend(
+            caps.query
+                .iter()
+                .filter(|object| !ceiling.allows_query(object))
+                .map(|object| format!("query {object}")),
+        );
         for (object, fields) in &caps.update {
             let allowed = ceiling.update.get(object);
             excess.extend(
@@ -385,15 +375,17 @@ fn write_leb_u32(out: &mut Vec<u8>, mut value: u32) {
     }
 }
 
-/// The top-level sections of a component binary; nested modules and components stay inside
-/// their section.
-fn sections(wasm: &[u8]) -> Result<Vec<Section>, ManifestError> {
+/// Calls `visit` with each top-level section of a component binary, in order (nested modules
+/// and components stay inside their section); nothing is collected, whatever the count.
+fn walk(
+    wasm: &[u8],
+    mut visit: impl FnMut(&Section) -> Result<(), ManifestError>,
+) -> Result<(), ManifestError> {
     if !wasm.starts_with(&COMPONENT_PREAMBLE) {
         return Err(ManifestError::Section(
             "not a WebAssembly component (wasm32-wasip2 builds are components)".into(),
         ));
     }
-    let mut sections = Vec::new();
     let mut at = COMPONENT_PREAMBLE.len();
     while at < wasm.len() {
         let id = wasm[at];
@@ -403,15 +395,15 @@ fn sections(wasm: &[u8]) -> Result<Vec<Section>, ManifestError> {
             .checked_add(size as usize)
             .filter(|end| *end <= wasm.len())
             .ok_or_else(truncated)?;
-        sections.push(Section {
+        visit(&Section {
             id,
             start: at,
             contents,
             end,
-        });
+        })?;
         at = end;
     }
-    Ok(sections)
+    Ok(())
 }
 
 /// The name and payload of a custom section.
@@ -431,12 +423,12 @@ fn custom<'a>(wasm: &'a [u8], section: &Section) -> Option<(&'a [u8], &'a [u8])>
 /// [`MAX_MANIFEST_BYTES`] or one that is not UTF-8 is an error.
 pub fn embedded(wasm: &[u8]) -> Result<Option<&str>, ManifestError> {
     let mut found = None;
-    for section in sections(wasm)? {
-        let Some((name, payload)) = custom(wasm, &section) else {
-            continue;
+    walk(wasm, |section| {
+        let Some((name, payload)) = custom(wasm, section) else {
+            return Ok(());
         };
         if name != SECTION.as_bytes() {
-            continue;
+            return Ok(());
         }
         if found.is_some() {
             return Err(ManifestError::Section(
@@ -452,7 +444,8 @@ pub fn embedded(wasm: &[u8]) -> Result<Option<&str>, ManifestError> {
         let text = std::str::from_utf8(payload)
             .map_err(|_| ManifestError::Section("the manifest is not UTF-8 text".into()))?;
         found = Some(text);
-    }
+        Ok(())
+    })?;
     Ok(found)
 }
 
@@ -465,15 +458,15 @@ pub fn from_component(wasm: &[u8]) -> Result<Option<Manifest>, ManifestError> {
 /// already carries is replaced.
 pub fn embed(wasm: &[u8], manifest: &str) -> Result<Vec<u8>, ManifestError> {
     Manifest::parse(manifest)?;
-    let sections = sections(wasm)?;
     let mut out = Vec::with_capacity(wasm.len() + manifest.len() + 32);
     out.extend_from_slice(&COMPONENT_PREAMBLE);
-    for section in &sections {
+    walk(wasm, |section| {
         let ours = custom(wasm, section).is_some_and(|(name, _)| name == SECTION.as_bytes());
         if !ours {
             out.extend_from_slice(&wasm[section.start..section.end]);
         }
-    }
+        Ok(())
+    })?;
     let mut contents = Vec::with_capacity(manifest.len() + SECTION.len() + 5);
     write_leb_u32(&mut contents, SECTION.len() as u32);
     contents.extend_from_slice(SECTION.as_bytes());

@@ -555,12 +555,13 @@ impl Runtime {
         &self,
         pre: &FulfillmentPre<JobState>,
     ) -> Result<ComponentInfo, LoadError> {
-        let mut store = self.new_store(
-            Arc::new(NoServices),
-            self.host_grant(),
-            RunOptions::default(),
-            "",
-        );
+        // Loading is not a job: whatever info() logs or calls is counted and logged as a
+        // rehearsal's, never in the job metrics.
+        let options = RunOptions {
+            kind: RunKind::Rehearsal,
+            ..RunOptions::default()
+        };
+        let mut store = self.new_store(Arc::new(NoServices), self.host_grant(), options, "");
         let instance = pre
             .instantiate_async(&mut store)
             .await

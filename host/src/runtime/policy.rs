@@ -118,10 +118,15 @@ impl CapabilityPolicy {
     /// relationship subquery in the field list (`(SELECT Id FROM OrderItems)`) is covered by
     /// its parent.
     pub fn check_query(&self, soql: &str) -> Result<(), CallError> {
-        let Some(allowed) = &self.query else {
+        if self.query.is_none() {
             return Ok(());
+        }
+        let Ok(objects) = queried_objects(soql) else {
+            return Err(CallError::forbidden(format!(
+                "the query nests subqueries deeper than {MAX_SUBQUERY_DEPTH} levels, so the \
+                 capability policy cannot allow it"
+            )));
         };
-        let objects = queried_objects(soql);
         if objects.is_empty() {
             return Err(CallError::forbidden(
                 "the query names no sObject after FROM, so the capability policy cannot allow it",
@@ -129,7 +134,7 @@ impl CapabilityPolicy {
         }
         let mut refused: Vec<String> = objects
             .into_iter()
-            .filter(|object| !allowed.iter().any(|a| a.eq_ignore_ascii_case(object)))
+            .filter(|object| !self.allows_query(object))
             .collect();
         refused.sort_unstable();
         refused.dedup();
@@ -141,6 +146,14 @@ impl CapabilityPolicy {
                 refused.join(", ")
             )))
         }
+    }
+
+    /// May the component name `object` after a `FROM`? Compared without regard to case, as SOQL
+    /// does; any object when the policy lists none.
+    pub fn allows_query(&self, object: &str) -> bool {
+        self.query
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|a| a.eq_ignore_ascii_case(object)))
     }
 
     /// May the component call WHMCS `action`?
@@ -156,104 +169,114 @@ impl CapabilityPolicy {
 }
 
 /// A SOQL token that matters for finding the queried objects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Token {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token<'a> {
     Open,
     Close,
-    Word(String),
+    Word(&'a str),
 }
 
-fn tokens(soql: &str) -> Vec<Token> {
+/// The tokens of `soql` that matter here: parentheses and words (string literals skipped).
+fn tokens(soql: &str) -> Vec<Token<'_>> {
     let mut out = Vec::new();
-    let mut chars = soql.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '(' => out.push(Token::Open),
-            ')' => out.push(Token::Close),
-            '\'' => {
+    let bytes = soql.as_bytes();
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'(' => out.push(Token::Open),
+            b')' => out.push(Token::Close),
+            b'\'' => {
                 // A string literal: skip it, escapes included.
-                while let Some(c) = chars.next() {
-                    match c {
-                        '\\' => {
-                            chars.next();
-                        }
-                        '\'' => break,
-                        _ => {}
-                    }
+                at += 1;
+                while at < bytes.len() && bytes[at] != b'\'' {
+                    at += if bytes[at] == b'\\' { 2 } else { 1 };
                 }
             }
-            c if c.is_alphanumeric() || c == '_' => {
-                let mut word = String::from(c);
-                while let Some(&c) = chars.peek() {
-                    if c.is_alphanumeric() || c == '_' || c == '.' {
-                        word.push(c);
-                        chars.next();
-                    } else {
-                        break;
-                    }
+            b if b.is_ascii_alphanumeric() || b == b'_' => {
+                let start = at;
+                while at < bytes.len()
+                    && (bytes[at].is_ascii_alphanumeric() || bytes[at] == b'_' || bytes[at] == b'.')
+                {
+                    at += 1;
                 }
-                out.push(Token::Word(word));
+                out.push(Token::Word(&soql[start..at]));
+                continue;
             }
             _ => {}
         }
+        at += 1;
     }
     out
 }
 
-fn is_keyword(token: Option<&Token>, keyword: &str) -> bool {
+fn is_keyword(token: Option<&Token<'_>>, keyword: &str) -> bool {
     matches!(token, Some(Token::Word(w)) if w.eq_ignore_ascii_case(keyword))
 }
 
-/// The sObjects named in the `FROM` of `soql` and of its semi-join subqueries.
-pub(crate) fn queried_objects(soql: &str) -> Vec<String> {
+/// Subqueries nested deeper than this make a query one the policy cannot allow (SOQL itself
+/// allows one level of child subquery and one of semi-join).
+const MAX_SUBQUERY_DEPTH: usize = 4;
+
+/// Why the objects of a query could not be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TooDeep;
+
+/// The sObjects named in the `FROM` of `soql` and of its semi-join subqueries (child
+/// relationship subqueries in a field list name relationships, not sObjects: they are skipped,
+/// their own semi-joins are not).
+pub(crate) fn queried_objects(soql: &str) -> Result<Vec<String>, TooDeep> {
     let tokens = tokens(soql);
     let mut objects = Vec::new();
     let mut at = 0;
     while at < tokens.len() {
         if is_keyword(tokens.get(at), "SELECT") {
-            at = scan_query(&tokens, at + 1, &mut objects);
+            at = scan_query(&tokens, at + 1, false, 0, &mut objects)?;
         } else {
             at += 1;
         }
     }
-    objects
+    Ok(objects)
 }
 
 /// Scans one query from just after its `SELECT` to its end (the `)` closing a subquery, or the
-/// end of the text); returns where it stopped.
-fn scan_query(tokens: &[Token], mut at: usize, objects: &mut Vec<String>) -> usize {
-    // The field list: parentheses here are child relationship subqueries or functions.
+/// end of the text); returns where it stopped. `child`: a relationship subquery, whose `FROM`
+/// names a relationship.
+fn scan_query(
+    tokens: &[Token<'_>],
+    mut at: usize,
+    child: bool,
+    nesting: usize,
+    objects: &mut Vec<String>,
+) -> Result<usize, TooDeep> {
+    if nesting > MAX_SUBQUERY_DEPTH {
+        return Err(TooDeep);
+    }
+    let mut from_seen = false;
     let mut depth = 0usize;
     while at < tokens.len() {
-        match &tokens[at] {
-            Token::Open => depth += 1,
-            Token::Close if depth == 0 => return at + 1,
-            Token::Close => depth -= 1,
-            Token::Word(w) if depth == 0 && w.eq_ignore_ascii_case("FROM") => break,
-            Token::Word(_) => {}
-        }
-        at += 1;
-    }
-    if let Some(Token::Word(object)) = tokens.get(at + 1) {
-        objects.push(object.clone());
-        at += 2;
-    }
-    // The rest: semi-join subqueries name objects of their own.
-    let mut depth = 0usize;
-    while at < tokens.len() {
-        match &tokens[at] {
+        match tokens[at] {
             Token::Open if is_keyword(tokens.get(at + 1), "SELECT") => {
-                at = scan_query(tokens, at + 2, objects);
+                // Before FROM: a child relationship subquery; after: a semi-join.
+                at = scan_query(tokens, at + 2, !from_seen, nesting + 1, objects)?;
                 continue;
             }
             Token::Open => depth += 1,
-            Token::Close if depth == 0 => return at + 1,
+            Token::Close if depth == 0 => return Ok(at + 1),
             Token::Close => depth -= 1,
+            Token::Word(w) if !from_seen && depth == 0 && w.eq_ignore_ascii_case("FROM") => {
+                from_seen = true;
+                if let Some(Token::Word(object)) = tokens.get(at + 1) {
+                    if !child {
+                        objects.push((*object).to_owned());
+                    }
+                    at += 1;
+                }
+            }
             Token::Word(_) => {}
         }
         at += 1;
     }
-    at
+    Ok(at)
 }
 
 #[cfg(test)]
@@ -307,6 +330,28 @@ mod tests {
     }
 
     #[test]
+    fn child_subqueries_keep_their_semi_joins_and_deep_nesting_is_refused() {
+        assert_eq!(
+            queried_objects(
+                "SELECT Id, (SELECT Id FROM OrderItems WHERE Product2Id IN \
+                 (SELECT Id FROM Product2)) FROM Order"
+            ),
+            Ok(vec!["Product2".to_owned(), "Order".to_owned()])
+        );
+        let deep = format!(
+            "SELECT Id FROM a{}",
+            " WHERE Id IN (SELECT Id FROM a".repeat(50_000)
+        );
+        assert_eq!(queried_objects(&deep), Err(TooDeep));
+        let policy = CapabilityPolicy {
+            query: Some(["a".to_owned()].into()),
+            ..CapabilityPolicy::default()
+        };
+        let err = policy.check_query(&deep).unwrap_err();
+        assert!(err.message.contains("deeper than"), "{}", err.message);
+    }
+
+    #[test]
     fn queries_are_checked_by_the_objects_they_name() {
         assert_eq!(
             queried_objects(
@@ -314,7 +359,11 @@ mod tests {
                  WHERE Name = 'from Account (x)' AND AccountId IN (SELECT Id FROM Account \
                  WHERE (Type = 'a' OR Id IN (SELECT AccountId FROM Contact))) LIMIT 1"
             ),
-            vec!["Order", "Account", "Contact"]
+            Ok(vec![
+                "Order".to_owned(),
+                "Account".to_owned(),
+                "Contact".to_owned()
+            ])
         );
         let mut policy = CapabilityPolicy::default();
         assert!(policy.check_query("SELECT Id FROM Anything").is_ok());

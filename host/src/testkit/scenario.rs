@@ -234,17 +234,10 @@ impl Scenario {
                 invalid(format!("seed {seed:?} cannot be read: {}", source.kind()))
             })?;
             let seed_file: SeedFile = toml::from_str(&seed_text).map_err(|e| {
-                // The position and the parser's message, never the offending line itself.
-                let line = e.span().map(|span| {
-                    seed_text[..span.start.min(seed_text.len())]
-                        .lines()
-                        .count()
-                        .max(1)
-                });
-                invalid(match line {
-                    Some(line) => format!("seed {seed:?}, line {line}: {}", e.message()),
-                    None => format!("seed {seed:?}: {}", e.message()),
-                })
+                invalid(format!(
+                    "seed {seed:?}, {}",
+                    crate::error::toml_error(&seed_text, &e)
+                ))
             })?;
             scenario.merge_seed(seed_file);
         }
@@ -913,14 +906,7 @@ fn sent_indices(sent: &[(String, String)], key: &str) -> usize {
 
 /// `text` cut to [`SENT_SHOWN`] bytes (at a character boundary), with `…` when cut.
 fn bounded(text: &str) -> String {
-    if text.len() <= SENT_SHOWN {
-        return text.to_owned();
-    }
-    let mut end = SENT_SHOWN;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    crate::domain::clip(text, SENT_SHOWN)
 }
 
 /// Field comparison as an operator reads it: `"1042"` equals `1042`; `""` (TOML has no null)

@@ -88,6 +88,24 @@ fn pack_replaces_a_manifest_and_refuses_a_bad_one_without_quoting_it() {
         std::fs::read(&first).unwrap(),
         std::fs::read(&again).unwrap()
     );
+    // A signature made before packing no longer verifies: pack says so.
+    std::fs::write(dir.path().join("again.wasm.sig"), "c2ln").unwrap();
+    let (code, text) = fulfilld(&[
+        "component".as_ref(),
+        "pack".as_ref(),
+        first.as_os_str(),
+        "--manifest".as_ref(),
+        manifest_path.as_os_str(),
+        "--out".as_ref(),
+        again.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(
+            "again.wasm.sig signs the bytes before packing and no longer verifies: sign again"
+        ),
+        "{text}"
+    );
 
     let bad = default_manifest().replace("[config]", "[config]\nAPI_TOKEN = [\"hunter2-9Qz\"]");
     let (out, code, text) = packed(dir.path(), "bad", &bad);

@@ -2059,6 +2059,41 @@ Service_Tier__c = "gold"
     let target_dir = workspace().join("target/authoring");
     build(&krate, &target_dir);
     let wasm = target_dir.join("wasm32-wasip2/release/acme_tiers.wasm");
+
+    // Unpacked, the same build has no manifest: like any component without one it reads only
+    // the runbook's two settings, so the tier a scenario sets never reaches it.
+    let raw = dir.path().join("raw.wasm");
+    std::fs::copy(&wasm, &raw).unwrap();
+    let raw_suite = dir.path().join("raw-suite");
+    std::fs::create_dir_all(&raw_suite).unwrap();
+    std::fs::copy(
+        krate.join("scenarios/_seed.toml"),
+        raw_suite.join("_seed.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        raw_suite.join("tier.toml"),
+        std::fs::read_to_string(krate.join("scenarios/service-tier.toml"))
+            .unwrap()
+            .replace(
+                "seed = \"_seed.toml\"",
+                "seed = \"_seed.toml\"\nconfig = { SERVICE_TIER = \"gold\" }",
+            ),
+    )
+    .unwrap();
+    let out = fulfilld(&[
+        "test".as_ref(),
+        "--policy".as_ref(),
+        policy.as_os_str(),
+        raw.as_os_str(),
+        raw_suite.as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("FAIL the service tier"),
+        "{}",
+        text(&out)
+    );
     let manifest_path = krate.join("component.toml");
     let scenarios = krate.join("scenarios");
     for args in [
@@ -2260,5 +2295,60 @@ async fn a_deploy_gate_run_is_no_job_in_the_serve_log_or_metrics() {
             "{line}"
         );
         assert!(line.contains("level=\"error\""), "{line}");
+    }
+}
+
+/// The capability policy is the ceiling at start-up too: `serve` refuses a FULFILLD_COMPONENT
+/// whose manifest asks beyond FULFILLD_POLICY_FILE, naming each excess, with and without a
+/// registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_start_up_component_whose_manifest_asks_beyond_the_policy() {
+    let rig = Rig::new().await;
+    let dir = rig._dir.path();
+    let policy = dir.join("narrow.toml");
+    std::fs::write(
+        &policy,
+        "billing_actions = [\"GetPayMethods\", \"AddOrder\", \"GetOrders\"]\n[update]\nOrder = [\"Activation_Status__c\", \"WHMCS_Order_ID__c\", \"Activation_Error_Code__c\", \"Activation_Error_Message__c\"]\n",
+    )
+    .unwrap();
+    let registry_dir = dir.join("registry");
+    for registry in [None, Some(&registry_dir)] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fulfilld"));
+        command
+            .arg("serve")
+            .envs(&rig.env)
+            .env("FULFILLD_POLICY_FILE", &policy)
+            .env("FULFILLD_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env_remove("FULFILLD_REGISTRY_DIR");
+        if let Some(registry) = registry {
+            command.env("FULFILLD_REGISTRY_DIR", registry);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("registry {registry:?}: serve started beyond its policy");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "registry {registry:?}: {stderr}");
+        assert!(
+            stderr.contains(
+                "the manifest asks beyond the host's capability policy: billing AcceptOrder"
+            ),
+            "registry {registry:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }

@@ -170,7 +170,7 @@ fn scenarios_can_run_under_a_stricter_policy_file() {
         .arg("test")
         .arg("--policy")
         .arg(&policy)
-        .arg(common::component("fulfillment"))
+        .arg(common::component("fixture_rules_v2"))
         .arg(common::scenarios_dir().join("happy-path.toml"))
         .env("FULFILLD_LOG", "warn,fulfilld::gate=debug")
         .env("NO_COLOR", "1")

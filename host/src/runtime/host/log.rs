@@ -97,14 +97,10 @@ fn level_name(level: log::Level) -> &'static str {
     }
 }
 
-fn clip(mut text: String) -> String {
+fn clip(text: String) -> String {
     if text.len() > MAX_TEXT {
-        let mut end = MAX_TEXT;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
+        crate::domain::clip(&text, MAX_TEXT)
+    } else {
+        text
     }
-    text
 }
