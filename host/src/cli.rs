@@ -34,11 +34,13 @@ pub async fn component_check(
             let info = component.info();
             writeln!(
                 out,
-                "ok: {} {} implements {}@{} ({} bytes, sha256 {})",
+                "ok: {} {} implements {}@{} (built against {}; {} bytes, sha256 {})",
                 info.name,
                 info.version,
                 check::WIT_PACKAGE,
                 check::WIT_VERSION,
+                check::built_version(&surface)
+                    .map_or_else(|| "an unknown version".to_owned(), |v| v.to_string()),
                 wasm.len(),
                 component.digest()
             )?;

@@ -191,9 +191,19 @@ pub fn encode_params(params: &Map<String, Value>) -> Result<Vec<(String, String)
                 "parameter '{key}' is set by the host and may not be passed"
             )));
         }
-        encode_value(key.clone(), value, &mut out)?;
+        encode_value(key.clone(), value, &check_key, &mut out)?;
     }
     Ok(out)
+}
+
+/// `value` as the PHP-style form pairs of parameter `name`, the way [`encode_params`] sends it,
+/// without its checks: for comparing what was sent with what a test expects (where `qty[1]` may
+/// name one line).
+pub fn form_pairs(name: &str, value: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    // The check accepts every key, so encoding cannot fail.
+    let _ = encode_value(name.to_owned(), value, &|_| Ok(()), &mut out);
+    out
 }
 
 fn check_key(key: &str) -> Result<(), CallError> {
@@ -209,9 +219,11 @@ fn check_key(key: &str) -> Result<(), CallError> {
     Ok(())
 }
 
+/// Appends the form pairs of `value` under `name`, checking each nested object key.
 fn encode_value(
     name: String,
     value: &Value,
+    check: &dyn Fn(&str) -> Result<(), CallError>,
     out: &mut Vec<(String, String)>,
 ) -> Result<(), CallError> {
     match value {
@@ -221,13 +233,13 @@ fn encode_value(
         Value::String(s) => out.push((name, s.clone())),
         Value::Array(items) => {
             for (index, item) in items.iter().enumerate() {
-                encode_value(format!("{name}[{index}]"), item, out)?;
+                encode_value(format!("{name}[{index}]"), item, check, out)?;
             }
         }
         Value::Object(fields) => {
             for (key, item) in fields {
-                check_key(key)?;
-                encode_value(format!("{name}[{key}]"), item, out)?;
+                check(key)?;
+                encode_value(format!("{name}[{key}]"), item, check, out)?;
             }
         }
     }

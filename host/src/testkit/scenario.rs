@@ -749,8 +749,7 @@ pub fn compare_whmcs_calls(expected: &[WhmcsCallExpectation], calls: &[CallRecor
         let sent = form_pairs(call.request.as_ref());
         let mut problems = Vec::new();
         for (key, value) in &wanted.params {
-            let mut want = Vec::new();
-            flatten(key.clone(), value, &mut want);
+            let mut want = crate::whmcs::form_pairs(key, value);
             if want.is_empty() {
                 // `""` or an empty list: the parameter must not carry a value.
                 want.push((key.clone(), String::new()));
@@ -859,34 +858,12 @@ fn same_id(expected: &str, actual: &str) -> bool {
                 .is_some_and(|e| Some(e) == actual.get(..15)))
 }
 
-/// The parameters of a billing call as WHMCS receives them (`pid[0]=1`).
+/// The parameters of a billing call as WHMCS receives them (`pid[0]=1`): the host's own
+/// encoding. A call the encoding refuses (a bad parameter name) sent nothing.
 fn form_pairs(request: Option<&Value>) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    if let Some(Value::Object(params)) = request {
-        for (key, value) in params {
-            flatten(key.clone(), value, &mut out);
-        }
-    }
-    out
-}
-
-/// PHP-style form encoding, as [`crate::whmcs::encode_params`] sends a value.
-fn flatten(name: String, value: &Value, out: &mut Vec<(String, String)>) {
-    match value {
-        Value::Null => {}
-        Value::Bool(b) => out.push((name, if *b { "1" } else { "0" }.into())),
-        Value::Number(n) => out.push((name, n.to_string())),
-        Value::String(s) => out.push((name, s.clone())),
-        Value::Array(items) => {
-            for (index, item) in items.iter().enumerate() {
-                flatten(format!("{name}[{index}]"), item, out);
-            }
-        }
-        Value::Object(fields) => {
-            for (key, item) in fields {
-                flatten(format!("{name}[{key}]"), item, out);
-            }
-        }
+    match request {
+        Some(Value::Object(params)) => crate::whmcs::encode_params(params).unwrap_or_default(),
+        _ => Vec::new(),
     }
 }
 

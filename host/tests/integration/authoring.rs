@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use fulfilld::authoring::{EmbeddedFile, RULES_FILES, SDK_FILES, TEMPLATE_FILES};
 
@@ -15,20 +15,7 @@ pub(crate) fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-pub(crate) fn fulfilld(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fulfilld"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-pub(crate) fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+pub(crate) use crate::common::{fulfilld, text};
 
 /// Every file under `dir`, relative to it, with its content.
 fn files_under(dir: &Path) -> BTreeMap<String, String> {
@@ -353,11 +340,26 @@ fn a_new_component_builds_outside_the_workspace_and_passes_check_and_its_scenari
     let target_dir = workspace().join("target/authoring");
     build(&krate, &target_dir);
     let wasm = target_dir.join("wasm32-wasip2/release/acme_rules.wasm");
+    // As the crate's README says: pack its manifest into the build, then check and test.
+    let manifest_path = krate.join("component.toml");
+    let pack = fulfilld(&[
+        "component".as_ref(),
+        "pack".as_ref(),
+        wasm.as_os_str(),
+        "--manifest".as_ref(),
+        manifest_path.as_os_str(),
+    ]);
+    assert!(pack.status.success(), "{}", text(&pack));
 
     let check = fulfilld(&["component".as_ref(), "check".as_ref(), wasm.as_os_str()]);
     assert!(check.status.success(), "{}", text(&check));
     assert!(
         text(&check).contains("ok: acme-rules 0.1.0 implements fulfilld:fulfillment@1.1.0"),
+        "{}",
+        text(&check)
+    );
+    assert!(
+        text(&check).contains("config: PORTAL_PRICEBOOK_ID, PROVISIONING_NOTE=\"standard\""),
         "{}",
         text(&check)
     );

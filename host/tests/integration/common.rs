@@ -68,3 +68,20 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
         self.clone()
     }
 }
+
+/// Runs the built `fulfilld` with `args`, as a user would.
+pub fn fulfilld(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// What a command printed: stdout, then stderr.
+pub fn text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

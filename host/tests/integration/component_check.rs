@@ -93,7 +93,7 @@ fn an_older_compatible_minor_passes() {
     let (code, text) = check(&common::component("fixture-older-minor"));
     assert_eq!(code, 0, "{text}");
     assert!(
-        text.contains("implements fulfilld:fulfillment@1.1.0"),
+        text.contains("implements fulfilld:fulfillment@1.1.0 (built against 1.0.0;"),
         "{text}"
     );
 }

@@ -17,16 +17,8 @@ fn default_manifest() -> String {
 
 /// Runs the built `fulfilld` with `args`: (exit code, stdout + stderr).
 fn fulfilld(args: &[&std::ffi::OsStr]) -> (i32, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_fulfilld"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.code().unwrap_or(-1), text)
+    let output = common::fulfilld(args);
+    (output.status.code().unwrap_or(-1), common::text(&output))
 }
 
 /// The default component packed with `manifest` (through `component pack --out`).

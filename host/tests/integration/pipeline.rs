@@ -1707,6 +1707,32 @@ async fn the_deploy_directory_deploys_good_files_and_rejects_bad_ones() {
     host.shutdown().await;
 }
 
+/// Runs `command` (a `serve` expected to refuse to start) and returns its exit status and
+/// stderr. A host that wrongly starts would serve forever: it gets a bounded time to refuse, then
+/// the test fails naming `what` it started on.
+async fn refused_start(command: &mut Command, what: &str) -> (std::process::ExitStatus, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("serve started on {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
 /// `serve` (the built binary) under FULFILLD_REQUIRE_SIGNED refuses an unsigned
 /// FULFILLD_COMPONENT at start-up, with a registry (its deploy gate) and without one (checked
 /// against `<file>.sig` directly), and starts on the same file once it is signed.
@@ -1731,26 +1757,11 @@ async fn require_signed_refuses_an_unsigned_start_up_component_with_or_without_a
         if let Some(registry) = registry {
             command.env("FULFILLD_REGISTRY_DIR", registry);
         }
-        // A host that wrongly starts would serve forever: give it a bounded time to refuse.
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if start.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                panic!("registry {registry:?}: serve started on an unsigned component");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        let (status, stderr) = refused_start(
+            &mut command,
+            &format!("registry {registry:?}: an unsigned component"),
+        )
+        .await;
         assert!(!status.success(), "registry {registry:?}: {stderr}");
         assert!(
             stderr.contains("FULFILLD_COMPONENT:")
@@ -2323,25 +2334,11 @@ async fn serve_refuses_a_start_up_component_whose_manifest_asks_beyond_the_polic
         if let Some(registry) = registry {
             command.env("FULFILLD_REGISTRY_DIR", registry);
         }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if start.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                panic!("registry {registry:?}: serve started beyond its policy");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        let (status, stderr) = refused_start(
+            &mut command,
+            &format!("registry {registry:?}: beyond its policy"),
+        )
+        .await;
         assert!(!status.success(), "registry {registry:?}: {stderr}");
         assert!(
             stderr.contains(

@@ -858,3 +858,44 @@ async fn the_deploy_gate_rehearses_without_job_logs_or_job_counts() {
     );
     assert_ne!(rt.call_counters().snapshot(), counted);
 }
+
+/// The ceiling holds when a stored version goes live, too: a version deployed while the policy
+/// allowed its manifest cannot be activated by a host whose policy no longer does.
+#[tokio::test]
+async fn a_stored_version_beyond_a_narrowed_policy_cannot_be_activated() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open_registry(dir.path(), Gates::default()).await;
+    let meta = registry
+        .deploy(&wasm("fulfillment"), "alice", "build")
+        .await
+        .unwrap();
+    drop(registry);
+    let mut policy = fulfilld::runtime::policy::CapabilityPolicy::default();
+    policy.billing_actions.remove("AcceptOrder");
+    let narrow = Runtime::new(RuntimeConfig {
+        max_instances: 4,
+        policy,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let registry = Registry::open(dir.path(), narrow, Gates::default())
+        .await
+        .unwrap();
+    let error = registry.activate(&meta.sha256).await.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            fulfilld::registry::RegistryError::Load {
+                source: fulfilld::runtime::LoadError::Manifest(_),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        fulfilld::error::chain(&error).contains("billing AcceptOrder"),
+        "{}",
+        fulfilld::error::chain(&error)
+    );
+    assert_eq!(registry.state().await.active, None);
+}
