@@ -462,10 +462,36 @@ impl Config {
     }
 }
 
-/// The JWT audience: the login host itself for login/test, which is what Salesforce expects;
-/// a community or My Domain login URL is its own audience too. `SF_AUDIENCE` overrides.
+/// The JWT audience for `SF_LOGIN_URL`, after Salesforce's rules for the JWT bearer flow
+/// (shared/docs/salesforce.md, "OAuth 2.0 JWT bearer flow" and "Facts checked since"): `aud` is
+/// `https://login.salesforce.com`, `https://test.salesforce.com`, or an Experience Cloud site URL
+/// including its path. So:
+/// - `login.salesforce.com` / `test.salesforce.com`: that origin;
+/// - a My Domain login URL is not an audience of its own: a sandbox's
+///   (`<name>--<sandbox>.sandbox.my.salesforce.com`) is `https://test.salesforce.com`, any other
+///   `*.my.salesforce.com` is `https://login.salesforce.com`;
+/// - anything else is taken for an Experience Cloud site (`*.my.site.com`, `*.force.com`, a
+///   custom domain): its origin and path, without a trailing `/`, query or fragment.
+///
+/// `SF_AUDIENCE` overrides.
 fn default_audience(login_url: &Url) -> String {
-    login_url.origin().ascii_serialization()
+    const LOGIN: &str = "https://login.salesforce.com";
+    const TEST: &str = "https://test.salesforce.com";
+    let host = login_url
+        .host_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if host.ends_with(".sandbox.my.salesforce.com") {
+        return TEST.to_owned();
+    }
+    if host.ends_with(".my.salesforce.com") {
+        return LOGIN.to_owned();
+    }
+    let origin = login_url.origin().ascii_serialization();
+    if host == "login.salesforce.com" || host == "test.salesforce.com" {
+        return origin;
+    }
+    format!("{origin}{}", login_url.path().trim_end_matches('/'))
 }
 
 fn is_api_version(text: &str) -> bool {
@@ -836,6 +862,82 @@ mod tests {
                 .keys()
                 .all(|k| EXPOSED_SETTINGS.contains(&k.as_str())),
             "without FULFILLD_CONFIG_ settings only the runbook's exposed settings"
+        );
+    }
+
+    fn audience_for(login_url: &str) -> String {
+        let mut env = base();
+        env.insert("SF_LOGIN_URL", login_url.to_owned());
+        load(&env).unwrap().salesforce.audience
+    }
+
+    #[test]
+    fn the_default_audience_follows_salesforces_rules() {
+        let cases = [
+            // Production and sandbox login endpoints are their own audience.
+            (
+                "https://login.salesforce.com",
+                "https://login.salesforce.com",
+            ),
+            (
+                "https://login.salesforce.com/",
+                "https://login.salesforce.com",
+            ),
+            ("https://test.salesforce.com", "https://test.salesforce.com"),
+            (
+                "https://test.salesforce.com/",
+                "https://test.salesforce.com",
+            ),
+            // A My Domain login URL: production -> login, sandbox -> test.
+            (
+                "https://acme.my.salesforce.com",
+                "https://login.salesforce.com",
+            ),
+            (
+                "https://ACME.my.salesforce.com/",
+                "https://login.salesforce.com",
+            ),
+            (
+                "https://acme--uat.sandbox.my.salesforce.com",
+                "https://test.salesforce.com",
+            ),
+            // An Experience Cloud site: its URL including the path.
+            (
+                "https://mysite.my.site.com/customers",
+                "https://mysite.my.site.com/customers",
+            ),
+            (
+                "https://mysite.my.site.com/customers/",
+                "https://mysite.my.site.com/customers",
+            ),
+            (
+                "https://site.force.com/customers?x=1#top",
+                "https://site.force.com/customers",
+            ),
+            (
+                "https://acme--uat.sandbox.my.site.com/partners",
+                "https://acme--uat.sandbox.my.site.com/partners",
+            ),
+            ("https://portal.example.com", "https://portal.example.com"),
+            // The sandbox and other local endpoints: their origin (the port kept).
+            ("http://127.0.0.1:8443", "http://127.0.0.1:8443"),
+        ];
+        for (login_url, audience) in cases {
+            assert_eq!(audience_for(login_url), audience, "{login_url}");
+        }
+    }
+
+    #[test]
+    fn sf_audience_overrides_the_default() {
+        let mut env = base();
+        env.insert(
+            "SF_LOGIN_URL",
+            "https://mysite.my.site.com/customers".into(),
+        );
+        env.insert("SF_AUDIENCE", "https://login.salesforce.com".into());
+        assert_eq!(
+            load(&env).unwrap().salesforce.audience,
+            "https://login.salesforce.com"
         );
     }
 

@@ -247,6 +247,11 @@ mod tests {
             at("https://x.my.site.com/shop/"),
             "https://x.my.site.com/shop/services/oauth2/token"
         );
+        // The Experience Cloud login URL of the issue: the token request keeps `/customers`.
+        assert_eq!(
+            at("https://mysite.my.site.com/customers"),
+            "https://mysite.my.site.com/customers/services/oauth2/token"
+        );
         assert!(token_url(&Url::parse("mailto:a@b").unwrap()).is_none());
     }
 
