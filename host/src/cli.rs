@@ -269,7 +269,18 @@ pub async fn fulfill_once(
         .await
         .with_context(|| format!("cannot load {}", component.display()))?;
     let event = Event::manual(order_id, &config.channel, crate::domain::now_ms());
-    let report = runtime.run(&component, services, &event, false).await;
+    let report = runtime
+        .run(&component, Arc::clone(&services), &event, false)
+        .await;
+    // As the workers do: a trap or a failure before the guard leaves the Order Activating; the
+    // host marks it Failed (and says so) when it still is.
+    let marked_failed = match &report.result {
+        Err(failure) => matches!(
+            crate::pipeline::failed::mark_failed_logged(services.as_ref(), order_id, failure).await,
+            Some(crate::pipeline::failed::Marked::Failed)
+        ),
+        Ok(_) => false,
+    };
     let summary = serde_json::json!({
         "order_id": order_id,
         "component": report.component,
@@ -279,6 +290,7 @@ pub async fn fulfill_once(
             Ok(outcome) => serde_json::to_value(outcome)?,
             Err(failure) => serde_json::to_value(failure)?,
         },
+        "host_marked_failed": marked_failed,
     });
     writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
     Ok(report.result.is_ok())

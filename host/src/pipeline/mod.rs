@@ -9,6 +9,7 @@
 
 mod admin;
 pub mod deploy;
+pub mod failed;
 pub mod http;
 mod ingest;
 mod listener;

@@ -140,11 +140,17 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
             }
             Err(failure) if failure.source == FailureSource::Component => {
                 tracing::warn!(code = %failure.code, detail = %failure.message, "fulfillment failed; the Order is marked Failed in Salesforce");
+                // After the guard the component has written Failed itself; before it (the Order
+                // could not be read) the Order is still Activating and the host writes it.
+                super::failed::mark_failed_logged(shared.services.as_ref(), &order_id, failure)
+                    .await;
                 ("failed", Some(failure.code.clone()), failure.message.clone())
             }
             Err(failure) if failure.source == FailureSource::Sandbox => {
                 let reason = format!("{}: {}", failure.code, failure.message);
                 tracing::error!(code = %failure.code, detail = %failure.message, "the component was stopped by the sandbox; job dead-lettered");
+                super::failed::mark_failed_logged(shared.services.as_ref(), &order_id, failure)
+                    .await;
                 dead_letter(shared, &job, &reason, &failure.code, &version).await;
                 return;
             }
