@@ -21,9 +21,9 @@ use crate::error::{CallError, chain};
 use crate::runtime::{FailureSource, JobFailure};
 use crate::services::Services;
 
-/// `Activation_Error_Code__c` and `Activation_Error_Message__c` are Text(255): characters, not
-/// bytes.
-pub const FIELD_MAX_CHARS: usize = 255;
+/// `Activation_Error_Code__c` and `Activation_Error_Message__c` are Text(255). The host cuts to
+/// 255 bytes, as the rules do (docs/operations.md says so), which is within 255 characters too.
+pub const FIELD_MAX_BYTES: usize = 255;
 
 const ACTIVATING: &str = "Activating";
 
@@ -69,7 +69,7 @@ pub fn host_records(failure: &JobFailure) -> bool {
 }
 
 /// Reads Order `order_id` and, when it is `Activating`, writes `Failed` with `failure`'s code and
-/// message (each cut to 255 characters, control characters replaced).
+/// message (each cut to 255 bytes, control characters replaced).
 pub async fn mark_failed(
     services: &dyn Services,
     order_id: &str,
@@ -157,19 +157,21 @@ fn is_record_id(id: &str) -> bool {
     matches!(id.len(), 15 | 18) && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// `text` for a Text(255) field: control characters as spaces, at most 255 characters (the
-/// last one `…` when cut).
+/// `text` for a Text(255) field: control characters as spaces, at most 255 bytes cut at a
+/// character boundary (ending in `…` when cut).
 fn field_text(text: &str) -> String {
     let clean: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if clean.chars().count() <= FIELD_MAX_CHARS {
+    if clean.len() <= FIELD_MAX_BYTES {
         return clean;
     }
-    let mut cut: String = clean.chars().take(FIELD_MAX_CHARS - 1).collect();
-    cut.push('…');
-    cut
+    let mut end = FIELD_MAX_BYTES - '…'.len_utf8();
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &clean[..end])
 }
 
 #[cfg(test)]
@@ -177,13 +179,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn field_text_is_bounded_in_characters_and_has_no_control_characters() {
+    fn field_text_is_bounded_in_bytes_and_has_no_control_characters() {
         assert_eq!(field_text("trap\nat 0x1"), "trap at 0x1");
         let long = "é".repeat(300);
         let cut = field_text(&long);
-        assert_eq!(cut.chars().count(), FIELD_MAX_CHARS);
+        assert!(cut.len() <= FIELD_MAX_BYTES, "{}", cut.len());
+        assert!(cut.len() >= FIELD_MAX_BYTES - 4, "{}", cut.len());
         assert!(cut.ends_with('…'));
-        let exact = "a".repeat(FIELD_MAX_CHARS);
+        let exact = "a".repeat(FIELD_MAX_BYTES);
         assert_eq!(field_text(&exact), exact);
     }
 

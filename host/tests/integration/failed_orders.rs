@@ -70,8 +70,7 @@ async fn a_trapping_component_leaves_the_order_failed_with_component_trap() {
         ("Failed", "COMPONENT_TRAP")
     );
     assert!(
-        message.starts_with("Stopped by the sandbox; check WHMCS")
-            && message.chars().count() <= 255,
+        message.starts_with("Stopped by the sandbox; check WHMCS") && message.len() <= 255,
         "{message}"
     );
 
