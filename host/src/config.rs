@@ -92,9 +92,10 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Where the subscription starts when no stored cursor applies (`SF_EVENTS_REPLAY`: `LATEST`, or
-/// `ALL` for the earliest retained event), and where it falls back to when Salesforce refuses a
-/// stored replay id.
+/// `SF_EVENTS_REPLAY`: `LATEST` resumes after the stored cursor (or starts with new events when
+/// there is none); `ALL` is the runbook's one-time backfill, from the earliest retained event even
+/// with a stored cursor (decided by the pipeline's ingest). Also where the subscription falls back
+/// to when Salesforce refuses a stored replay id.
 pub use crate::pubsub::Fallback as ReplayStart;
 
 /// The host's settings.

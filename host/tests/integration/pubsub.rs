@@ -705,3 +705,90 @@ async fn closing_stops_the_stream() {
     .await
     .expect("the server still sees the stream open");
 }
+
+/// Issue 13, item 3: `SF_EVENTS_REPLAY=ALL` is the runbook's one-time backfill. With a stored
+/// cursor, `serve` replays from EARLIEST, says so in a WARN that tells the operator to revert,
+/// and EventUuid deduplication keeps every Order to one WHMCS order; with `LATEST` it resumes
+/// after the stored cursor as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replay_all_backfills_from_earliest_despite_a_stored_cursor_and_latest_resumes_after_it() {
+    use crate::pipeline::{Rig, ServeProcess, redis_url, wait_cursor};
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let orders = rig.orders(1, 4);
+    let store = rig.store().await;
+    let latest = [("SF_EVENTS_REPLAY", "LATEST")];
+    let all = [("SF_EVENTS_REPLAY", "ALL")];
+    let limit = Duration::from_secs(60);
+    let metrics = |serve: &ServeProcess| {
+        let url = format!("{}/metrics", serve.http);
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+
+    // Two Orders provisioned; the cursor is stored.
+    let first = ServeProcess::start(&rig, "replica-latest", &latest);
+    first.wait_role("leader", limit).await;
+    for order in &orders[..2] {
+        rig.publish(order);
+    }
+    rig.wait_activated(&orders[..2], limit).await;
+    wait_cursor(store.as_ref(), &rig.channel, &rig.latest(), limit).await;
+    let cursor = rig.latest();
+    drop(first);
+
+    // ALL with a stored cursor: from EARLIEST, the two done events are duplicates, the third
+    // (published while no host ran) is provisioned; still one WHMCS order per Order.
+    rig.publish(&orders[2]);
+    let backfill = ServeProcess::start(&rig, "replica-all", &all);
+    backfill.wait_role("leader", limit).await;
+    rig.wait_activated(&orders[..3], limit).await;
+    wait_cursor(store.as_ref(), &rig.channel, &rig.latest(), limit).await;
+    let log = plain(&backfill.log_text());
+    assert!(
+        log.contains("SF_EVENTS_REPLAY=ALL: backfill from EARLIEST although a replay cursor is stored; revert SF_EVENTS_REPLAY to LATEST once the backfill is done")
+            && log.contains(&format!("cursor={cursor}"))
+            && log.contains("WARN"),
+        "{log}"
+    );
+    assert!(log.contains("from=EARLIEST"), "{log}");
+    let text = metrics(&backfill).await;
+    assert!(text.contains("fulfilld_events_duplicate_total 2"), "{text}");
+    assert!(text.contains("fulfilld_events_enqueued_total 1"), "{text}");
+    rig.assert_exactly_once(&orders[..3]);
+    let cursor = rig.latest();
+    drop(backfill);
+
+    // LATEST with a stored cursor: strictly after it, no warning, nothing replayed.
+    rig.publish(&orders[3]);
+    let resumed = ServeProcess::start(&rig, "replica-resume", &latest);
+    resumed.wait_role("leader", limit).await;
+    rig.wait_activated(&orders, limit).await;
+    wait_cursor(store.as_ref(), &rig.channel, &rig.latest(), limit).await;
+    let log = plain(&resumed.log_text());
+    assert!(
+        log.contains(&format!("from=after replay id {cursor}")),
+        "{log}"
+    );
+    assert!(!log.contains("SF_EVENTS_REPLAY=ALL"), "{log}");
+    let text = metrics(&resumed).await;
+    assert!(text.contains("fulfilld_events_received_total 1"), "{text}");
+    assert!(text.contains("fulfilld_events_duplicate_total 0"), "{text}");
+    rig.assert_exactly_once(&orders);
+}
+
+/// A log without its ANSI colour codes.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
