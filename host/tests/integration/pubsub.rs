@@ -13,7 +13,7 @@ use fulfilld::pubsub::{
 };
 use fulfilld::salesforce::{SalesforceClient, SalesforceConfig};
 use fulfilld::sandbox::{
-    EventBus, Fault, ORDER_EVENT_TOPIC, PubSubOptions, PubSubSandbox, TokenCheck,
+    EventBus, Fault, ORDER_EVENT_TOPIC, PingPolicy, PubSubOptions, PubSubSandbox, TokenCheck,
     order_event_schema_v2,
 };
 use fulfilld::secret::Secret;
@@ -487,11 +487,12 @@ async fn pump(
     std::future::pending::<()>().await;
 }
 
+/// Issue 13, item 8: no HTTP/2 pings (servers refuse frequent ones); a half-open connection is
+/// found by Salesforce's keepalive going missing, and the stream resumes after the cursor.
 #[tokio::test]
-async fn a_half_open_connection_is_detected_by_http2_pings_and_replaced() {
+async fn a_half_open_connection_is_detected_by_the_missing_keepalive_and_replaced() {
     let env = Env::start(PubSubOptions {
-        // Keepalives slower than the whole test: only the pings can notice.
-        keepalive_interval: Duration::from_secs(120),
+        keepalive_interval: Duration::from_millis(100),
         ..PubSubOptions::default()
     })
     .await;
@@ -503,18 +504,12 @@ async fn a_half_open_connection_is_detected_by_http2_pings_and_replaced() {
     let relay = Relay::start(target.parse().unwrap()).await;
     let mut opts = env.options(ReplayFrom::Latest);
     opts.endpoint = format!("http://{}", relay.addr).parse().unwrap();
-    opts.ping_interval = Duration::from_millis(200);
-    opts.ping_timeout = Duration::from_millis(300);
+    opts.idle_timeout = Duration::from_millis(1000);
+    assert_eq!(opts.ping_interval, None);
     let mut sub = env.subscribe(opts);
+    let position = live(&mut sub).await;
+    sub.commit(position);
     let mut seen = HashSet::new();
-    // Wait until the stream is positioned before publishing (no keepalives to wait for).
-    tokio::time::timeout(PATIENCE, async {
-        while env.sandbox.stats().open_streams == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap();
     let first = publish_many(&env, "801P", 5);
     consume_all(&mut sub, &first, &mut seen).await;
 
@@ -522,7 +517,60 @@ async fn a_half_open_connection_is_detected_by_http2_pings_and_replaced() {
     let second = publish_many(&env, "801Q", 5);
     consume_all(&mut sub, &second, &mut seen).await;
     assert_eq!(seen.len(), 10);
-    assert!(sub.state().borrow().reconnects >= 1);
+    let state = sub.state().borrow().clone();
+    assert!(state.reconnects >= 1, "{state:?}");
+    assert_eq!(env.sandbox.stats().connections_closed_for_pings, 0);
+}
+
+/// Issue 13, item 8: against a server that tolerates no ping at all without data in between,
+/// the subscriber stays on its one stream over an idle period of many keepalive periods and
+/// still receives events on it.
+#[tokio::test]
+async fn the_subscriber_outlives_a_strict_ping_policy_over_a_long_idle_period() {
+    let env = Env::start(PubSubOptions {
+        keepalive_interval: Duration::from_millis(50),
+        ping_policy: PingPolicy {
+            min_interval: Duration::from_secs(3600),
+            max_strikes: 0,
+        },
+        ..PubSubOptions::default()
+    })
+    .await;
+    let mut opts = env.options(ReplayFrom::Latest);
+    opts.idle_timeout = Duration::from_secs(5);
+    let mut sub = env.subscribe(opts);
+    let mut keepalives = 0;
+    while keepalives < 40 {
+        if let Delivery::Cursor(_) = next(&mut sub).await {
+            keepalives += 1;
+        }
+    }
+    let mut seen = HashSet::new();
+    let orders = publish_many(&env, "801K", 3);
+    consume_all(&mut sub, &orders, &mut seen).await;
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.connections_closed_for_pings, 0);
+    assert_eq!(stats.subscribe_calls, 1);
+    assert_eq!(sub.state().borrow().reconnects, 0);
+}
+
+#[tokio::test]
+async fn pings_more_often_than_servers_allow_are_refused_up_front() {
+    let env = Env::start(quick()).await;
+    let mut opts = env.options(ReplayFrom::Latest);
+    opts.ping_interval = Some(Duration::from_secs(30));
+    let err = subscribe(opts, Arc::new(env.client.clone())).unwrap_err();
+    assert!(matches!(err, SubscriberError::PingInterval(_)), "{err}");
+    assert!(err.to_string().contains("at least 300 s"), "{err}");
+    let mut opts = env.options(ReplayFrom::Latest);
+    opts.ping_interval = Some(Duration::from_secs(300));
+    assert!(subscribe(opts, Arc::new(env.client.clone())).is_ok());
+    let mut opts = env.options(ReplayFrom::Latest);
+    opts.idle_timeout = Duration::ZERO;
+    assert!(matches!(
+        subscribe(opts, Arc::new(env.client.clone())).unwrap_err(),
+        SubscriberError::IdleTimeout
+    ));
 }
 
 #[tokio::test]
