@@ -92,9 +92,10 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Where the subscription starts when no stored cursor applies (`SF_EVENTS_REPLAY`: `LATEST`, or
-/// `ALL` for the earliest retained event), and where it falls back to when Salesforce refuses a
-/// stored replay id.
+/// `SF_EVENTS_REPLAY`: `LATEST` resumes after the stored cursor (or starts with new events when
+/// there is none); `ALL` is the runbook's one-time backfill, from the earliest retained event even
+/// with a stored cursor (decided by the pipeline's ingest). Also where the subscription falls back
+/// to when Salesforce refuses a stored replay id.
 pub use crate::pubsub::Fallback as ReplayStart;
 
 /// The host's settings.
@@ -109,6 +110,9 @@ pub struct Config {
     /// Extra CA certificate (PEM) trusted for the Pub/Sub endpoint besides the public roots
     /// (`SF_PUBSUB_CA_FILE`), e.g. the sandbox's test CA.
     pub pubsub_ca_pem: Option<String>,
+    /// `SF_PUBSUB_IDLE_TIMEOUT_MS`: with no message at all (events or Salesforce's keepalive,
+    /// sent within 270 s) for this long, the Pub/Sub stream is treated as half-open and replaced.
+    pub pubsub_idle_timeout: Duration,
     pub pricebook_id: Option<String>,
     pub component: Option<PathBuf>,
     /// `FULFILLD_CONFIG_<KEY>`: per-environment values of component config keys (what a
@@ -353,6 +357,11 @@ impl Config {
                 }
             }
         });
+        let pubsub_idle_timeout = Duration::from_millis(env.bounded(
+            "SF_PUBSUB_IDLE_TIMEOUT_MS",
+            crate::pubsub::subscriber::DEFAULT_IDLE_TIMEOUT.as_millis() as u64,
+            3_600_000,
+        ));
         let pricebook_id = env.optional("PORTAL_PRICEBOOK_ID");
         let whmcs_url = env.url("WHMCS_URL", None);
         let identifier = env.required("WHMCS_IDENTIFIER");
@@ -412,6 +421,7 @@ impl Config {
                 replay,
                 pubsub_endpoint,
                 pubsub_ca_pem,
+                pubsub_idle_timeout,
                 pricebook_id,
                 component,
                 component_config: BTreeMap::new(),
@@ -432,6 +442,7 @@ impl Config {
             None => ReplayFrom::from(self.replay),
         };
         opts.ca_pem = self.pubsub_ca_pem.clone();
+        opts.idle_timeout = self.pubsub_idle_timeout;
         opts
     }
 
@@ -1003,6 +1014,18 @@ mod tests {
         let opts = config.subscriber_options(Some(stored.clone()));
         assert_eq!(opts.start, ReplayFrom::After(stored));
         assert_eq!(opts.fallback, ReplayStart::Earliest);
+        // No HTTP/2 pings; half-open streams are found by Salesforce's keepalive going missing.
+        assert_eq!(opts.ping_interval, None);
+        assert_eq!(opts.idle_timeout, Duration::from_secs(300));
+
+        env.insert("SF_PUBSUB_IDLE_TIMEOUT_MS", "1500".into());
+        let opts = load(&env).unwrap().subscriber_options(None);
+        assert_eq!(opts.idle_timeout, Duration::from_millis(1500));
+        for bad in ["0", "soon", "3600001"] {
+            env.insert("SF_PUBSUB_IDLE_TIMEOUT_MS", bad.into());
+            let err = load(&env).unwrap_err().to_string();
+            assert!(err.contains("SF_PUBSUB_IDLE_TIMEOUT_MS"), "{err}");
+        }
     }
 
     #[test]

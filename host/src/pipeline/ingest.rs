@@ -14,7 +14,7 @@ use super::{Role, Shared};
 use crate::domain::ReplayId;
 use crate::error::chain;
 use crate::pubsub::{
-    Delivery, ReplayFrom, SessionSource, SubscriberOptions, Subscription, subscribe,
+    Delivery, Fallback, ReplayFrom, SessionSource, SubscriberOptions, Subscription, subscribe,
 };
 use crate::store::{IngestBatch, Lease, NewDeadLetter, NewJob, StoreError};
 
@@ -182,7 +182,8 @@ impl Ingestor {
         }
     }
 
-    /// A pending backfill, else the stored cursor, else `SF_EVENTS_REPLAY`.
+    /// A pending backfill, else `SF_EVENTS_REPLAY=ALL` (the runbook's backfill: EARLIEST even
+    /// with a stored cursor), else the stored cursor, else `SF_EVENTS_REPLAY`.
     async fn start_position(&self) -> Result<ReplayFrom, StoreError> {
         let shared = &self.shared;
         if shared.store.backfill_requested(&shared.channel).await? {
@@ -190,6 +191,19 @@ impl Ingestor {
             return Ok(ReplayFrom::Earliest);
         }
         Ok(match shared.store.cursor(&shared.channel).await? {
+            Some(cursor) if shared.fallback == Fallback::Earliest => {
+                // The runbook: "set SF_EVENTS_REPLAY=ALL for a one-time backfill, then revert to
+                // LATEST". Every leadership term started with ALL replays again; EventUuid
+                // deduplication keeps each Order to one job.
+                tracing::warn!(
+                    channel = %shared.channel,
+                    cursor = %cursor,
+                    "SF_EVENTS_REPLAY=ALL: backfill from EARLIEST although a replay cursor is stored; \
+                     revert SF_EVENTS_REPLAY to LATEST once the backfill is done (until then every \
+                     restart or failover replays again; events already enqueued are skipped by EventUuid)"
+                );
+                ReplayFrom::Earliest
+            }
             Some(cursor) => ReplayFrom::After(cursor),
             None => ReplayFrom::from(shared.fallback),
         })

@@ -8,8 +8,10 @@
 //!   so a busy stream never stalls and an idle one always has demand pending (Salesforce then
 //!   sends keepalives instead of closing it);
 //! - a keepalive's `latest_replay_id` surfaces as [`Delivery::Cursor`];
-//! - HTTP/2 pings and an idle timeout (no message at all for longer than the keepalive period)
-//!   detect half-open connections, which are replaced;
+//! - an idle timeout (no message at all for longer than Salesforce's 270 s keepalive period)
+//!   detects half-open connections, which are replaced; no HTTP/2 pings are sent unless asked
+//!   for, and never more often than gRPC servers allow ([`MIN_PING_INTERVAL`]): a server answers
+//!   more frequent pings with GOAWAY `too_many_pings`;
 //! - every reconnect (exponential backoff with jitter) resumes strictly after the last cursor the
 //!   consumer declared durable with [`Subscription::commit`], or from the configured start when
 //!   nothing was committed yet;
@@ -47,6 +49,17 @@ use crate::salesforce::{SalesforceClient, Session};
 /// Salesforce's cap on outstanding demand per stream.
 pub const MAX_BATCH: i32 = 100;
 
+/// The shortest HTTP/2 ping interval the subscriber accepts: gRPC servers close a connection that
+/// pings more often than every 5 minutes without data with GOAWAY `too_many_pings` (grpc-core's
+/// `GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS` default).
+pub const MIN_PING_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Salesforce sends a keepalive within this long while demand is pending and no events flow.
+pub const SALESFORCE_KEEPALIVE: Duration = Duration::from_secs(270);
+
+/// The default idle timeout: Salesforce's keepalive period plus a margin for the network.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Where a subscription starts when the consumer has committed nothing yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplayFrom {
@@ -83,11 +96,13 @@ pub struct SubscriberOptions {
     /// Events requested at a time, 1 to [`MAX_BATCH`].
     pub batch_size: i32,
     /// With no message at all (events or keepalives) for this long, the stream is considered
-    /// half-open and replaced. Salesforce sends a keepalive within 270 s while demand is pending.
+    /// half-open and replaced, resuming after the committed cursor. Salesforce sends a keepalive
+    /// within 270 s while demand is pending ([`SALESFORCE_KEEPALIVE`]).
     pub idle_timeout: Duration,
-    /// HTTP/2 ping interval, and how long a ping may go unanswered before the connection is
-    /// dropped.
-    pub ping_interval: Duration,
+    /// HTTP/2 ping interval: `None` (the default) sends no pings, the idle timeout does their
+    /// job; otherwise at least [`MIN_PING_INTERVAL`].
+    pub ping_interval: Option<Duration>,
+    /// How long a ping may go unanswered before the connection is dropped.
     pub ping_timeout: Duration,
     /// Bound on connecting, and on each unary call (GetTopic, GetSchema).
     pub connect_timeout: Duration,
@@ -107,8 +122,8 @@ impl SubscriberOptions {
             start: ReplayFrom::Latest,
             fallback: Fallback::Latest,
             batch_size: MAX_BATCH,
-            idle_timeout: Duration::from_secs(300),
-            ping_interval: Duration::from_secs(30),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            ping_interval: None,
             ping_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             backoff_initial: Duration::from_millis(500),
@@ -129,6 +144,14 @@ pub enum SubscriberError {
     BatchSize(i32),
     #[error("the Pub/Sub channel must not be empty")]
     Channel,
+    #[error(
+        "the Pub/Sub HTTP/2 ping interval must be at least {} s (gRPC servers close connections that ping more often), not {:?}",
+        MIN_PING_INTERVAL.as_secs(),
+        .0
+    )]
+    PingInterval(Duration),
+    #[error("the Pub/Sub idle timeout must be positive")]
+    IdleTimeout,
 }
 
 /// Where Pub/Sub metadata comes from: the Salesforce session shared with the REST client.
@@ -232,6 +255,14 @@ pub fn subscribe(
     if !(1..=MAX_BATCH).contains(&opts.batch_size) {
         return Err(SubscriberError::BatchSize(opts.batch_size));
     }
+    if let Some(interval) = opts.ping_interval
+        && interval < MIN_PING_INTERVAL
+    {
+        return Err(SubscriberError::PingInterval(interval));
+    }
+    if opts.idle_timeout.is_zero() {
+        return Err(SubscriberError::IdleTimeout);
+    }
     let endpoint = endpoint(&opts)?;
     let buffer = usize::try_from(opts.batch_size).unwrap_or(100);
     let (deliveries_tx, deliveries) = mpsc::channel(buffer);
@@ -269,12 +300,16 @@ fn endpoint(opts: &SubscriberOptions) -> Result<Endpoint, SubscriberError> {
     let mut endpoint = Endpoint::from_shared(url.as_str().trim_end_matches('/').to_owned())
         .map_err(|_| bad())?
         .connect_timeout(opts.connect_timeout)
-        .http2_keep_alive_interval(opts.ping_interval)
-        .keep_alive_timeout(opts.ping_timeout)
-        .keep_alive_while_idle(true)
         .tcp_nodelay(true)
         .user_agent(concat!("fulfilld/", env!("CARGO_PKG_VERSION")))
         .map_err(|_| bad())?;
+    if let Some(interval) = opts.ping_interval {
+        // Only while a stream is open (never idle pings: servers refuse those even sooner).
+        endpoint = endpoint
+            .http2_keep_alive_interval(interval)
+            .keep_alive_timeout(opts.ping_timeout)
+            .keep_alive_while_idle(false);
+    }
     match url.scheme() {
         "http" => {}
         "https" => {

@@ -8,11 +8,13 @@
 //! - [`server`]: all of them in one process with a small admin API (`fulfilld sandbox`).
 
 pub mod bus;
+mod ping_policy;
 pub mod pubsub;
 pub mod server;
 mod tls;
 
 pub use bus::EventBus;
+pub use ping_policy::PingPolicy;
 pub use pubsub::{
     Fault, PubSubControl, PubSubOptions, PubSubSandbox, PubSubStats, StaticToken, TokenCheck,
 };

@@ -6,18 +6,19 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Code, Request, Response, Status, Streaming};
 use url::Url;
 
 use super::bus::{EventBus, ReplayProblem, Start};
+use super::ping_policy::{PingPolicy, Policed};
 use super::{ORDER_EVENT_TOPIC, SandboxError, order_event_schema_v1, tls};
 use crate::domain::random_uuid;
 use crate::pubsub::codes;
@@ -59,6 +60,9 @@ pub struct PubSubOptions {
     pub first_replay_id: u64,
     /// Serve TLS with a freshly generated test CA instead of plaintext HTTP/2.
     pub tls: bool,
+    /// How often clients may send HTTP/2 pings while the server sends nothing (gRPC servers:
+    /// every 5 minutes, 2 strikes; see [`PingPolicy`]).
+    pub ping_policy: PingPolicy,
 }
 
 impl Default for PubSubOptions {
@@ -70,6 +74,7 @@ impl Default for PubSubOptions {
             max_demand: 100,
             first_replay_id: 1_000_000,
             tls: false,
+            ping_policy: PingPolicy::default(),
         }
     }
 }
@@ -133,6 +138,8 @@ pub struct PubSubStats {
     pub keepalives_sent: u64,
     pub events_delivered: u64,
     pub streams_closed_for_zero_demand: u64,
+    /// Connections closed with GOAWAY `too_many_pings` by the ping policy.
+    pub connections_closed_for_pings: u64,
 }
 
 #[derive(Default)]
@@ -144,6 +151,7 @@ struct Counters {
     keepalives_sent: AtomicU64,
     events_delivered: AtomicU64,
     streams_closed_for_zero_demand: AtomicU64,
+    connections_closed_for_pings: Arc<AtomicU64>,
 }
 
 struct Shared {
@@ -201,21 +209,16 @@ impl PubSubSandbox {
             delay_ms: AtomicU64::new(0),
             counters: Counters::default(),
         });
-        let mut server = Server::builder()
-            .http2_keepalive_interval(None)
-            .tcp_nodelay(true);
-        let (scheme, ca_pem) = if opts.tls {
+        // Connections are accepted (and TLS terminated) here rather than by tonic, so the ping
+        // policy can read the HTTP/2 frames: see `ping_policy`.
+        let mut server = Server::builder().http2_keepalive_interval(None);
+        let (scheme, ca_pem, acceptor) = if opts.tls {
             crate::http::install_crypto_provider();
             let pki = tls::generate()?;
-            server = server
-                .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(
-                    &pki.server_cert_pem,
-                    &pki.server_key_pem,
-                )))
-                .map_err(|err| SandboxError::Tls(Box::new(err)))?;
-            ("https", Some(pki.ca_pem))
+            let acceptor = tls_acceptor(&pki)?;
+            ("https", Some(pki.ca_pem), Some(acceptor))
         } else {
-            ("http", None)
+            ("http", None, None)
         };
         let endpoint = Url::parse(&format!("{scheme}://{addr}"))
             .map_err(|err| SandboxError::Io(std::io::Error::other(err)))?;
@@ -224,8 +227,53 @@ impl PubSubSandbox {
             .max_encoding_message_size(64 * 1024 * 1024);
         let (stop, stopped) = oneshot::channel::<()>();
         let router = server.add_service(service);
+        let policy = opts.ping_policy;
+        let closed_for_pings = Arc::clone(&shared.counters.connections_closed_for_pings);
         let task = tokio::spawn(async move {
-            let incoming = TcpListenerStream::new(listener);
+            let incoming = TcpListenerStream::new(listener)
+                .map(move |accepted| {
+                    let acceptor = acceptor.clone();
+                    let closed_for_pings = Arc::clone(&closed_for_pings);
+                    async move {
+                        let tcp = match accepted {
+                            Ok(tcp) => tcp,
+                            Err(err) => {
+                                tracing::debug!(error = %err, "sandbox Pub/Sub: accept failed");
+                                return None;
+                            }
+                        };
+                        let _ = tcp.set_nodelay(true);
+                        let peer = tcp.peer_addr().ok();
+                        let io: Box<dyn Io> = match acceptor {
+                            None => Box::new(tcp),
+                            Some(acceptor) => {
+                                let handshake = tokio::time::timeout(
+                                    TLS_HANDSHAKE_TIMEOUT,
+                                    acceptor.accept(tcp),
+                                );
+                                match handshake.await {
+                                    Ok(Ok(tls)) => Box::new(tls),
+                                    Ok(Err(err)) => {
+                                        tracing::debug!(error = %err, "sandbox Pub/Sub: TLS handshake failed");
+                                        return None;
+                                    }
+                                    Err(_) => {
+                                        tracing::debug!("sandbox Pub/Sub: TLS handshake timed out");
+                                        return None;
+                                    }
+                                }
+                            }
+                        };
+                        Some(Ok::<_, std::io::Error>(Policed::new(
+                            io,
+                            policy,
+                            closed_for_pings,
+                            peer,
+                        )))
+                    }
+                })
+                .buffer_unordered(MAX_HANDSHAKES)
+                .filter_map(std::future::ready);
             let shutdown = async {
                 let _ = stopped.await;
             };
@@ -333,6 +381,7 @@ impl PubSubControl {
             max_requested_demand: c.max_requested_demand.load(Ordering::Relaxed),
             keepalives_sent: c.keepalives_sent.load(Ordering::Relaxed),
             events_delivered: c.events_delivered.load(Ordering::Relaxed),
+            connections_closed_for_pings: c.connections_closed_for_pings.load(Ordering::Relaxed),
             streams_closed_for_zero_demand: c
                 .streams_closed_for_zero_demand
                 .load(Ordering::Relaxed),
@@ -790,4 +839,31 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
+}
+
+/// TLS handshakes in progress at once; more wait to be accepted.
+const MAX_HANDSHAKES: usize = 64;
+/// A client that has not finished its TLS handshake by then is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection's byte stream, plain TCP or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// The sandbox's TLS server: its test certificate, HTTP/2 by ALPN as gRPC requires.
+fn tls_acceptor(pki: &tls::TestPki) -> Result<tokio_rustls::TlsAcceptor, SandboxError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |err: Box<dyn std::error::Error + Send + Sync>| SandboxError::Tls(err);
+    let certs = CertificateDer::pem_slice_iter(pki.server_cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| bad(Box::new(err)))?;
+    let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes())
+        .map_err(|err| bad(Box::new(err)))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|err| bad(Box::new(err)))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

@@ -308,6 +308,7 @@ fn stats_json(pubsub: &PubSubControl) -> Value {
         "keepalives_sent": s.keepalives_sent,
         "max_requested_demand": s.max_requested_demand,
         "streams_closed_for_zero_demand": s.streams_closed_for_zero_demand,
+        "connections_closed_for_pings": s.connections_closed_for_pings,
     })
 }
 

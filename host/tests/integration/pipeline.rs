@@ -190,7 +190,7 @@ impl Rig {
     }
 
     /// Every order Activated with its own WHMCS order, and WHMCS holding exactly that many.
-    fn assert_exactly_once(&self, orders: &[String]) {
+    pub(crate) fn assert_exactly_once(&self, orders: &[String]) {
         let ids: BTreeSet<String> = orders.iter().map(|o| self.status(o).1).collect();
         assert_eq!(ids.len(), orders.len(), "WHMCS order ids must be distinct");
         assert_eq!(
@@ -200,7 +200,7 @@ impl Rig {
         );
     }
 
-    fn latest(&self) -> ReplayId {
+    pub(crate) fn latest(&self) -> ReplayId {
         self.sandbox
             .pubsub()
             .bus()
@@ -235,7 +235,7 @@ async fn metrics_text(host: &Host) -> String {
     get(&format!("http://{}/metrics", host.http_addr())).await.1
 }
 
-async fn wait_for<F: Fn() -> bool>(what: &str, limit: Duration, check: F) {
+pub(crate) async fn wait_for<F: Fn() -> bool>(what: &str, limit: Duration, check: F) {
     let start = Instant::now();
     while !check() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
@@ -243,7 +243,12 @@ async fn wait_for<F: Fn() -> bool>(what: &str, limit: Duration, check: F) {
     }
 }
 
-async fn wait_cursor(store: &dyn Store, channel: &str, target: &ReplayId, limit: Duration) {
+pub(crate) async fn wait_cursor(
+    store: &dyn Store,
+    channel: &str,
+    target: &ReplayId,
+    limit: Duration,
+) {
     let start = Instant::now();
     loop {
         if store.cursor(channel).await.unwrap().as_ref() == Some(target) {
@@ -637,7 +642,12 @@ async fn kill_dash_nine_mid_stream_then_restart_loses_and_doubles_nothing() {
     for order in &orders[60..] {
         rig.publish(order);
     }
-    let second = ServeProcess::start(&rig, "replica-a2", &holds);
+    // LATEST: with ALL (the rig's default) the restart would replay from EARLIEST instead.
+    let second = ServeProcess::start(
+        &rig,
+        "replica-a2",
+        &[holds[0], ("SF_EVENTS_REPLAY", "LATEST")],
+    );
     rig.wait_activated(&orders, Duration::from_secs(120)).await;
     // Every event enqueued once, every Order with exactly one WHMCS order and no orphan: a job
     // the kill caught between AddOrder and the save of WHMCS_Order_ID__c is delivered again,
@@ -1106,7 +1116,8 @@ async fn cursor_show_reset_clear_and_backfill_drive_the_next_subscription() {
         store.cursor(&rig.channel).await.unwrap(),
         Some(replays[0].clone())
     );
-    let host = rig.host(&[]).await;
+    // LATEST: with ALL (the rig's default) the host would replay from EARLIEST instead.
+    let host = rig.host(&[("SF_EVENTS_REPLAY", "LATEST")]).await;
     wait_cursor(
         store.as_ref(),
         &rig.channel,

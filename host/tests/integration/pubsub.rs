@@ -13,7 +13,7 @@ use fulfilld::pubsub::{
 };
 use fulfilld::salesforce::{SalesforceClient, SalesforceConfig};
 use fulfilld::sandbox::{
-    EventBus, Fault, ORDER_EVENT_TOPIC, PubSubOptions, PubSubSandbox, TokenCheck,
+    EventBus, Fault, ORDER_EVENT_TOPIC, PingPolicy, PubSubOptions, PubSubSandbox, TokenCheck,
     order_event_schema_v2,
 };
 use fulfilld::secret::Secret;
@@ -487,11 +487,12 @@ async fn pump(
     std::future::pending::<()>().await;
 }
 
+/// Issue 13, item 8: no HTTP/2 pings (servers refuse frequent ones); a half-open connection is
+/// found by Salesforce's keepalive going missing, and the stream resumes after the cursor.
 #[tokio::test]
-async fn a_half_open_connection_is_detected_by_http2_pings_and_replaced() {
+async fn a_half_open_connection_is_detected_by_the_missing_keepalive_and_replaced() {
     let env = Env::start(PubSubOptions {
-        // Keepalives slower than the whole test: only the pings can notice.
-        keepalive_interval: Duration::from_secs(120),
+        keepalive_interval: Duration::from_millis(100),
         ..PubSubOptions::default()
     })
     .await;
@@ -503,18 +504,12 @@ async fn a_half_open_connection_is_detected_by_http2_pings_and_replaced() {
     let relay = Relay::start(target.parse().unwrap()).await;
     let mut opts = env.options(ReplayFrom::Latest);
     opts.endpoint = format!("http://{}", relay.addr).parse().unwrap();
-    opts.ping_interval = Duration::from_millis(200);
-    opts.ping_timeout = Duration::from_millis(300);
+    opts.idle_timeout = Duration::from_millis(1000);
+    assert_eq!(opts.ping_interval, None);
     let mut sub = env.subscribe(opts);
+    let position = live(&mut sub).await;
+    sub.commit(position);
     let mut seen = HashSet::new();
-    // Wait until the stream is positioned before publishing (no keepalives to wait for).
-    tokio::time::timeout(PATIENCE, async {
-        while env.sandbox.stats().open_streams == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap();
     let first = publish_many(&env, "801P", 5);
     consume_all(&mut sub, &first, &mut seen).await;
 
@@ -522,7 +517,60 @@ async fn a_half_open_connection_is_detected_by_http2_pings_and_replaced() {
     let second = publish_many(&env, "801Q", 5);
     consume_all(&mut sub, &second, &mut seen).await;
     assert_eq!(seen.len(), 10);
-    assert!(sub.state().borrow().reconnects >= 1);
+    let state = sub.state().borrow().clone();
+    assert!(state.reconnects >= 1, "{state:?}");
+    assert_eq!(env.sandbox.stats().connections_closed_for_pings, 0);
+}
+
+/// Issue 13, item 8: against a server that tolerates no ping at all without data in between,
+/// the subscriber stays on its one stream over an idle period of many keepalive periods and
+/// still receives events on it.
+#[tokio::test]
+async fn the_subscriber_outlives_a_strict_ping_policy_over_a_long_idle_period() {
+    let env = Env::start(PubSubOptions {
+        keepalive_interval: Duration::from_millis(50),
+        ping_policy: PingPolicy {
+            min_interval: Duration::from_secs(3600),
+            max_strikes: 0,
+        },
+        ..PubSubOptions::default()
+    })
+    .await;
+    let mut opts = env.options(ReplayFrom::Latest);
+    opts.idle_timeout = Duration::from_secs(5);
+    let mut sub = env.subscribe(opts);
+    let mut keepalives = 0;
+    while keepalives < 40 {
+        if let Delivery::Cursor(_) = next(&mut sub).await {
+            keepalives += 1;
+        }
+    }
+    let mut seen = HashSet::new();
+    let orders = publish_many(&env, "801K", 3);
+    consume_all(&mut sub, &orders, &mut seen).await;
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.connections_closed_for_pings, 0);
+    assert_eq!(stats.subscribe_calls, 1);
+    assert_eq!(sub.state().borrow().reconnects, 0);
+}
+
+#[tokio::test]
+async fn pings_more_often_than_servers_allow_are_refused_up_front() {
+    let env = Env::start(quick()).await;
+    let mut opts = env.options(ReplayFrom::Latest);
+    opts.ping_interval = Some(Duration::from_secs(30));
+    let err = subscribe(opts, Arc::new(env.client.clone())).unwrap_err();
+    assert!(matches!(err, SubscriberError::PingInterval(_)), "{err}");
+    assert!(err.to_string().contains("at least 300 s"), "{err}");
+    let mut opts = env.options(ReplayFrom::Latest);
+    opts.ping_interval = Some(Duration::from_secs(300));
+    assert!(subscribe(opts, Arc::new(env.client.clone())).is_ok());
+    let mut opts = env.options(ReplayFrom::Latest);
+    opts.idle_timeout = Duration::ZERO;
+    assert!(matches!(
+        subscribe(opts, Arc::new(env.client.clone())).unwrap_err(),
+        SubscriberError::IdleTimeout
+    ));
 }
 
 #[tokio::test]
@@ -704,4 +752,91 @@ async fn closing_stops_the_stream() {
     })
     .await
     .expect("the server still sees the stream open");
+}
+
+/// Issue 13, item 3: `SF_EVENTS_REPLAY=ALL` is the runbook's one-time backfill. With a stored
+/// cursor, `serve` replays from EARLIEST, says so in a WARN that tells the operator to revert,
+/// and EventUuid deduplication keeps every Order to one WHMCS order; with `LATEST` it resumes
+/// after the stored cursor as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replay_all_backfills_from_earliest_despite_a_stored_cursor_and_latest_resumes_after_it() {
+    use crate::pipeline::{Rig, ServeProcess, redis_url, wait_cursor};
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let orders = rig.orders(1, 4);
+    let store = rig.store().await;
+    let latest = [("SF_EVENTS_REPLAY", "LATEST")];
+    let all = [("SF_EVENTS_REPLAY", "ALL")];
+    let limit = Duration::from_secs(60);
+    let metrics = |serve: &ServeProcess| {
+        let url = format!("{}/metrics", serve.http);
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+
+    // Two Orders provisioned; the cursor is stored.
+    let first = ServeProcess::start(&rig, "replica-latest", &latest);
+    first.wait_role("leader", limit).await;
+    for order in &orders[..2] {
+        rig.publish(order);
+    }
+    rig.wait_activated(&orders[..2], limit).await;
+    wait_cursor(store.as_ref(), &rig.channel, &rig.latest(), limit).await;
+    let cursor = rig.latest();
+    drop(first);
+
+    // ALL with a stored cursor: from EARLIEST, the two done events are duplicates, the third
+    // (published while no host ran) is provisioned; still one WHMCS order per Order.
+    rig.publish(&orders[2]);
+    let backfill = ServeProcess::start(&rig, "replica-all", &all);
+    backfill.wait_role("leader", limit).await;
+    rig.wait_activated(&orders[..3], limit).await;
+    wait_cursor(store.as_ref(), &rig.channel, &rig.latest(), limit).await;
+    let log = plain(&backfill.log_text());
+    assert!(
+        log.contains("SF_EVENTS_REPLAY=ALL: backfill from EARLIEST although a replay cursor is stored; revert SF_EVENTS_REPLAY to LATEST once the backfill is done")
+            && log.contains(&format!("cursor={cursor}"))
+            && log.contains("WARN"),
+        "{log}"
+    );
+    assert!(log.contains("from=EARLIEST"), "{log}");
+    let text = metrics(&backfill).await;
+    assert!(text.contains("fulfilld_events_duplicate_total 2"), "{text}");
+    assert!(text.contains("fulfilld_events_enqueued_total 1"), "{text}");
+    rig.assert_exactly_once(&orders[..3]);
+    let cursor = rig.latest();
+    drop(backfill);
+
+    // LATEST with a stored cursor: strictly after it, no warning, nothing replayed.
+    rig.publish(&orders[3]);
+    let resumed = ServeProcess::start(&rig, "replica-resume", &latest);
+    resumed.wait_role("leader", limit).await;
+    rig.wait_activated(&orders, limit).await;
+    wait_cursor(store.as_ref(), &rig.channel, &rig.latest(), limit).await;
+    let log = plain(&resumed.log_text());
+    assert!(
+        log.contains(&format!("from=after replay id {cursor}")),
+        "{log}"
+    );
+    assert!(!log.contains("SF_EVENTS_REPLAY=ALL"), "{log}");
+    let text = metrics(&resumed).await;
+    assert!(text.contains("fulfilld_events_received_total 1"), "{text}");
+    assert!(text.contains("fulfilld_events_duplicate_total 0"), "{text}");
+    rig.assert_exactly_once(&orders);
+}
+
+/// A log without its ANSI colour codes.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

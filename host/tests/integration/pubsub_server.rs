@@ -361,3 +361,133 @@ async fn schemas_publish_and_evolution() {
     let status = client.publish(authed(too_many)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 }
+
+/// Reads one HTTP/2 frame: (type, flags, payload), or `None` at the end of the stream.
+async fn read_frame(tcp: &mut tokio::net::TcpStream) -> Option<(u8, u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt as _;
+    let mut header = [0u8; 9];
+    tcp.read_exact(&mut header).await.ok()?;
+    let len =
+        (usize::from(header[0]) << 16) | (usize::from(header[1]) << 8) | usize::from(header[2]);
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).await.ok()?;
+    Some((header[3], header[4], payload))
+}
+
+fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![
+        (len >> 16) as u8,
+        (len >> 8) as u8,
+        len as u8,
+        kind,
+        flags,
+        0,
+        0,
+        0,
+        0,
+    ];
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Issue 13, item 8: the sandbox enforces gRPC servers' ping policy (grpc-core's defaults:
+/// 5 minutes between pings without data, 2 strikes). A raw HTTP/2 client that sends four pings
+/// in a row gets its first three answered and then GOAWAY ENHANCE_YOUR_CALM `too_many_pings`,
+/// and the connection is closed.
+#[tokio::test]
+async fn a_raw_http2_client_that_pings_too_often_gets_goaway_too_many_pings() {
+    use tokio::io::AsyncWriteExt as _;
+    let server = sandbox(PubSubOptions::default()).await;
+    let endpoint = server.endpoint();
+    let addr = format!(
+        "{}:{}",
+        endpoint.host_str().unwrap(),
+        endpoint.port().unwrap()
+    );
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, &[])); // SETTINGS
+    tcp.write_all(&out).await.unwrap();
+    let exchange = async {
+        // Each ping waits for its answer: the first three are answered (strikes 0, 1, 2), the
+        // fourth (strike 3) gets the GOAWAY.
+        for n in 0..4u8 {
+            tcp.write_all(&frame(0x6, 0, &[n; 8])).await.unwrap();
+            loop {
+                let (kind, flags, payload) = read_frame(&mut tcp)
+                    .await
+                    .unwrap_or_else(|| panic!("closed without GOAWAY after ping {n}"));
+                match kind {
+                    0x6 if flags & 1 == 1 => {
+                        assert!(n < 3, "ping {n} answered");
+                        break;
+                    }
+                    0x7 => {
+                        assert_eq!(n, 3, "GOAWAY after ping {n}");
+                        return payload;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        panic!("no GOAWAY after four pings");
+    };
+    let goaway = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("no answer in time");
+    assert_eq!(&goaway[4..8], &0xbu32.to_be_bytes(), "ENHANCE_YOUR_CALM");
+    assert_eq!(&goaway[8..], b"too_many_pings");
+    // Then the connection is closed.
+    let rest = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut tcp))
+        .await
+        .expect("the connection stayed open");
+    assert!(rest.is_none(), "{rest:?}");
+    assert_eq!(server.stats().connections_closed_for_pings, 1);
+}
+
+/// The same with a tonic client whose HTTP/2 keepalive pings every 50 ms: its Subscribe stream
+/// is cut by the GOAWAY. Data the server sends clears the strikes, as in grpc-core: with
+/// keepalives flowing more often than the client pings, the same client is left alone.
+#[tokio::test]
+async fn a_grpc_client_with_a_short_keepalive_is_closed_unless_data_flows() {
+    let pinging = |server: &PubSubSandbox| {
+        let endpoint = server.endpoint().to_string();
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(endpoint)
+                .unwrap()
+                .http2_keep_alive_interval(Duration::from_millis(50))
+                .keep_alive_while_idle(true)
+                .connect()
+                .await
+                .unwrap();
+            PubSubClient::new(channel)
+        }
+    };
+    let quiet = sandbox(PubSubOptions::default()).await;
+    let mut client = pinging(&quiet).await;
+    let (_tx, mut stream) = open(&mut client, fetch(ReplayPreset::Latest, Vec::new(), 10))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("the stream was not closed");
+    assert!(ended.is_err(), "{ended:?}");
+    assert_eq!(quiet.stats().connections_closed_for_pings, 1);
+
+    // Keepalives every 10 ms (data) while the client pings every 50 ms: no strikes add up.
+    let busy = sandbox(PubSubOptions {
+        keepalive_interval: Duration::from_millis(10),
+        ..PubSubOptions::default()
+    })
+    .await;
+    let mut client = pinging(&busy).await;
+    let (_tx, mut stream) = open(&mut client, fetch(ReplayPreset::Latest, Vec::new(), 10))
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        next(&mut stream).await.unwrap();
+    }
+    assert_eq!(busy.stats().connections_closed_for_pings, 0);
+    assert_eq!(busy.stats().open_streams, 1);
+}
