@@ -114,7 +114,7 @@ fn a_manifest_beyond_the_ceiling_is_refused_naming_each_excess() {
     let policy = dir.path().join("policy.toml");
     std::fs::write(
         &policy,
-        "billing_actions = [\"GetPayMethods\", \"AddOrder\", \"GetOrders\"]\n[update]\nOrder = [\"Activation_Status__c\", \"WHMCS_Order_ID__c\", \"Activation_Error_Code__c\"]\n",
+        "billing_actions = [\"GetPayMethods\", \"GetClientsDetails\", \"AddOrder\", \"GetOrders\"]\n[update]\nOrder = [\"Activation_Status__c\", \"WHMCS_Order_ID__c\", \"Activation_Error_Code__c\"]\n",
     )
     .unwrap();
     let component = common::component("fulfillment");
