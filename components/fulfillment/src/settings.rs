@@ -55,8 +55,8 @@ pub(crate) struct Settings {
 
 /// Reads every setting; the first value that does not parse fails with [`CONFIG`].
 pub(crate) fn read(host: &dyn Host) -> Result<Settings, StepFailure> {
-    let version = configured(host, WHMCS_VERSION)
-        .unwrap_or_else(|| DEFAULT_WHMCS_VERSION.to_owned());
+    let version =
+        configured(host, WHMCS_VERSION).unwrap_or_else(|| DEFAULT_WHMCS_VERSION.to_owned());
     let Some(parsed) = parse_version(&version) else {
         return Err(invalid(
             WHMCS_VERSION,

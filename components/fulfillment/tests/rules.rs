@@ -357,18 +357,22 @@ fn no_payment_method_is_409() {
 /// GetPayMethods as the WHMCS API reference shows it: a locally stored card or bank account has
 /// an empty `gateway_name`.
 fn local_pay_methods() -> Result<Value, HostError> {
-    Ok(json!({"result": "success", "clientid": "42", "paymethods": [
-        {"id": 1, "type": "CreditCard", "description": "", "gateway_name": "",
-         "contact_type": "Client", "contact_id": 42, "card_last_four": "4444"},
-        {"id": 2, "type": "BankAccount", "description": "", "gateway_name": "",
-         "contact_type": "Client", "contact_id": 42, "bank_name": "Test Bank"}
-    ]}))
+    Ok(
+        json!({"result": "success", "clientid": "42", "paymethods": [
+            {"id": 1, "type": "CreditCard", "description": "", "gateway_name": "",
+             "contact_type": "Client", "contact_id": 42, "card_last_four": "4444"},
+            {"id": 2, "type": "BankAccount", "description": "", "gateway_name": "",
+             "contact_type": "Client", "contact_id": 42, "bank_name": "Test Bank"}
+        ]}),
+    )
 }
 
 fn client_details(default_gateway: &str) -> Result<Value, HostError> {
     let client = json!({"userid": 42, "status": "Active", "defaultgateway": default_gateway});
-    Ok(json!({"result": "success", "userid": 42, "defaultgateway": default_gateway,
-              "client": client}))
+    Ok(
+        json!({"result": "success", "userid": 42, "defaultgateway": default_gateway,
+              "client": client}),
+    )
 }
 
 #[test]
@@ -382,15 +386,20 @@ fn a_local_card_orders_with_the_clients_default_gateway() {
     mock.run().expect("completed");
     assert_eq!(
         mock.actions(),
-        ["GetPayMethods", "GetClientsDetails", "AddOrder", "AcceptOrder"]
+        [
+            "GetPayMethods",
+            "GetClientsDetails",
+            "AddOrder",
+            "AcceptOrder"
+        ]
     );
     assert_eq!(mock.calls.borrow()[1].1, json!({"clientid": 42}));
     assert_eq!(mock.calls.borrow()[2].1["paymentmethod"], "offlinecc");
-    let logged = mock
-        .logs
-        .borrow()
-        .iter()
-        .any(|l| l.2 == "finished" && l.3.contains(&("payment_method_from".into(), "default_gateway".into())));
+    let logged = mock.logs.borrow().iter().any(|l| {
+        l.2 == "finished"
+            && l.3
+                .contains(&("payment_method_from".into(), "default_gateway".into()))
+    });
     assert!(logged);
 }
 
@@ -523,10 +532,10 @@ fn manifest_declares_the_rules_defaults() {
             .unwrap_or_else(|| panic!("{key} not in component.toml"))
             .to_owned()
     };
-    assert!(
-        declared(fulfillment::WHMCS_VERSION)
-            .contains(&format!("default = \"{}\"", fulfillment::DEFAULT_WHMCS_VERSION))
-    );
+    assert!(declared(fulfillment::WHMCS_VERSION).contains(&format!(
+        "default = \"{}\"",
+        fulfillment::DEFAULT_WHMCS_VERSION
+    )));
     for (key, _, default) in fulfillment::ADD_ORDER_FLAGS
         .iter()
         .chain(fulfillment::ACCEPT_ORDER_FLAGS.iter())

@@ -52,7 +52,9 @@ fn the_default_component_ships_its_manifest_and_check_shows_it() {
     assert!(text.contains("config: PORTAL_PRICEBOOK_ID"), "{text}");
     assert!(text.contains("query: Order, OrderItem"), "{text}");
     assert!(
-        text.contains("billing: AcceptOrder, AddOrder, GetOrders, GetPayMethods"),
+        text.contains(
+            "billing: AcceptOrder, AddOrder, GetClientsDetails, GetOrders, GetPayMethods"
+        ),
         "{text}"
     );
 }
