@@ -107,6 +107,7 @@ pub const RULES_FILES: &[EmbeddedFile] = embed![
     "vendor/fulfillment/src/lib.rs" => "../../components/fulfillment/src/lib.rs",
     "vendor/fulfillment/src/mapping.rs" => "../../components/fulfillment/src/mapping.rs",
     "vendor/fulfillment/src/reconcile.rs" => "../../components/fulfillment/src/reconcile.rs",
+    "vendor/fulfillment/src/settings.rs" => "../../components/fulfillment/src/settings.rs",
 ];
 
 /// The crate's own files (`host/templates/component`); `{{name}}` and `{{crate_name}}` are

@@ -60,15 +60,17 @@ pub trait Extensions {
         Ok(())
     }
 
-    /// `whmcs_create`: further AddOrder parameters (`promocode`, `noemail`, `notes`, ...). Keys
-    /// of [`ADD_ORDER_OWN_PARAMS`] are dropped. Default: none.
+    /// `whmcs_create`: further AddOrder parameters (`promocode`, `notes`, ...), sent after the
+    /// rules' config flags `noemail`, `noinvoice` and `noinvoiceemail` (a key of the same name
+    /// replaces the flag). Keys of [`ADD_ORDER_OWN_PARAMS`] are dropped. Default: none.
     fn add_order_params(&self, host: &dyn Host, order: &Order) -> Map<String, Value> {
         let _ = (host, order);
         Map::new()
     }
 
-    /// `whmcs_accept`: further AcceptOrder parameters (`autosetup`, `sendemail`, ...). `orderid`
-    /// is dropped. Default: none.
+    /// `whmcs_accept`: further AcceptOrder parameters (`serverid`, ...), sent after the rules'
+    /// config flags `autosetup` and `sendemail` (a key of the same name replaces the flag).
+    /// `orderid` is dropped. Default: none.
     fn accept_order_params(&self, host: &dyn Host, order: &Order) -> Map<String, Value> {
         let _ = (host, order);
         Map::new()

@@ -19,7 +19,8 @@
 //!
 //! This file is the runbook's steps, in order. The rest: `mapping.rs` (an OrderItem to a WHMCS
 //! AddOrder line), `reconcile.rs` (resuming a WHMCS order, the client hold and adopting an
-//! orphan), `failure.rs` (a step's failure: `fail(STEP, code, message)` and
+//! orphan), `settings.rs` (the WHMCS config keys: version, AddOrder and AcceptOrder flags),
+//! `failure.rs` (a step's failure: `fail(STEP, code, message)` and
 //! `.step_err(STEP, "<call>")` on a host call's result) and `extensions.rs` (the points where a
 //! variant changes the rules without copying them: [`Extensions`], run by
 //! [`fulfill_with_extensions`]).
@@ -28,13 +29,17 @@ mod extensions;
 mod failure;
 mod mapping;
 mod reconcile;
+mod settings;
 
 pub use extensions::{
     ACCEPT_ORDER_OWN_PARAMS, ADD_ORDER_OWN_PARAMS, Extensions, default_map_item, split_quantity,
 };
+pub use settings::{
+    ACCEPT_ORDER_FLAGS, ADD_ORDER_FLAGS, DEFAULT_WHMCS_VERSION, QTY_SINCE, WHMCS_VERSION,
+};
 
 use fulfillment_sdk::salesforce::order_fields as field;
-use fulfillment_sdk::serde_json::{Value, json};
+use fulfillment_sdk::serde_json::{Map, Value, json};
 use fulfillment_sdk::whmcs::is_order_not_pending;
 use fulfillment_sdk::{
     ActivationStatus, AddOrder, AddOrderItem, ErrorKind, Event, Failure, Fulfillment, Host, Info,
@@ -44,6 +49,7 @@ use fulfillment_sdk::{
 
 use crate::extensions::without;
 use crate::failure::{StepErr, StepFailure, fail};
+use crate::settings::Settings;
 
 /// Step names, as the runbook's logging cheatsheet lists them.
 pub mod steps {
@@ -68,12 +74,22 @@ pub mod codes {
     pub const NO_ITEMS: &str = "NO_ITEMS";
     pub const MAPPING: &str = "MAPPING";
     pub const WHMCS_ORDER_STATE: &str = "WHMCS_ORDER_STATE";
+    /// A config value the rules cannot read (e.g. `WHMCS_VERSION = "latest"`).
+    pub const CONFIG: &str = crate::settings::CONFIG;
+    /// Before WHMCS 8.12 (one AddOrder line per unit), more units than [`MAX_UNIT_LINES`](crate::MAX_UNIT_LINES).
+    pub const TOO_MANY_UNITS: &str = "TOO_MANY_UNITS";
 }
 
 /// Config key of the only pricebook the portal provisions from (optional).
 pub const PORTAL_PRICEBOOK_ID: &str = "PORTAL_PRICEBOOK_ID";
 
 const ORDER: &str = "Order";
+
+/// Before WHMCS 8.12 every unit is its own AddOrder line: at most this many in one order.
+pub const MAX_UNIT_LINES: u64 = 1000;
+
+/// Pay method types WHMCS stores locally; GetPayMethods gives them an empty `gateway_name`.
+const LOCAL_PAY_METHODS: [&str; 2] = ["CreditCard", "BankAccount"];
 
 /// The default rules.
 pub struct Rules;
@@ -183,12 +199,13 @@ fn provision(
     ext: &dyn Extensions,
     attempt: &mut Attempt,
 ) -> Result<Outcome, StepFailure> {
+    let settings = settings::read(ctx.host)?;
     let customer = validate_order(ctx, order, ext)?;
     mark_activating(ctx, order)?;
     let items = order_details(ctx, order)?;
     let lines = map_items(ctx, &items, ext)?;
-    let whmcs_order = create_whmcs_order(ctx, order, &customer, lines, ext, attempt)?;
-    accept_whmcs_order(ctx, order, &whmcs_order, ext)?;
+    let whmcs_order = create_whmcs_order(ctx, order, &customer, lines, ext, &settings, attempt)?;
+    accept_whmcs_order(ctx, order, &whmcs_order, ext, &settings)?;
     mark_activated(ctx, order, whmcs_order.order_id, ext)
 }
 
@@ -244,19 +261,12 @@ fn guard(ctx: &Ctx, order: &Order) -> Option<Outcome> {
     Some(Outcome::skipped(message))
 }
 
-/// `validation`, part 2: pricebook, linked WHMCS client, a payment method, then the variant's
-/// own checks ([`Extensions::validate`]).
+/// `validation`, part 2: pricebook, linked WHMCS client, a payment method
+/// ([`payment_method`]), then the variant's own checks ([`Extensions::validate`]).
 fn validate_order(ctx: &Ctx, order: &Order, ext: &dyn Extensions) -> Result<Customer, StepFailure> {
     check_pricebook(ctx, order)?;
     let client_id = linked_client(order)?;
-    let methods = ctx
-        .whmcs
-        .get_pay_methods(client_id)
-        .step_err(VALIDATION, "GetPayMethods")?;
-    let Some(method) = methods.iter().find(|m| !m.gateway_name.is_empty()) else {
-        let message = "Payment method missing";
-        return Err(fail(VALIDATION, codes::PAYMENT_METHOD_MISSING, message));
-    };
+    let (payment_method, source) = payment_method(ctx, client_id)?;
     ext.validate(ctx.host, order)
         .map_err(|f| fail(VALIDATION, f.code, f.message))?;
 
@@ -264,13 +274,53 @@ fn validate_order(ctx: &Ctx, order: &Order, ext: &dyn Extensions) -> Result<Cust
         "finished",
         &[
             ("client_id", &client_id.to_string()),
-            ("payment_method", &method.gateway_name),
+            ("payment_method", &payment_method),
+            ("payment_method_from", source),
         ],
     );
     Ok(Customer {
         client_id,
-        payment_method: method.gateway_name.clone(),
+        payment_method,
     })
+}
+
+/// The gateway AddOrder's `paymentmethod` gets, and where it came from (`pay_method` or
+/// `default_gateway`). From GetPayMethods, in WHMCS's order:
+/// 1. the first pay method with a `gateway_name` (a remote card or bank account, e.g. `stripe`):
+///    that gateway;
+/// 2. otherwise, when the client has a locally stored `CreditCard` or `BankAccount` (WHMCS
+///    reports those with an empty `gateway_name`): the client's default gateway
+///    (GetClientsDetails `defaultgateway`); without one, 409 naming the missing default gateway;
+/// 3. otherwise (no pay method at all): 409 "Payment method missing".
+fn payment_method(ctx: &Ctx, client_id: u64) -> Result<(String, &'static str), StepFailure> {
+    let methods = ctx
+        .whmcs
+        .get_pay_methods(client_id)
+        .step_err(VALIDATION, "GetPayMethods")?;
+    if let Some(remote) = methods.iter().find(|m| !m.gateway_name.trim().is_empty()) {
+        return Ok((remote.gateway_name.trim().to_owned(), "pay_method"));
+    }
+    let has_local = methods.iter().any(|m| {
+        LOCAL_PAY_METHODS
+            .iter()
+            .any(|kind| m.kind.eq_ignore_ascii_case(kind))
+    });
+    if !has_local {
+        let message = "Payment method missing";
+        return Err(fail(VALIDATION, codes::PAYMENT_METHOD_MISSING, message));
+    }
+    match ctx
+        .whmcs
+        .client_default_gateway(client_id)
+        .step_err(VALIDATION, "GetClientsDetails")?
+    {
+        Some(gateway) => Ok((gateway, "default_gateway")),
+        None => {
+            let message = "Payment method missing: the client's stored card or bank account \
+                           has no gateway and the client has no default gateway";
+            Err(fail(VALIDATION, codes::PAYMENT_METHOD_MISSING, message))
+        }
+    }
 }
 
 /// The Order's pricebook must be the `PORTAL_PRICEBOOK_ID` config, when that is set.
@@ -437,6 +487,7 @@ fn create_whmcs_order(
     customer: &Customer,
     lines: Vec<AddOrderItem>,
     ext: &dyn Extensions,
+    settings: &Settings,
     attempt: &mut Attempt,
 ) -> Result<WhmcsOrderRef, StepFailure> {
     let log = ctx.log.step(WHMCS_CREATE);
@@ -449,10 +500,7 @@ fn create_whmcs_order(
     // WHMCS has no idempotency key: hold the client until the id is saved (the hold is released
     // when this function returns), and a job delivered again adopts the Pending order a dead run
     // left instead of creating another (see `reconcile`).
-    let add_order_lines: Vec<AddOrderItem> = lines
-        .iter()
-        .flat_map(|line| ext.add_order_lines(line))
-        .collect();
+    let add_order_lines = add_order_lines(ctx, &lines, ext, settings)?;
     let hold = reconcile::hold_client(ctx, customer)?;
     let sent = reconcile::Lines {
         mapped: &lines,
@@ -467,7 +515,10 @@ fn create_whmcs_order(
         client_id: customer.client_id,
         payment_method: customer.payment_method.clone(),
         items: add_order_lines,
-        extra: without(ext.add_order_params(ctx.host, order), &ADD_ORDER_OWN_PARAMS),
+        extra: with_flags(
+            &settings.add_order_flags,
+            without(ext.add_order_params(ctx.host, order), &ADD_ORDER_OWN_PARAMS),
+        ),
     };
     let created = match ctx.whmcs.add_order(&request) {
         Err(e) if e.kind == ErrorKind::Timeout => {
@@ -501,6 +552,50 @@ fn create_whmcs_order(
     })
 }
 
+/// The lines AddOrder sends: each mapped line as [`Extensions::add_order_lines`]; before WHMCS
+/// 8.12 (config `WHMCS_VERSION`), which ignores `qty[]`, each of those as one line of qty 1 per
+/// unit ([`split_quantity`]), at most [`MAX_UNIT_LINES`].
+fn add_order_lines(
+    ctx: &Ctx,
+    lines: &[AddOrderItem],
+    ext: &dyn Extensions,
+    settings: &Settings,
+) -> Result<Vec<AddOrderItem>, StepFailure> {
+    let lines: Vec<AddOrderItem> = lines
+        .iter()
+        .flat_map(|line| ext.add_order_lines(line))
+        .collect();
+    if settings.qty_supported {
+        return Ok(lines);
+    }
+    let units: u64 = lines.iter().map(|line| u64::from(line.qty.max(1))).sum();
+    if units > MAX_UNIT_LINES {
+        let message = format!(
+            "{units} units need {units} AddOrder lines before WHMCS 8.12 (WHMCS_VERSION {}); \
+             at most {MAX_UNIT_LINES}",
+            settings.whmcs_version
+        );
+        return Err(fail(WHMCS_CREATE, codes::TOO_MANY_UNITS, message));
+    }
+    let split: Vec<AddOrderItem> = lines.iter().flat_map(split_quantity).collect();
+    ctx.log.step(WHMCS_CREATE).info(
+        "WHMCS before 8.12: one AddOrder line of qty 1 per unit",
+        &[
+            ("whmcs_version", &settings.whmcs_version),
+            ("lines", &split.len().to_string()),
+        ],
+    );
+    Ok(split)
+}
+
+/// The rules' flags (config), then `extra` (a variant's parameters win over a flag of the same
+/// name).
+fn with_flags(flags: &Map<String, Value>, extra: Map<String, Value>) -> Map<String, Value> {
+    let mut params = flags.clone();
+    params.extend(extra);
+    params
+}
+
 /// `whmcs_create`'s save of `WHMCS_Order_ID__c` the moment a WHMCS order exists (`how`:
 /// created, or adopted from a dead run). A failed save says the order exists, so an operator
 /// reconciles before retrying.
@@ -526,13 +621,15 @@ pub(crate) fn save_whmcs_order_id(
         })
 }
 
-/// `whmcs_accept`: AcceptOrder (with [`Extensions::accept_order_params`]); a "not Pending"
-/// rejection is confirmed with GetOrders.
+/// `whmcs_accept`: AcceptOrder with `autosetup` and `sendemail` (config `WHMCS_AUTOSETUP`,
+/// `WHMCS_SENDEMAIL`) and [`Extensions::accept_order_params`]; a "not Pending" rejection is
+/// confirmed with GetOrders.
 fn accept_whmcs_order(
     ctx: &Ctx,
     order: &Order,
     whmcs_order: &WhmcsOrderRef,
     ext: &dyn Extensions,
+    settings: &Settings,
 ) -> Result<(), StepFailure> {
     let log = ctx.log.step(WHMCS_ACCEPT);
     let order_id = whmcs_order.order_id;
@@ -546,9 +643,12 @@ fn accept_whmcs_order(
     }
     log.info("started", &[("whmcs_order_id", &id_text)]);
 
-    let params = without(
-        ext.accept_order_params(ctx.host, order),
-        &ACCEPT_ORDER_OWN_PARAMS,
+    let params = with_flags(
+        &settings.accept_order_flags,
+        without(
+            ext.accept_order_params(ctx.host, order),
+            &ACCEPT_ORDER_OWN_PARAMS,
+        ),
     );
     match ctx.whmcs.accept_order_with(order_id, &params) {
         Err(e) if is_order_not_pending(&e) => {

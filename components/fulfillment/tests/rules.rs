@@ -116,7 +116,7 @@ impl Mock {
             "GetPayMethods",
             Ok(
                 json!({"result": "success", "clientid": "42", "paymethods": [
-                {"id": 1, "type": "CreditCard", "gateway_name": "stripe", "description": ""}]}),
+                {"id": 1, "type": "RemoteCreditCard", "gateway_name": "stripe", "description": ""}]}),
             ),
         );
         mock
@@ -211,9 +211,13 @@ fn provisions_an_activating_order() {
     assert_eq!(
         mock.calls.borrow()[1].1,
         json!({"clientid": 42, "paymentmethod": "stripe", "pid": [7, 9],
-               "billingcycle": ["monthly", "semiannually"], "qty": [1, 2]})
+               "billingcycle": ["monthly", "semiannually"], "qty": [1, 2],
+               "noemail": 0, "noinvoice": 0, "noinvoiceemail": 0})
     );
-    assert_eq!(mock.calls.borrow()[2].1, json!({"orderid": 1042}));
+    assert_eq!(
+        mock.calls.borrow()[2].1,
+        json!({"orderid": 1042, "autosetup": 1, "sendemail": 1})
+    );
 
     let updates: Vec<Value> = mock.updates.borrow().iter().map(|u| u.2.clone()).collect();
     assert_eq!(
@@ -348,6 +352,197 @@ fn no_payment_method_is_409() {
     assert_recorded(&mock, &failure, "409");
     assert_eq!(failure.message, "Payment method missing");
     assert_eq!(mock.actions(), ["GetPayMethods"]);
+}
+
+/// GetPayMethods as the WHMCS API reference shows it: a locally stored card or bank account has
+/// an empty `gateway_name`.
+fn local_pay_methods() -> Result<Value, HostError> {
+    Ok(
+        json!({"result": "success", "clientid": "42", "paymethods": [
+            {"id": 1, "type": "CreditCard", "description": "", "gateway_name": "",
+             "contact_type": "Client", "contact_id": 42, "card_last_four": "4444"},
+            {"id": 2, "type": "BankAccount", "description": "", "gateway_name": "",
+             "contact_type": "Client", "contact_id": 42, "bank_name": "Test Bank"}
+        ]}),
+    )
+}
+
+fn client_details(default_gateway: &str) -> Result<Value, HostError> {
+    let client = json!({"userid": 42, "status": "Active", "defaultgateway": default_gateway});
+    Ok(
+        json!({"result": "success", "userid": 42, "defaultgateway": default_gateway,
+              "client": client}),
+    )
+}
+
+#[test]
+fn a_local_card_orders_with_the_clients_default_gateway() {
+    let mock = Mock::new();
+    mock.billing.borrow_mut().clear();
+    mock.whmcs("GetPayMethods", local_pay_methods())
+        .whmcs("GetClientsDetails", client_details("offlinecc"))
+        .whmcs("AddOrder", add_order_ok())
+        .whmcs("AcceptOrder", success());
+    mock.run().expect("completed");
+    assert_eq!(
+        mock.actions(),
+        [
+            "GetPayMethods",
+            "GetClientsDetails",
+            "AddOrder",
+            "AcceptOrder"
+        ]
+    );
+    assert_eq!(mock.calls.borrow()[1].1, json!({"clientid": 42}));
+    assert_eq!(mock.calls.borrow()[2].1["paymentmethod"], "offlinecc");
+    let logged = mock.logs.borrow().iter().any(|l| {
+        l.2 == "finished"
+            && l.3
+                .contains(&("payment_method_from".into(), "default_gateway".into()))
+    });
+    assert!(logged);
+}
+
+#[test]
+fn a_remote_method_wins_over_local_ones_without_reading_the_client() {
+    let mock = Mock::new();
+    mock.billing.borrow_mut().clear();
+    let methods = json!({"result": "success", "paymethods": [
+        {"id": 1, "type": "CreditCard", "gateway_name": ""},
+        {"id": 4, "type": "RemoteBankAccount", "gateway_name": "gocardless"}
+    ]});
+    mock.whmcs("GetPayMethods", Ok(methods))
+        .whmcs("AddOrder", add_order_ok())
+        .whmcs("AcceptOrder", success());
+    mock.run().expect("completed");
+    assert_eq!(mock.actions(), ["GetPayMethods", "AddOrder", "AcceptOrder"]);
+    assert_eq!(mock.calls.borrow()[1].1["paymentmethod"], "gocardless");
+}
+
+#[test]
+fn a_local_card_without_a_default_gateway_is_409() {
+    let mock = Mock::new();
+    mock.billing.borrow_mut().clear();
+    mock.whmcs("GetPayMethods", local_pay_methods())
+        .whmcs("GetClientsDetails", client_details(""));
+    let failure = mock.run().expect_err("409");
+    assert_recorded(&mock, &failure, "409");
+    assert!(
+        failure.message.starts_with("Payment method missing: ")
+            && failure.message.contains("no default gateway"),
+        "{}",
+        failure.message
+    );
+    assert_eq!(mock.actions(), ["GetPayMethods", "GetClientsDetails"]);
+}
+
+#[test]
+fn a_remote_type_without_a_gateway_name_is_not_usable() {
+    let mock = Mock::new();
+    mock.billing.borrow_mut().clear();
+    let methods = json!({"result": "success", "paymethods": [
+        {"id": 3, "type": "RemoteCreditCard", "gateway_name": ""}
+    ]});
+    mock.whmcs("GetPayMethods", Ok(methods));
+    let failure = mock.run().expect_err("409");
+    assert_eq!(failure.message, "Payment method missing");
+    assert_eq!(mock.actions(), ["GetPayMethods"]);
+}
+
+#[test]
+fn before_whmcs_8_12_every_unit_is_its_own_line() {
+    let mut mock = Mock::new();
+    mock.config.insert("WHMCS_VERSION".into(), "8.11.2".into());
+    mock.whmcs("AddOrder", add_order_ok())
+        .whmcs("AcceptOrder", success());
+    mock.run().expect("completed");
+    let sent = mock.calls.borrow()[1].1.clone();
+    assert_eq!(sent["pid"], json!([7, 9, 9]));
+    assert_eq!(
+        sent["billingcycle"],
+        json!(["monthly", "semiannually", "semiannually"])
+    );
+    assert_eq!(sent["qty"], json!([1, 1, 1]));
+
+    for version in ["8.12", "8.13.1", " "] {
+        let mut mock = Mock::new();
+        mock.config.insert("WHMCS_VERSION".into(), version.into());
+        mock.whmcs("AddOrder", add_order_ok())
+            .whmcs("AcceptOrder", success());
+        mock.run().expect("completed");
+        let sent = mock.calls.borrow()[1].1.clone();
+        assert_eq!(sent["qty"], json!([1, 2]), "{version:?}");
+    }
+}
+
+#[test]
+fn before_whmcs_8_12_too_many_units_fail_before_add_order() {
+    let mut mock = Mock::new();
+    mock.config.insert("WHMCS_VERSION".into(), "8.11".into());
+    mock.items[1] = item("802000000000002AAA", json!(9), json!("Monthly"), 1000.0);
+    let failure = mock.run().expect_err("too many");
+    assert_recorded(&mock, &failure, "TOO_MANY_UNITS");
+    assert!(!mock.actions().contains(&"AddOrder".to_owned()));
+}
+
+#[test]
+fn whmcs_flags_follow_config_and_a_bad_value_fails_before_whmcs() {
+    let mut mock = Mock::new();
+    for (key, value) in [
+        ("WHMCS_NOEMAIL", "yes"),
+        ("WHMCS_NOINVOICE", "true"),
+        ("WHMCS_NOINVOICEEMAIL", "1"),
+        ("WHMCS_AUTOSETUP", "no"),
+        ("WHMCS_SENDEMAIL", "0"),
+    ] {
+        mock.config.insert(key.into(), value.into());
+    }
+    mock.whmcs("AddOrder", add_order_ok())
+        .whmcs("AcceptOrder", success());
+    mock.run().expect("completed");
+    let calls = mock.calls.borrow();
+    assert_eq!(calls[1].1["noemail"], 1);
+    assert_eq!(calls[1].1["noinvoice"], 1);
+    assert_eq!(calls[1].1["noinvoiceemail"], 1);
+    assert_eq!(
+        calls[2].1,
+        json!({"orderid": 1042, "autosetup": 0, "sendemail": 0})
+    );
+    drop(calls);
+
+    for (key, value) in [("WHMCS_SENDEMAIL", "maybe"), ("WHMCS_VERSION", "latest")] {
+        let mut mock = Mock::new();
+        mock.billing.borrow_mut().clear();
+        mock.config.insert(key.into(), value.into());
+        let failure = mock.run().expect_err("config");
+        assert_recorded(&mock, &failure, "CONFIG");
+        assert!(failure.message.contains(key), "{}", failure.message);
+        assert!(mock.actions().is_empty());
+    }
+}
+
+/// The defaults the rules use when a key is unset are the ones the manifest declares.
+#[test]
+fn manifest_declares_the_rules_defaults() {
+    let manifest = include_str!("../component.toml");
+    let declared = |key: &str| {
+        manifest
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} =")))
+            .unwrap_or_else(|| panic!("{key} not in component.toml"))
+            .to_owned()
+    };
+    assert!(declared(fulfillment::WHMCS_VERSION).contains(&format!(
+        "default = \"{}\"",
+        fulfillment::DEFAULT_WHMCS_VERSION
+    )));
+    for (key, _, default) in fulfillment::ADD_ORDER_FLAGS
+        .iter()
+        .chain(fulfillment::ACCEPT_ORDER_FLAGS.iter())
+    {
+        let want = format!("default = \"{}\"", u8::from(*default));
+        assert!(declared(key).contains(&want), "{key}: {want}");
+    }
 }
 
 #[test]
@@ -662,7 +857,7 @@ mod extensions {
             mock.calls.borrow()[1].1,
             json!({"clientid": 42, "paymentmethod": "stripe", "pid": [99, 9, 9],
                    "billingcycle": ["monthly", "semiannually", "semiannually"],
-                   "qty": [1, 1, 1]})
+                   "qty": [1, 1, 1], "noemail": 0, "noinvoice": 0, "noinvoiceemail": 0})
         );
 
         // The default rules refuse the same item, naming why.
@@ -751,13 +946,14 @@ mod extensions {
             calls[1].1,
             json!({"clientid": 42, "paymentmethod": "stripe", "pid": [7, 9],
                    "billingcycle": ["monthly", "semiannually"], "qty": [1, 2],
-                   "noemail": true, "promocode": "SPRING", "notes": "00000100"})
+                   "noemail": true, "noinvoice": 0, "noinvoiceemail": 0,
+                   "promocode": "SPRING", "notes": "00000100"})
         );
         assert_eq!(
             calls[2],
             (
                 "AcceptOrder".into(),
-                json!({"orderid": 1042, "autosetup": true})
+                json!({"orderid": 1042, "autosetup": true, "sendemail": 1})
             )
         );
     }

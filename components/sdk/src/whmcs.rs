@@ -324,6 +324,20 @@ impl<'h> Whmcs<'h> {
         Ok(methods)
     }
 
+    /// GetClientsDetails: the client's default payment gateway (`defaultgateway`, a gateway
+    /// system name), or `None` when the client has none set.
+    pub fn client_default_gateway(&self, client_id: u64) -> Result<Option<String>, HostError> {
+        let resp = self.call("GetClientsDetails", json!({ "clientid": client_id }))?;
+        // WHMCS answers the details both under `client` and at the top level.
+        let gateway = resp
+            .get("client")
+            .map(|c| text_field(c, "defaultgateway"))
+            .filter(|g| !g.trim().is_empty())
+            .unwrap_or_else(|| text_field(&resp, "defaultgateway"));
+        let gateway = gateway.trim();
+        Ok((!gateway.is_empty()).then(|| gateway.to_owned()))
+    }
+
     /// AddOrder: one WHMCS order holding every item. A timeout leaves the outcome unknown:
     /// reconcile (GetOrders) before any new attempt.
     pub fn add_order(&self, order: &AddOrder) -> Result<AddOrderResult, HostError> {

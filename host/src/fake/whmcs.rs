@@ -17,6 +17,13 @@ const CYCLES: &[(&str, &str)] = &[
     ("triennially", "Triennially"),
 ];
 
+/// The version a fake WHMCS reports being when none is set: one that reads AddOrder's `qty[]`.
+pub const DEFAULT_VERSION: &str = "8.13";
+
+/// The first version whose AddOrder reads `qty[]` (developers.whmcs.com/api-reference/addorder/,
+/// version history: "8.12 Added `qty` parameter"); older versions ignore it.
+const QTY_SINCE: (u32, u32) = (8, 12);
+
 const NO_ITEMS: &str = "No items added to cart so order cannot proceed";
 const NOT_PENDING: &str = "Order ID not found or Status not Pending";
 
@@ -47,7 +54,10 @@ impl Default for FakeClient {
     }
 }
 
-/// A stored payment method of a client (GetPayMethods).
+/// A stored payment method of a client (GetPayMethods,
+/// developers.whmcs.com/api-reference/getpaymethods/). `gateway_name` is the gateway's system
+/// name for a remote one (`RemoteCreditCard`, `RemoteBankAccount`) and the empty string for a
+/// locally stored `CreditCard` or `BankAccount`, as in the reference's example answer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FakePayMethod {
@@ -129,6 +139,8 @@ pub struct FakeWhmcs {
     next_invoice_id: u64,
     /// Payment gateways (system names) AddOrder accepts.
     pub gateways: Vec<String>,
+    /// The installation's version (`8.11`, `8.13.1`, ...); before 8.12 AddOrder ignores `qty[]`.
+    version: String,
     actions: Vec<String>,
 }
 
@@ -141,7 +153,15 @@ impl Default for FakeWhmcs {
             next_order_id: 1,
             next_service_id: 1,
             next_invoice_id: 1,
-            gateways: vec!["stripe".into(), "paypal".into(), "banktransfer".into()],
+            // `offlinecc` is WHMCS's module for locally stored cards.
+            gateways: vec![
+                "stripe".into(),
+                "paypal".into(),
+                "banktransfer".into(),
+                "offlinecc".into(),
+                "gocardless".into(),
+            ],
+            version: DEFAULT_VERSION.into(),
             actions: Vec::new(),
         }
     }
@@ -179,6 +199,24 @@ impl FakeWhmcs {
     /// The id the next AddOrder gets.
     pub fn set_next_order_id(&mut self, id: u64) {
         self.next_order_id = id.max(1);
+    }
+
+    /// Sets the version this WHMCS behaves as (e.g. `8.11`: AddOrder ignores `qty[]`).
+    pub fn set_version(&mut self, version: &str) {
+        self.version = version.trim().to_owned();
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// True when AddOrder reads `qty[]` (8.12 and later; an unreadable version counts as older).
+    fn reads_qty(&self) -> bool {
+        let mut parts = self.version.split('.').map(|p| p.parse::<u32>().ok());
+        match (parts.next().flatten(), parts.next().flatten()) {
+            (Some(major), minor) => (major, minor.unwrap_or(0)) >= QTY_SINCE,
+            _ => false,
+        }
     }
 
     pub fn set_gateways(&mut self, gateways: Vec<String>) {
@@ -296,7 +334,12 @@ impl FakeWhmcs {
             return error(NO_ITEMS);
         }
         let cycles = list(params.get("billingcycle"));
-        let quantities = list(params.get("qty"));
+        // Before 8.12 AddOrder has no `qty[]`: every line is one unit, whatever was sent.
+        let quantities = if self.reads_qty() {
+            list(params.get("qty"))
+        } else {
+            Vec::new()
+        };
         let mut items = Vec::with_capacity(pids.len());
         for (index, pid) in pids.iter().enumerate() {
             let Some(product) = pid
@@ -894,6 +937,95 @@ mod tests {
             ("pid[0]", "1"),
         ]));
         assert_eq!(added["orderid"], 10);
+    }
+
+    #[test]
+    fn before_8_12_add_order_ignores_qty() {
+        let add = |w: &mut FakeWhmcs| {
+            w.handle(&form(&[
+                ("action", "AddOrder"),
+                ("clientid", "7"),
+                ("paymentmethod", "stripe"),
+                ("pid[0]", "1"),
+                ("qty[0]", "3"),
+            ]))
+        };
+        let mut old = whmcs();
+        old.set_version("8.11.2");
+        assert_eq!(add(&mut old)["result"], "success");
+        assert_eq!(old.orders()[0].items[0].qty, 1);
+        // Three lines of one unit each are three units.
+        let three = old.handle(&form(&[
+            ("action", "AddOrder"),
+            ("clientid", "7"),
+            ("paymentmethod", "stripe"),
+            ("pid[0]", "1"),
+            ("pid[1]", "1"),
+            ("pid[2]", "1"),
+        ]));
+        assert_eq!(three["serviceids"], "2,3,4");
+        let units: u64 = old.orders()[1].items.iter().map(|i| i.qty).sum();
+        assert_eq!(units, 3);
+
+        for version in ["8.12", "8.13.1", DEFAULT_VERSION] {
+            let mut new = whmcs();
+            new.set_version(version);
+            add(&mut new);
+            assert_eq!(new.orders()[0].items[0].qty, 3, "{version}");
+        }
+        assert_eq!(whmcs().version(), DEFAULT_VERSION);
+    }
+
+    /// The four kinds of the reference's GetPayMethods example: the local ones have an empty
+    /// `gateway_name`; AddOrder takes the client's default gateway for them.
+    #[test]
+    fn local_pay_methods_have_an_empty_gateway_name() {
+        let mut w = whmcs();
+        let method = |id, kind: &str, gateway: &str| FakePayMethod {
+            id,
+            kind: kind.into(),
+            gateway_name: gateway.into(),
+            description: String::new(),
+        };
+        w.add_client(FakeClient {
+            id: 9,
+            default_gateway: "offlinecc".into(),
+            paymethods: vec![
+                method(1, "CreditCard", ""),
+                method(2, "BankAccount", ""),
+                method(3, "RemoteCreditCard", "stripe"),
+                method(4, "RemoteBankAccount", "gocardless"),
+            ],
+            ..FakeClient::default()
+        });
+        let methods = w.handle(&form(&[("action", "GetPayMethods"), ("clientid", "9")]));
+        let kinds: Vec<(&str, &str)> = methods["paymethods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["type"].as_str().unwrap(),
+                    m["gateway_name"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("CreditCard", ""),
+                ("BankAccount", ""),
+                ("RemoteCreditCard", "stripe"),
+                ("RemoteBankAccount", "gocardless")
+            ]
+        );
+        let added = w.handle(&form(&[
+            ("action", "AddOrder"),
+            ("clientid", "9"),
+            ("paymentmethod", "offlinecc"),
+            ("pid[0]", "1"),
+        ]));
+        assert_eq!(added["result"], "success", "{added}");
     }
 
     #[test]

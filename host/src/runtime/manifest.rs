@@ -16,7 +16,7 @@
 //!
 //! [capabilities]
 //! query = ["Order", "OrderItem"]
-//! billing = ["GetPayMethods", "AddOrder", "AcceptOrder", "GetOrders"]
+//! billing = ["GetPayMethods", "GetClientsDetails", "AddOrder", "AcceptOrder", "GetOrders"]
 //! [capabilities.update]
 //! Order = ["Activation_Status__c", "WHMCS_Order_ID__c"]
 //! ```

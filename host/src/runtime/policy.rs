@@ -28,7 +28,7 @@ pub enum PolicyFileError {
 /// Loaded from TOML (see `docs/operations.md`), e.g.
 ///
 /// ```toml
-/// billing_actions = ["GetPayMethods", "AddOrder", "AcceptOrder", "GetOrders"]
+/// billing_actions = ["GetPayMethods", "GetClientsDetails", "AddOrder", "AcceptOrder", "GetOrders"]
 /// [update]
 /// Order = ["Activation_Status__c", "WHMCS_Order_ID__c"]
 /// ```
@@ -56,7 +56,13 @@ impl Default for CapabilityPolicy {
             "Activation_Error_Code__c",
             "Activation_Error_Message__c",
         ];
-        let actions = ["GetPayMethods", "AddOrder", "AcceptOrder", "GetOrders"];
+        let actions = [
+            "GetPayMethods",
+            "GetClientsDetails",
+            "AddOrder",
+            "AcceptOrder",
+            "GetOrders",
+        ];
         CapabilityPolicy {
             update: BTreeMap::from([(
                 "Order".to_owned(),

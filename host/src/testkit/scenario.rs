@@ -86,6 +86,10 @@ pub struct WhmcsSeed {
     /// Orders that already exist (e.g. one left Pending by an earlier attempt).
     #[serde(default)]
     pub orders: Vec<FakeOrder>,
+    /// The WHMCS version the fake behaves as (default [`crate::fake::whmcs::DEFAULT_VERSION`]);
+    /// before 8.12 AddOrder ignores `qty[]`.
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -288,6 +292,7 @@ impl Scenario {
         whmcs.products.append(&mut self.whmcs.products);
         whmcs.orders.append(&mut self.whmcs.orders);
         whmcs.next_order_id = self.whmcs.next_order_id.or(whmcs.next_order_id);
+        whmcs.version = self.whmcs.version.take().or(whmcs.version);
         self.whmcs = whmcs;
     }
 
@@ -407,6 +412,9 @@ pub fn seed_whmcs(seed: &WhmcsSeed, whmcs: &mut FakeWhmcs) {
     }
     if let Some(id) = seed.next_order_id {
         whmcs.set_next_order_id(id);
+    }
+    if let Some(version) = &seed.version {
+        whmcs.set_version(version);
     }
 }
 

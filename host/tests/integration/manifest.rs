@@ -52,7 +52,9 @@ fn the_default_component_ships_its_manifest_and_check_shows_it() {
     assert!(text.contains("config: PORTAL_PRICEBOOK_ID"), "{text}");
     assert!(text.contains("query: Order, OrderItem"), "{text}");
     assert!(
-        text.contains("billing: AcceptOrder, AddOrder, GetOrders, GetPayMethods"),
+        text.contains(
+            "billing: AcceptOrder, AddOrder, GetClientsDetails, GetOrders, GetPayMethods"
+        ),
         "{text}"
     );
 }
@@ -114,7 +116,7 @@ fn a_manifest_beyond_the_ceiling_is_refused_naming_each_excess() {
     let policy = dir.path().join("policy.toml");
     std::fs::write(
         &policy,
-        "billing_actions = [\"GetPayMethods\", \"AddOrder\", \"GetOrders\"]\n[update]\nOrder = [\"Activation_Status__c\", \"WHMCS_Order_ID__c\", \"Activation_Error_Code__c\"]\n",
+        "billing_actions = [\"GetPayMethods\", \"GetClientsDetails\", \"AddOrder\", \"GetOrders\"]\n[update]\nOrder = [\"Activation_Status__c\", \"WHMCS_Order_ID__c\", \"Activation_Error_Code__c\"]\n",
     )
     .unwrap();
     let component = common::component("fulfillment");

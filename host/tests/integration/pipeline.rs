@@ -2072,7 +2072,7 @@ Service_Tier__c = "gold"
     let policy = dir.path().join("policy.toml");
     std::fs::write(
         &policy,
-        "billing_actions = [\"GetPayMethods\", \"AddOrder\", \"AcceptOrder\", \"GetOrders\"]\n\
+        "billing_actions = [\"GetPayMethods\", \"GetClientsDetails\", \"AddOrder\", \"AcceptOrder\", \"GetOrders\"]\n\
          [update]\nOrder = [\"Activation_Status__c\", \"WHMCS_Order_ID__c\", \
          \"Activation_Error_Code__c\", \"Activation_Error_Message__c\", \"Service_Tier__c\"]\n",
     )
@@ -2330,7 +2330,7 @@ async fn serve_refuses_a_start_up_component_whose_manifest_asks_beyond_the_polic
     let policy = dir.join("narrow.toml");
     std::fs::write(
         &policy,
-        "billing_actions = [\"GetPayMethods\", \"AddOrder\", \"GetOrders\"]\n[update]\nOrder = [\"Activation_Status__c\", \"WHMCS_Order_ID__c\", \"Activation_Error_Code__c\", \"Activation_Error_Message__c\"]\n",
+        "billing_actions = [\"GetPayMethods\", \"GetClientsDetails\", \"AddOrder\", \"GetOrders\"]\n[update]\nOrder = [\"Activation_Status__c\", \"WHMCS_Order_ID__c\", \"Activation_Error_Code__c\", \"Activation_Error_Message__c\"]\n",
     )
     .unwrap();
     let registry_dir = dir.join("registry");

@@ -234,7 +234,8 @@ fn the_cli_shows_the_difference_of_a_call_or_write_expectation() {
         stdout.contains(
             "FAIL wrong cycle: run 1: whmcs_calls[0] (1st AddOrder): billingcycle[1]: expected \"annually\", sent \
              \"monthly\" (sent: billingcycle[0]=monthly billingcycle[1]=monthly \
-             billingcycle[2]=annually clientid=42 paymentmethod=stripe pid[0]=11 pid[1]=12 \
+             billingcycle[2]=annually clientid=42 noemail=0 noinvoice=0 noinvoiceemail=0 \
+             paymentmethod=stripe pid[0]=11 pid[1]=12 \
              pid[2]=13 qty[0]=1 qty[1]=2 qty[2]=1)"
         ),
         "{stdout}"
