@@ -492,7 +492,18 @@ fn default_audience(login_url: &Url) -> String {
         .host_str()
         .unwrap_or_default()
         .to_ascii_lowercase();
-    if host.ends_with(".sandbox.my.salesforce.com") {
+    // Sandboxes and scratch orgs sign in at test: enhanced sandbox domains
+    // (`acme--uat.sandbox.my.salesforce.com`), legacy ones (`acme--uat.my.salesforce.com`,
+    // `acme--uat.cs42.my.salesforce.com`: the `--` names the sandbox) and scratch orgs.
+    let legacy_sandbox = host.ends_with(".my.salesforce.com")
+        && host
+            .split('.')
+            .next()
+            .is_some_and(|label| label.contains("--"));
+    if host.ends_with(".sandbox.my.salesforce.com")
+        || host.ends_with(".scratch.my.salesforce.com")
+        || legacy_sandbox
+    {
         return TEST.to_owned();
     }
     if host.ends_with(".my.salesforce.com") {
@@ -910,6 +921,18 @@ mod tests {
             ),
             (
                 "https://acme--uat.sandbox.my.salesforce.com",
+                "https://test.salesforce.com",
+            ),
+            (
+                "https://acme--uat.my.salesforce.com",
+                "https://test.salesforce.com",
+            ),
+            (
+                "https://acme--uat.cs42.my.salesforce.com",
+                "https://test.salesforce.com",
+            ),
+            (
+                "https://site-force-1234-dev-ed.scratch.my.salesforce.com",
                 "https://test.salesforce.com",
             ),
             // An Experience Cloud site: its URL including the path.

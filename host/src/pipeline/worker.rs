@@ -142,15 +142,13 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
                 tracing::warn!(code = %failure.code, detail = %failure.message, "fulfillment failed; the Order is marked Failed in Salesforce");
                 // After the guard the component has written Failed itself; before it (the Order
                 // could not be read) the Order is still Activating and the host writes it.
-                super::failed::mark_failed_logged(shared.services.as_ref(), &order_id, failure)
-                    .await;
+                mark_failed(shared, &order_id, failure).await;
                 ("failed", Some(failure.code.clone()), failure.message.clone())
             }
             Err(failure) if failure.source == FailureSource::Sandbox => {
                 let reason = format!("{}: {}", failure.code, failure.message);
                 tracing::error!(code = %failure.code, detail = %failure.message, "the component was stopped by the sandbox; job dead-lettered");
-                super::failed::mark_failed_logged(shared.services.as_ref(), &order_id, failure)
-                    .await;
+                mark_failed(shared, &order_id, failure).await;
                 dead_letter(shared, &job, &reason, &failure.code, &version).await;
                 return;
             }
@@ -250,5 +248,20 @@ where
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
         }
+    }
+}
+
+/// The host's `Failed` write for a job that ended without the component recording its failure
+/// ([`super::failed`]), bounded by a third of the reclaim time: the claim is not refreshed
+/// meanwhile, and a slow org must not let another worker take the job and run it again.
+async fn mark_failed(shared: &Shared, order_id: &str, failure: &crate::runtime::JobFailure) {
+    let limit = (shared.serve.reclaim_after / 3).max(Duration::from_millis(100));
+    let mark = super::failed::mark_failed_logged(shared.services.as_ref(), order_id, failure);
+    if tokio::time::timeout(limit, mark).await.is_err() {
+        tracing::warn!(
+            code = %failure.code,
+            limit_ms = limit.as_millis() as u64,
+            "could not mark the Order Failed in time; it stays as it was (not retried)"
+        );
     }
 }

@@ -40,7 +40,8 @@ const TOO_MANY_PINGS: &[u8] = b"too_many_pings";
 pub struct PingPolicy {
     /// A ping sooner than this after the previous one, with no data sent in between, is a strike.
     pub min_interval: Duration,
-    /// Strikes tolerated; one more closes the connection with GOAWAY `too_many_pings`.
+    /// Strikes tolerated; one more closes the connection with GOAWAY `too_many_pings`. As in
+    /// grpc-core (`GRPC_ARG_HTTP2_MAX_PING_STRIKES`), 0 tolerates any number.
     pub max_strikes: u32,
 }
 
@@ -172,7 +173,10 @@ impl<IO> Policed<IO> {
                     self.strikes = self.strikes.saturating_add(1);
                 }
                 self.last_ping = Some(now);
-                if self.strikes > self.policy.max_strikes && self.goaway.is_none() {
+                if self.policy.max_strikes > 0
+                    && self.strikes > self.policy.max_strikes
+                    && self.goaway.is_none()
+                {
                     tracing::warn!(
                         peer = ?self.peer,
                         strikes = self.strikes,

@@ -239,6 +239,8 @@ impl PubSubSandbox {
                             Ok(tcp) => tcp,
                             Err(err) => {
                                 tracing::debug!(error = %err, "sandbox Pub/Sub: accept failed");
+                                // Out of file descriptors and the like repeat at once: do not spin.
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                                 return None;
                             }
                         };
