@@ -26,17 +26,21 @@ fn packed(dir: &Path, name: &str, manifest: &str) -> (PathBuf, i32, String) {
     let manifest_path = dir.join(format!("{name}.toml"));
     std::fs::write(&manifest_path, manifest).unwrap();
     let out = dir.join(format!("{name}.wasm"));
-    let component = common::component("fulfillment");
-    let (code, text) = fulfilld(&[
+    let (code, text) = pack(&common::component("fulfillment"), &manifest_path, &out);
+    (out, code, text)
+}
+
+/// `fulfilld component pack <from> --manifest <manifest> --out <out>`.
+fn pack(from: &Path, manifest: &Path, out: &Path) -> (i32, String) {
+    fulfilld(&[
         "component".as_ref(),
         "pack".as_ref(),
-        component.as_os_str(),
+        from.as_os_str(),
         "--manifest".as_ref(),
-        manifest_path.as_os_str(),
+        manifest.as_os_str(),
         "--out".as_ref(),
         out.as_os_str(),
-    ]);
-    (out, code, text)
+    ])
 }
 
 #[test]
@@ -68,15 +72,7 @@ fn pack_replaces_a_manifest_and_refuses_a_bad_one_without_quoting_it() {
     // Packing again replaces the manifest: the result is the same bytes.
     let manifest_path = dir.path().join("first.toml");
     let again = dir.path().join("again.wasm");
-    let (code, text) = fulfilld(&[
-        "component".as_ref(),
-        "pack".as_ref(),
-        first.as_os_str(),
-        "--manifest".as_ref(),
-        manifest_path.as_os_str(),
-        "--out".as_ref(),
-        again.as_os_str(),
-    ]);
+    let (code, text) = pack(&first, &manifest_path, &again);
     assert_eq!(code, 0, "{text}");
     assert_eq!(
         std::fs::read(&first).unwrap(),
@@ -84,15 +80,7 @@ fn pack_replaces_a_manifest_and_refuses_a_bad_one_without_quoting_it() {
     );
     // A signature made before packing no longer verifies: pack says so.
     std::fs::write(dir.path().join("again.wasm.sig"), "c2ln").unwrap();
-    let (code, text) = fulfilld(&[
-        "component".as_ref(),
-        "pack".as_ref(),
-        first.as_os_str(),
-        "--manifest".as_ref(),
-        manifest_path.as_os_str(),
-        "--out".as_ref(),
-        again.as_os_str(),
-    ]);
+    let (code, text) = pack(&first, &manifest_path, &again);
     assert_eq!(code, 0, "{text}");
     assert!(
         text.contains(
