@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use fulfilld::authoring::{EmbeddedFile, RULES_FILES, SDK_FILES, TEMPLATE_FILES};
 
@@ -16,6 +16,17 @@ pub(crate) fn workspace() -> PathBuf {
 }
 
 pub(crate) use crate::common::{fulfilld, text};
+
+/// `fulfilld component new <name> --dir <dir>`, from the built binary.
+pub(crate) fn component_new(name: &str, dir: &Path) -> Output {
+    fulfilld(&[
+        "component".as_ref(),
+        "new".as_ref(),
+        name.as_ref(),
+        "--dir".as_ref(),
+        dir.as_os_str(),
+    ])
+}
 
 /// Every file under `dir`, relative to it, with its content.
 fn files_under(dir: &Path) -> BTreeMap<String, String> {
@@ -204,24 +215,12 @@ fn new_refuses_bad_names_and_existing_folders_and_writes_nothing() {
         "fulfillment",
         "fn",
     ] {
-        let output = fulfilld(&[
-            "component".as_ref(),
-            "new".as_ref(),
-            name.as_ref(),
-            "--dir".as_ref(),
-            dir.path().as_os_str(),
-        ]);
+        let output = component_new(name, dir.path());
         assert_eq!(output.status.code(), Some(2), "{name}: {}", text(&output));
         assert!(text(&output).contains("invalid component name"), "{name}");
     }
     let long = "a".repeat(65);
-    let output = fulfilld(&[
-        "component".as_ref(),
-        "new".as_ref(),
-        long.as_ref(),
-        "--dir".as_ref(),
-        dir.path().as_os_str(),
-    ]);
+    let output = component_new(&long, dir.path());
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 
@@ -230,13 +229,7 @@ fn new_refuses_bad_names_and_existing_folders_and_writes_nothing() {
     std::fs::write(dir.path().join("taken/Cargo.toml"), "mine").unwrap();
     std::fs::write(dir.path().join("a-file"), "mine").unwrap();
     for name in ["taken", "a-file"] {
-        let output = fulfilld(&[
-            "component".as_ref(),
-            "new".as_ref(),
-            name.as_ref(),
-            "--dir".as_ref(),
-            dir.path().as_os_str(),
-        ]);
+        let output = component_new(name, dir.path());
         assert_eq!(output.status.code(), Some(2), "{}", text(&output));
         assert!(
             text(&output).contains("already exists and is not an empty folder"),
@@ -255,13 +248,7 @@ fn new_refuses_bad_names_and_existing_folders_and_writes_nothing() {
 
     // An empty folder is used.
     std::fs::create_dir(dir.path().join("empty")).unwrap();
-    let output = fulfilld(&[
-        "component".as_ref(),
-        "new".as_ref(),
-        "empty".as_ref(),
-        "--dir".as_ref(),
-        dir.path().as_os_str(),
-    ]);
+    let output = component_new("empty", dir.path());
     assert!(output.status.success(), "{}", text(&output));
     assert!(dir.path().join("empty/component.toml").is_file());
 }
@@ -293,13 +280,7 @@ fn a_new_component_builds_outside_the_workspace_and_passes_check_and_its_scenari
     // Outside the workspace (the system's temp folder): it must build on its own.
     let dir = tempfile::tempdir().unwrap();
     assert!(!dir.path().starts_with(workspace()));
-    let output = fulfilld(&[
-        "component".as_ref(),
-        "new".as_ref(),
-        "acme-rules".as_ref(),
-        "--dir".as_ref(),
-        dir.path().as_os_str(),
-    ]);
+    let output = component_new("acme-rules", dir.path());
     let said = text(&output);
     assert!(output.status.success(), "{said}");
     let krate = dir.path().join("acme-rules");
@@ -326,13 +307,7 @@ fn a_new_component_builds_outside_the_workspace_and_passes_check_and_its_scenari
     assert!(!readme.contains("{{"));
 
     // A second run refuses the folder it wrote.
-    let again = fulfilld(&[
-        "component".as_ref(),
-        "new".as_ref(),
-        "acme-rules".as_ref(),
-        "--dir".as_ref(),
-        dir.path().as_os_str(),
-    ]);
+    let again = component_new("acme-rules", dir.path());
     assert_eq!(again.status.code(), Some(2), "{}", text(&again));
 
     // Its own target folder under the workspace's, so reruns are incremental (the workspace's

@@ -85,3 +85,22 @@ pub fn text(output: &std::process::Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// A deploy gate's log text (a rehearsal) has no line an alert would take for a job: no ERROR or
+/// WARN, no `job` span, nothing under the components' job target.
+pub fn assert_no_job_lines(text: &str) {
+    for line in text.lines() {
+        assert!(
+            !line.contains(" ERROR ") && !line.contains(" WARN "),
+            "a gate run logged at ERROR/WARN: {line}"
+        );
+        assert!(
+            !line.contains("job{"),
+            "a gate run logged in a job span: {line}"
+        );
+        assert!(
+            !line.contains(" component: "),
+            "a gate run logged under the job target: {line}"
+        );
+    }
+}

@@ -1718,10 +1718,27 @@ async fn the_deploy_directory_deploys_good_files_and_rejects_bad_ones() {
     host.shutdown().await;
 }
 
-/// Runs `command` (a `serve` expected to refuse to start) and returns its exit status and
-/// stderr. A host that wrongly starts would serve forever: it gets a bounded time to refuse, then
-/// the test fails naming `what` it started on.
-async fn refused_start(command: &mut Command, what: &str) -> (std::process::ExitStatus, String) {
+/// Starts `serve` (the built binary) on the rig's settings plus `extra`, with the registry
+/// `registry` or none, expecting it to refuse to start: returns its stderr once it has exited
+/// unsuccessfully without a panic. A host that wrongly starts would serve forever: it gets a
+/// bounded time to refuse, then the test fails.
+async fn refused_start(
+    rig: &Rig,
+    registry: Option<&std::path::Path>,
+    extra: &[(&str, &std::ffi::OsStr)],
+) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fulfilld"));
+    command
+        .arg("serve")
+        .envs(&rig.env)
+        .env("FULFILLD_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env_remove("FULFILLD_REGISTRY_DIR");
+    for (key, value) in extra {
+        command.env(key, value);
+    }
+    if let Some(registry) = registry {
+        command.env("FULFILLD_REGISTRY_DIR", registry);
+    }
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -1735,13 +1752,15 @@ async fn refused_start(command: &mut Command, what: &str) -> (std::process::Exit
         }
         if start.elapsed() > Duration::from_secs(60) {
             let _ = child.kill();
-            panic!("serve started on {what}");
+            panic!("registry {registry:?}: serve started with {extra:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    (status, stderr)
+    assert!(!status.success(), "registry {registry:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
 }
 
 /// `serve` (the built binary) under FULFILLD_REQUIRE_SIGNED refuses an unsigned
@@ -1755,32 +1774,23 @@ async fn require_signed_refuses_an_unsigned_start_up_component_with_or_without_a
     let component = dir.join("unsigned.wasm");
     std::fs::copy(common::component("fulfillment"), &component).unwrap();
     let registry_dir = dir.join("registry");
-    for registry in [None, Some(&registry_dir)] {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fulfilld"));
-        command
-            .arg("serve")
-            .envs(&rig.env)
-            .env("FULFILLD_COMPONENT", &component)
-            .env("FULFILLD_COMPONENT_PUBLIC_KEY", &public_pem)
-            .env("FULFILLD_REQUIRE_SIGNED", "true")
-            .env("FULFILLD_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
-            .env_remove("FULFILLD_REGISTRY_DIR");
-        if let Some(registry) = registry {
-            command.env("FULFILLD_REGISTRY_DIR", registry);
-        }
-        let (status, stderr) = refused_start(
-            &mut command,
-            &format!("registry {registry:?}: an unsigned component"),
+    for registry in [None, Some(registry_dir.as_path())] {
+        let stderr = refused_start(
+            &rig,
+            registry,
+            &[
+                ("FULFILLD_COMPONENT", component.as_os_str()),
+                ("FULFILLD_COMPONENT_PUBLIC_KEY", public_pem.as_os_str()),
+                ("FULFILLD_REQUIRE_SIGNED", "true".as_ref()),
+            ],
         )
         .await;
-        assert!(!status.success(), "registry {registry:?}: {stderr}");
         assert!(
             stderr.contains("FULFILLD_COMPONENT:")
                 && stderr.contains("was refused")
                 && stderr.contains("unsigned: FULFILLD_REQUIRE_SIGNED is on"),
             "registry {registry:?}: {stderr}"
         );
-        assert!(!stderr.contains("panicked"), "{stderr}");
     }
     // Signed (`unsigned.wasm.sig` next to it), the registry-less host starts and serves.
     let mut out = Vec::new();
@@ -1993,13 +2003,7 @@ async fn a_component_written_with_component_new_goes_live_and_rolls_back_without
 
     const TOKEN: &str = "admin-token-for-the-authoring-test";
     let dir = tempfile::tempdir().unwrap();
-    let out = fulfilld(&[
-        "component".as_ref(),
-        "new".as_ref(),
-        "acme-tiers".as_ref(),
-        "--dir".as_ref(),
-        dir.path().as_os_str(),
-    ]);
+    let out = crate::authoring::component_new("acme-tiers", dir.path());
     assert!(out.status.success(), "{}", text(&out));
     let krate = dir.path().join("acme-tiers");
 
@@ -2292,20 +2296,7 @@ async fn a_deploy_gate_run_is_no_job_in_the_serve_log_or_metrics() {
         "the gate counted as jobs"
     );
     let log = serve.log_text()[log_start..].to_owned();
-    for line in log.lines() {
-        assert!(
-            !line.contains(" ERROR ") && !line.contains(" WARN "),
-            "the gate logged at ERROR/WARN: {line}"
-        );
-        assert!(
-            !line.contains("job{"),
-            "the gate logged in a job span: {line}"
-        );
-        assert!(
-            !line.contains(" component: "),
-            "the gate logged as a job: {line}"
-        );
-    }
+    common::assert_no_job_lines(&log);
     let failures: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("Fulfillment failed"))
@@ -2334,29 +2325,18 @@ async fn serve_refuses_a_start_up_component_whose_manifest_asks_beyond_the_polic
     )
     .unwrap();
     let registry_dir = dir.join("registry");
-    for registry in [None, Some(&registry_dir)] {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fulfilld"));
-        command
-            .arg("serve")
-            .envs(&rig.env)
-            .env("FULFILLD_POLICY_FILE", &policy)
-            .env("FULFILLD_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
-            .env_remove("FULFILLD_REGISTRY_DIR");
-        if let Some(registry) = registry {
-            command.env("FULFILLD_REGISTRY_DIR", registry);
-        }
-        let (status, stderr) = refused_start(
-            &mut command,
-            &format!("registry {registry:?}: beyond its policy"),
+    for registry in [None, Some(registry_dir.as_path())] {
+        let stderr = refused_start(
+            &rig,
+            registry,
+            &[("FULFILLD_POLICY_FILE", policy.as_os_str())],
         )
         .await;
-        assert!(!status.success(), "registry {registry:?}: {stderr}");
         assert!(
             stderr.contains(
                 "the manifest asks beyond the host's capability policy: billing AcceptOrder"
             ),
             "registry {registry:?}: {stderr}"
         );
-        assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }

@@ -7,14 +7,27 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use fulfilld::registry::{DeployError, Gates, Registry, RegistryError};
+use fulfilld::runtime::policy::CapabilityPolicy;
 use fulfilld::runtime::{CacheUse, Runtime, RuntimeConfig};
 
 fn runtime() -> Runtime {
+    runtime_under(CapabilityPolicy::default())
+}
+
+fn runtime_under(policy: CapabilityPolicy) -> Runtime {
     Runtime::new(RuntimeConfig {
         max_instances: 4,
+        policy,
         ..RuntimeConfig::default()
     })
     .unwrap()
+}
+
+/// The default policy without AcceptOrder: narrower than the default rules' manifest.
+fn without_accept_order() -> CapabilityPolicy {
+    let mut policy = CapabilityPolicy::default();
+    policy.billing_actions.remove("AcceptOrder");
+    policy
 }
 
 fn wasm(name: &str) -> Vec<u8> {
@@ -744,16 +757,11 @@ async fn under_require_signed_an_unsigned_stored_version_cannot_go_live() {
 #[tokio::test]
 async fn a_deploy_whose_manifest_asks_beyond_the_policy_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut policy = fulfilld::runtime::policy::CapabilityPolicy::default();
-    policy.billing_actions.remove("AcceptOrder");
-    policy.query = Some(["Order".to_owned()].into());
-    let runtime = Runtime::new(RuntimeConfig {
-        max_instances: 4,
-        policy,
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
-    let registry = Registry::open(dir.path(), runtime, Gates::default())
+    let policy = CapabilityPolicy {
+        query: Some(["Order".to_owned()].into()),
+        ..without_accept_order()
+    };
+    let registry = Registry::open(dir.path(), runtime_under(policy), Gates::default())
         .await
         .unwrap();
     let error = registry
@@ -805,20 +813,7 @@ async fn the_deploy_gate_rehearses_without_job_logs_or_job_counts() {
         counted,
         "the gate counted as jobs"
     );
-    for line in gate_text.lines() {
-        assert!(
-            !line.contains(" ERROR ") && !line.contains(" WARN "),
-            "a gate run logged at ERROR/WARN: {line}"
-        );
-        assert!(
-            !line.contains("job{"),
-            "a gate run logged in a job span: {line}"
-        );
-        assert!(
-            !line.contains(" component: "),
-            "a gate run logged under the job target: {line}"
-        );
-    }
+    common::assert_no_job_lines(&gate_text);
     // The entries are there for whoever turns on DEBUG for the target.
     let rehearsed = format!(" DEBUG {REHEARSAL_SPAN}{{");
     let failed = gate_text
@@ -870,14 +865,7 @@ async fn a_stored_version_beyond_a_narrowed_policy_cannot_be_activated() {
         .await
         .unwrap();
     drop(registry);
-    let mut policy = fulfilld::runtime::policy::CapabilityPolicy::default();
-    policy.billing_actions.remove("AcceptOrder");
-    let narrow = Runtime::new(RuntimeConfig {
-        max_instances: 4,
-        policy,
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
+    let narrow = runtime_under(without_accept_order());
     let registry = Registry::open(dir.path(), narrow, Gates::default())
         .await
         .unwrap();

@@ -151,14 +151,19 @@ fn scenarios_can_run_under_a_stricter_policy_file() {
         "billing_actions = [\"GetPayMethods\", \"AddOrder\", \"GetOrders\"]\n[update]\nOrder = [\"Activation_Status__c\", \"WHMCS_Order_ID__c\", \"Activation_Error_Code__c\", \"Activation_Error_Message__c\"]\n",
     )
     .unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulfilld"))
-        .arg("test")
-        .arg("--policy")
-        .arg(&policy)
-        .arg(common::component("fixture_rules_v2"))
-        .arg(common::scenarios_dir().join("happy-path.toml"))
-        .output()
-        .unwrap();
+    // `fulfilld test --policy` on the happy path, with `env` set.
+    let run = |env: &[(&str, &str)]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+            .arg("test")
+            .arg("--policy")
+            .arg(&policy)
+            .arg(common::component("fixture_rules_v2"))
+            .arg(common::scenarios_dir().join("happy-path.toml"))
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let output = run(&[]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("FORBIDDEN"), "{stdout}");
@@ -166,16 +171,10 @@ fn scenarios_can_run_under_a_stricter_policy_file() {
     // A scenario run is a rehearsal: the refusal is no WARN line, only DEBUG under the gate.
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("host call refused"), "{stderr}");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulfilld"))
-        .arg("test")
-        .arg("--policy")
-        .arg(&policy)
-        .arg(common::component("fixture_rules_v2"))
-        .arg(common::scenarios_dir().join("happy-path.toml"))
-        .env("FULFILLD_LOG", "warn,fulfilld::gate=debug")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let output = run(&[
+        ("FULFILLD_LOG", "warn,fulfilld::gate=debug"),
+        ("NO_COLOR", "1"),
+    ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let refused: Vec<&str> = stderr
         .lines()
