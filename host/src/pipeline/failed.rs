@@ -12,10 +12,10 @@
 //!
 //! One read and at most one write; a failing read or write is logged and not retried (the job
 //! keeps its own record, and retrying against an org that is down would only add load). The read
-//! and the write are two requests: an Order changed in between is overwritten; the window is the
-//! time of one REST round trip.
+//! and the write are two requests, and nothing stops another job on the same Order meanwhile: an
+//! Order that job moved on can be marked `Failed` under it (docs/operations.md says so).
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::error::{CallError, chain};
 use crate::runtime::{FailureSource, JobFailure};
@@ -100,14 +100,17 @@ pub async fn mark_failed(
             status: field_text(status),
         });
     }
-    let fields: Map<String, Value> = match json!({
-        "Activation_Status__c": "Failed",
-        "Activation_Error_Code__c": field_text(&failure.code),
-        "Activation_Error_Message__c": field_text(&message(failure)),
-    }) {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    };
+    let fields = Map::from_iter([
+        ("Activation_Status__c".to_owned(), Value::from("Failed")),
+        (
+            "Activation_Error_Code__c".to_owned(),
+            Value::from(field_text(&failure.code)),
+        ),
+        (
+            "Activation_Error_Message__c".to_owned(),
+            Value::from(field_text(&message(failure))),
+        ),
+    ]);
     services
         .sf_update("Order", order_id, &fields)
         .await
@@ -165,13 +168,11 @@ fn field_text(text: &str) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     if clean.len() <= FIELD_MAX_BYTES {
-        return clean;
+        clean
+    } else {
+        // The `…` counts against the field's size.
+        crate::domain::clip(&clean, FIELD_MAX_BYTES - '…'.len_utf8())
     }
-    let mut end = FIELD_MAX_BYTES - '…'.len_utf8();
-    while !clean.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &clean[..end])
 }
 
 #[cfg(test)]
