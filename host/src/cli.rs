@@ -554,7 +554,7 @@ fn deploy_form(
 }
 
 /// `fulfilld component new <name> [--dir <parent>]`: writes the crate (`authoring`), then lists
-/// its files and the commands that build, check and test it.
+/// its files and the commands that build, pack, check and test it.
 pub fn component_new(name: &str, parent: &Path, out: &mut dyn Write) -> anyhow::Result<bool> {
     let new = crate::authoring::new_component(name, parent)?;
     writeln!(out, "created {}", new.root.display())?;
@@ -566,12 +566,14 @@ pub fn component_new(name: &str, parent: &Path, out: &mut dyn Write) -> anyhow::
     writeln!(out, "next:")?;
     writeln!(out, "  cd {}", new.root.display())?;
     writeln!(out, "  cargo build --release --target wasm32-wasip2")?;
-    writeln!(out, "  fulfilld component check {wasm}")?;
-    writeln!(out, "  fulfilld test {wasm} scenarios")?;
+    // Packed, the build reads the config keys its manifest lists; unpacked, it would not.
     writeln!(
         out,
-        "  (README.md: pack with component.toml, sign and deploy)"
+        "  fulfilld component pack {wasm} --manifest component.toml"
     )?;
+    writeln!(out, "  fulfilld component check {wasm}")?;
+    writeln!(out, "  fulfilld test {wasm} scenarios")?;
+    writeln!(out, "  (README.md: sign and deploy)")?;
     Ok(true)
 }
 

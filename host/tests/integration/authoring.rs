@@ -293,6 +293,7 @@ fn a_new_component_builds_outside_the_workspace_and_passes_check_and_its_scenari
         "  src/lib.rs",
         "  vendor/fulfillment-sdk/wit/fulfillment.wit",
         "  cargo build --release --target wasm32-wasip2",
+        "  fulfilld component pack target/wasm32-wasip2/release/acme_rules.wasm --manifest component.toml",
         "  fulfilld component check target/wasm32-wasip2/release/acme_rules.wasm",
         "  fulfilld test target/wasm32-wasip2/release/acme_rules.wasm scenarios",
     ] {
