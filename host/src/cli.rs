@@ -120,7 +120,20 @@ fn write_manifest(manifest: &Manifest, out: &mut dyn Write) -> std::io::Result<(
         out,
         "  billing: {}",
         list(caps.billing.iter().map(String::as_str).collect())
-    )
+    )?;
+    if !caps.read.is_empty() {
+        let reads: Vec<String> = caps
+            .read
+            .iter()
+            .flat_map(|(object, paths)| paths.iter().map(move |p| format!("{object}.{p}")))
+            .collect();
+        writeln!(
+            out,
+            "  read (checked by doctor): {}",
+            list(reads.iter().map(String::as_str).collect())
+        )?;
+    }
+    Ok(())
 }
 
 /// `fulfilld component pack <file.wasm> --manifest <component.toml> [--out <file>]`: embeds the

@@ -3,6 +3,7 @@ pub mod authoring;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod doctor;
 pub mod domain;
 pub mod error;
 pub mod fake;

@@ -68,6 +68,14 @@ enum Command {
         #[command(subcommand)]
         command: DeadLetterCommand,
     },
+    /// Preflight with the production settings: the JWT grant, the org's schema for the
+    /// component, the event topic, WHMCS credentials, version and products, the store, the
+    /// component. PASS or FAIL with the fix per check; exit status 1 when any fails.
+    Doctor {
+        /// The component `.wasm` (default: FULFILLD_COMPONENT).
+        #[arg(long)]
+        component: Option<PathBuf>,
+    },
     /// The whole pipeline on this machine: the sandbox, `serve` on the embedded store, a few
     /// orders (one without a payment method, one duplicate event) and their status as it changes.
     Demo {
@@ -335,6 +343,14 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             let (store, channel) = operator_store().await?;
             fulfilld::cli::dead_letters(store.as_ref(), &channel, action, &mut out).await
         }
+        Command::Doctor { component } => {
+            fulfilld::doctor::run(
+                fulfilld::config::Config::from_env(),
+                component.as_deref(),
+                &mut out,
+            )
+            .await
+        }
         Command::Demo {
             component,
             state_dir,
@@ -423,7 +439,8 @@ async fn main() -> ExitCode {
         // The demo prints each order's status itself; the pipeline's own lines (enqueued,
         // orchestration started and finished) show the path. FULFILLD_LOG=info adds every step.
         Command::Demo { .. } => "warn,fulfilld::pipeline=info",
-        Command::Cursor { .. } | Command::DeadLetters { .. } => "warn",
+        // The doctor's report is its output; a WARN from a client it builds still shows.
+        Command::Cursor { .. } | Command::DeadLetters { .. } | Command::Doctor { .. } => "warn",
         _ => "warn,fulfilld=info,component=info",
     });
     match run(cli.command).await {

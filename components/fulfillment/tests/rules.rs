@@ -996,3 +996,38 @@ mod extensions {
         );
     }
 }
+
+/// `fulfilld doctor` checks the org for the fields the manifest declares under
+/// `[capabilities.read]`: the declaration must name every field the rules' queries select.
+#[test]
+fn the_manifest_declares_every_field_the_rules_select() {
+    let manifest = include_str!("../component.toml");
+    let read = manifest
+        .split("[capabilities.read]")
+        .nth(1)
+        .expect("component.toml has a [capabilities.read] table");
+    let declared = |object: &str| -> Vec<String> {
+        let start = read
+            .find(&format!("\n{object} = ["))
+            .unwrap_or_else(|| panic!("no {object} in [capabilities.read]"));
+        let list = &read[start..];
+        let list = &list[list.find('[').unwrap_or(0)..list.find(']').unwrap_or(0)];
+        list.split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    for (object, fields) in [
+        ("Order", fulfillment_sdk::salesforce::Order::FIELDS),
+        ("OrderItem", fulfillment_sdk::salesforce::OrderItem::FIELDS),
+    ] {
+        let declared = declared(object);
+        for field in fields.split(',').map(str::trim) {
+            assert!(
+                declared.iter().any(|d| d == field),
+                "{object}.{field} is selected but not declared: {declared:?}"
+            );
+        }
+    }
+}

@@ -266,6 +266,7 @@ impl FakeWhmcs {
             "cancelorder" => self.set_pending_order_status(&params, "Cancelled"),
             "getorders" => self.get_orders(&params),
             "getproducts" => self.get_products(&params),
+            "whmcsdetails" => self.whmcs_details(),
             _ => error("Command Not Found"),
         }
     }
@@ -504,6 +505,20 @@ impl FakeWhmcs {
             "invoiceid": order.invoice_id,
             "amount": "0.00",
             "lineitems": {"lineitem": line_items},
+        })
+    }
+
+    /// `WhmcsDetails` (developers.whmcs.com/api-reference/whmcsdetails/): the installation's
+    /// version, as `major.minor.patch` and as the canonical `major.minor.patch-release.N`.
+    fn whmcs_details(&self) -> Value {
+        let mut parts: Vec<&str> = self.version.split('.').take(3).collect();
+        while parts.len() < 3 {
+            parts.push("0");
+        }
+        let version = parts.join(".");
+        json!({
+            "result": "success",
+            "whmcs": {"version": version, "canonicalversion": format!("{version}-release.1")},
         })
     }
 
@@ -967,6 +982,9 @@ mod tests {
         let units: u64 = old.orders()[1].items.iter().map(|i| i.qty).sum();
         assert_eq!(units, 3);
 
+        let details = old.handle(&form(&[("action", "WhmcsDetails")]));
+        assert_eq!(details["whmcs"]["version"], "8.11.2");
+        assert_eq!(details["whmcs"]["canonicalversion"], "8.11.2-release.1");
         for version in ["8.12", "8.13.1", DEFAULT_VERSION] {
             let mut new = whmcs();
             new.set_version(version);

@@ -13,7 +13,7 @@ pub mod subscriber;
 use crate::domain::ReplayId;
 pub use subscriber::{
     ReplayFrom, SessionSource, SubscriberError, SubscriberOptions, Subscription, SubscriptionState,
-    subscribe,
+    TopicCheck, get_topic, subscribe,
 };
 
 use crate::domain::Event;

@@ -334,6 +334,60 @@ fn endpoint(opts: &SubscriberOptions) -> Result<Endpoint, SubscriberError> {
     Ok(endpoint)
 }
 
+/// What GetTopic answered for a channel, asked on a connection of its own (`fulfilld doctor`).
+#[derive(Debug, Clone)]
+pub struct TopicCheck {
+    pub can_subscribe: bool,
+    pub can_publish: bool,
+    pub schema_id: String,
+}
+
+/// Asks GetTopic about `opts.channel` with `session`'s credentials, each step bounded by
+/// `opts.connect_timeout`. The error text names the step and Salesforce's error code.
+pub async fn get_topic(opts: &SubscriberOptions, session: &Session) -> Result<TopicCheck, String> {
+    let endpoint = endpoint(opts).map_err(|err| chain(&err))?;
+    let channel = match tokio::time::timeout(opts.connect_timeout, endpoint.connect()).await {
+        Ok(Ok(channel)) => channel,
+        Ok(Err(err)) => {
+            return Err(format!(
+                "cannot connect to {}: {}",
+                opts.endpoint,
+                chain(&err)
+            ));
+        }
+        Err(_) => return Err(format!("connecting to {} timed out", opts.endpoint)),
+    };
+    let metadata = call_metadata(session)?;
+    let request = with_metadata(
+        TopicRequest {
+            topic_name: opts.channel.clone(),
+        },
+        &metadata,
+    );
+    let mut client = PubSubClient::new(channel);
+    match tokio::time::timeout(opts.connect_timeout, client.get_topic(request)).await {
+        Ok(Ok(topic)) => {
+            let topic = topic.into_inner();
+            Ok(TopicCheck {
+                can_subscribe: topic.can_subscribe,
+                can_publish: topic.can_publish,
+                schema_id: topic.schema_id,
+            })
+        }
+        Ok(Err(status)) => Err(match codes::error_code(&status) {
+            Some(code) if !code.is_empty() => {
+                format!(
+                    "GetTopic: {:?} ({code}): {}",
+                    status.code(),
+                    status.message()
+                )
+            }
+            _ => format!("GetTopic: {:?}: {}", status.code(), status.message()),
+        }),
+        Err(_) => Err("GetTopic timed out".to_owned()),
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()

@@ -19,6 +19,8 @@
 //! billing = ["GetPayMethods", "GetClientsDetails", "AddOrder", "AcceptOrder", "GetOrders"]
 //! [capabilities.update]
 //! Order = ["Activation_Status__c", "WHMCS_Order_ID__c"]
+//! [capabilities.read]      # optional: checked by `fulfilld doctor`, not enforced
+//! Order = ["Id", "Status", "Account.WHMCS_Client_ID__c"]
 //! ```
 //!
 //! The host's capability policy is a ceiling: a manifest asking beyond it is refused, naming each
@@ -36,6 +38,9 @@ use super::policy::CapabilityPolicy;
 
 /// Name of the custom section the manifest is embedded in.
 pub const SECTION: &str = "fulfilld-manifest";
+/// Parts of a field path in `capabilities.read` (SOQL allows five levels of parent
+/// relationships: `A.B.C.D.E.Field`).
+const MAX_PATH_DEPTH: usize = 6;
 /// The largest manifest accepted, in bytes.
 pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
 /// At most this many config keys, sObjects, fields per sObject, actions or queried objects.
@@ -137,6 +142,11 @@ pub struct Capabilities {
     /// WHMCS API actions it calls.
     #[serde(default)]
     pub billing: BTreeSet<String>,
+    /// sObject -> fields its queries read, relationship paths included
+    /// (`Account.WHMCS_Client_ID__c`). A declaration for `fulfilld doctor`, which checks that the
+    /// org has them; not enforced at run time (`query` limits the objects, not their fields).
+    #[serde(default)]
+    pub read: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Manifest {
@@ -203,6 +213,22 @@ impl Manifest {
             limit(&format!("capabilities.update.{object}"), fields.len())?;
             for field in fields {
                 check_identifier(&format!("capabilities.update.{object}"), field)?;
+            }
+        }
+        limit("capabilities.read", caps.read.len())?;
+        for (object, paths) in &caps.read {
+            check_identifier("capabilities.read", object)?;
+            let what = format!("capabilities.read.{object}");
+            limit(&what, paths.len())?;
+            for path in paths {
+                if path.split('.').count() > MAX_PATH_DEPTH {
+                    return Err(invalid(format!(
+                        "{what}: {path:?} has more than {MAX_PATH_DEPTH} parts"
+                    )));
+                }
+                for part in path.split('.') {
+                    check_identifier(&what, part)?;
+                }
             }
         }
         Ok(())
@@ -507,6 +533,23 @@ Order = ["Activation_Status__c", "Provisioning_Note__c"]
     }
 
     #[test]
+    fn read_declarations_parse_with_relationship_paths() {
+        let text = format!(
+            "{MANIFEST}\n[capabilities.read]\nOrder = [\"Id\", \"Account.WHMCS_Client_ID__c\"]\n"
+        );
+        let manifest = Manifest::parse(&text).unwrap();
+        let order = &manifest.capabilities.read["Order"];
+        assert!(order.contains("Account.WHMCS_Client_ID__c") && order.contains("Id"));
+        // A declaration only: no capability beyond the policy comes from it.
+        assert!(
+            manifest
+                .excess(&CapabilityPolicy::default())
+                .iter()
+                .all(|e| !e.contains("read"))
+        );
+    }
+
+    #[test]
     fn a_manifest_parses_and_round_trips_through_the_section() {
         let manifest = Manifest::parse(MANIFEST).unwrap();
         assert_eq!(manifest.component.name, "acme-rules");
@@ -609,6 +652,14 @@ Order = ["Activation_Status__c", "Provisioning_Note__c"]
             (
                 &format!("{MANIFEST}\n[extra]\nsecret = \"hunter2\"\n"),
                 "line",
+            ),
+            (
+                &format!("{MANIFEST}\n[capabilities.read]\nOrder = [\"Account.Bad Name\"]\n"),
+                "capabilities.read.Order",
+            ),
+            (
+                &format!("{MANIFEST}\n[capabilities.read]\nOrder = [\"A.B.C.D.E.F.G\"]\n"),
+                "more than 6 parts",
             ),
         ];
         for (text, expected) in cases {

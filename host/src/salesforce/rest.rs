@@ -88,6 +88,21 @@ impl SalesforceClient {
         }
     }
 
+    /// The describe of `sobject` (`GET .../sobjects/<SObject>/describe`, REST API Developer
+    /// Guide, "sObject Describe"): its `fields` (`name`, `type`, `updateable`, `referenceTo`,
+    /// `relationshipName`, ...). An sObject the org does not have is 404 `NOT_FOUND`.
+    pub async fn describe(&self, sobject: &str) -> Result<Value, CallError> {
+        check_name("sObject name", sobject)?;
+        let path = format!("{}/sobjects/{sobject}/describe", self.data_path());
+        self.get_json(&path, None).await
+    }
+
+    /// The session user's OpenID Connect user info (`GET /services/oauth2/userinfo` on the
+    /// instance): `preferred_username`, `organization_id`, `user_id`.
+    pub async fn userinfo(&self) -> Result<Value, CallError> {
+        self.get_json("/services/oauth2/userinfo", None).await
+    }
+
     /// GETs `path` (optionally with one query parameter) and parses a 2xx JSON object.
     async fn get_json(&self, path: &str, query: Option<(&str, &str)>) -> Result<Value, CallError> {
         let answer = self.send(Method::GET, path, query, None, path).await?;

@@ -18,6 +18,7 @@ mod authoring;
 mod clients;
 mod component_admin;
 mod component_check;
+mod doctor;
 mod failed_orders;
 mod listeners;
 mod live;

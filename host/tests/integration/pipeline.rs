@@ -789,14 +789,19 @@ async fn two_hosts_one_subscriber_takeover_and_a_paused_leader_is_fenced() {
 }
 
 /// A `redis-server` of the test's own on a free port, so it can be stopped.
-struct OwnRedis {
+pub(crate) struct OwnRedis {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     _dir: tempfile::TempDir,
 }
 
 impl OwnRedis {
     async fn start() -> OwnRedis {
+        OwnRedis::start_with(&[]).await
+    }
+
+    /// With extra `redis-server` arguments (e.g. `--maxmemory-policy allkeys-lru`).
+    pub(crate) async fn start_with(extra: &[&str]) -> OwnRedis {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new("redis-server")
@@ -810,6 +815,7 @@ impl OwnRedis {
             ])
             .args(["--appendonly", "no", "--dir"])
             .arg(dir.path())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

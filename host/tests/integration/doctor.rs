@@ -1,0 +1,166 @@
+//! `fulfilld doctor` run as the built binary against the sandbox: all PASS with the sandbox's
+//! settings, and each thing an operator gets wrong named as a FAIL with its fix.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, json};
+
+use crate::pipeline::{OwnRedis, Rig};
+
+/// Runs `fulfilld doctor` with `env` (and nothing else of this process's environment that could
+/// change the outcome); returns its exit success and its output.
+async fn doctor(env: &BTreeMap<String, String>) -> (bool, String) {
+    let env = env.clone();
+    // A blocking wait on its own thread: the sandbox answering the doctor runs on this runtime.
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+            .arg("doctor")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&env)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// The line of `check` in a report, panicking with the report when there is none.
+fn line<'a>(report: &'a str, status: &str, check: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.starts_with(status) && l[status.len()..].trim_start().starts_with(check))
+        .unwrap_or_else(|| panic!("no {status} line for {check:?} in:\n{report}"))
+}
+
+/// The `fix:` line under the FAIL line of `check`.
+fn fix<'a>(report: &'a str, check: &str) -> &'a str {
+    let mut lines = report.lines();
+    lines
+        .by_ref()
+        .find(|l| l.starts_with("FAIL") && l[4..].trim_start().starts_with(check))
+        .unwrap_or_else(|| panic!("no FAIL line for {check:?} in:\n{report}"));
+    lines
+        .next()
+        .filter(|l| l.trim_start().starts_with("fix: "))
+        .unwrap_or_else(|| panic!("no fix under the FAIL of {check:?} in:\n{report}"))
+}
+
+async fn rig_with_redis(redis: &OwnRedis) -> Rig {
+    Rig::new().await.with_redis(&redis.url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_every_check_against_the_sandbox() {
+    let redis = OwnRedis::start_with(&[]).await;
+    let rig = rig_with_redis(&redis).await;
+    let (ok, report) = doctor(&rig.env).await;
+    assert!(ok, "doctor failed against the sandbox:\n{report}");
+    for check in [
+        "settings",
+        "component",
+        "salesforce login",
+        "salesforce schema",
+        "event topic",
+        "whmcs",
+        "whmcs version",
+        "whmcs products",
+        "store",
+    ] {
+        line(&report, "PASS", check);
+    }
+    assert!(
+        line(&report, "PASS", "salesforce login").contains(rig.sandbox.salesforce().org_id()),
+        "{report}"
+    );
+    assert!(
+        line(&report, "PASS", "event topic").contains(&rig.channel),
+        "{report}"
+    );
+    assert!(
+        line(&report, "PASS", "store").contains("noeviction"),
+        "{report}"
+    );
+    assert!(report.contains("all 9 checks passed"), "{report}");
+    // Reading settings that carry secrets prints none of them.
+    assert!(!report.contains(&rig.env["WHMCS_SECRET"]), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_names_wrong_whmcs_credentials_and_an_evicting_redis_with_their_fixes() {
+    let redis = OwnRedis::start_with(&["--maxmemory-policy", "allkeys-lru"]).await;
+    let mut rig = rig_with_redis(&redis).await;
+    rig.env
+        .insert("WHMCS_SECRET".into(), "not-the-secret-4711".into());
+    let (ok, report) = doctor(&rig.env).await;
+    assert!(!ok, "doctor passed with wrong credentials:\n{report}");
+
+    assert!(
+        line(&report, "FAIL", "whmcs").contains("Authentication Failed"),
+        "{report}"
+    );
+    let whmcs_fix = fix(&report, "whmcs");
+    assert!(
+        whmcs_fix.contains("WHMCS_IDENTIFIER") && whmcs_fix.contains("WHMCS_SECRET"),
+        "{report}"
+    );
+    assert!(!report.contains("not-the-secret-4711"), "{report}");
+
+    assert!(
+        line(&report, "FAIL", "store").contains("maxmemory-policy is allkeys-lru"),
+        "{report}"
+    );
+    assert!(fix(&report, "store").contains("noeviction"), "{report}");
+    // The rest still ran and passed: one failure does not hide the others.
+    for check in ["settings", "component", "salesforce login", "event topic"] {
+        line(&report, "PASS", check);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_names_an_old_whmcs_and_a_mapped_product_whmcs_lacks() {
+    let redis = OwnRedis::start_with(&[]).await;
+    let rig = rig_with_redis(&redis).await;
+    rig.sandbox
+        .whmcs()
+        .whmcs()
+        .lock()
+        .unwrap()
+        .set_version("8.11.4");
+    let product = {
+        let org = rig.sandbox.salesforce().org();
+        let mut org = org.lock().unwrap();
+        let id = org.records("Product2")[0]["Id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut fields = Map::new();
+        fields.insert("WH_Product_ID__c".into(), json!("99"));
+        org.update("Product2", &id, &fields).unwrap();
+        id
+    };
+    let (ok, report) = doctor(&rig.env).await;
+    assert!(!ok, "{report}");
+    let version = line(&report, "FAIL", "whmcs version");
+    assert!(
+        version.contains("8.11.4") && version.contains("qty[]"),
+        "{report}"
+    );
+    assert!(
+        fix(&report, "whmcs version").contains("FULFILLD_CONFIG_WHMCS_VERSION=8.11"),
+        "{report}"
+    );
+    let products = line(&report, "FAIL", "whmcs products");
+    assert!(
+        products.contains(&product) && products.contains("WHMCS product 99"),
+        "{report}"
+    );
+    // The credentials themselves are fine.
+    line(&report, "PASS", "whmcs ");
+}
