@@ -200,7 +200,7 @@ fn provision(
     attempt: &mut Attempt,
 ) -> Result<Outcome, StepFailure> {
     let settings = settings::read(ctx.host)?;
-    let customer = validate_order(ctx, order, ext)?;
+    let customer = validate_order(ctx, order, ext, &settings)?;
     mark_activating(ctx, order)?;
     let items = order_details(ctx, order)?;
     let lines = map_items(ctx, &items, ext)?;
@@ -263,10 +263,15 @@ fn guard(ctx: &Ctx, order: &Order) -> Option<Outcome> {
 
 /// `validation`, part 2: pricebook, linked WHMCS client, a payment method
 /// ([`payment_method`]), then the variant's own checks ([`Extensions::validate`]).
-fn validate_order(ctx: &Ctx, order: &Order, ext: &dyn Extensions) -> Result<Customer, StepFailure> {
+fn validate_order(
+    ctx: &Ctx,
+    order: &Order,
+    ext: &dyn Extensions,
+    settings: &Settings,
+) -> Result<Customer, StepFailure> {
     check_pricebook(ctx, order)?;
     let client_id = linked_client(order)?;
-    let (payment_method, source) = payment_method(ctx, client_id)?;
+    let (payment_method, source) = payment_method(ctx, client_id, settings)?;
     ext.validate(ctx.host, order)
         .map_err(|f| fail(VALIDATION, f.code, f.message))?;
 
@@ -290,9 +295,15 @@ fn validate_order(ctx: &Ctx, order: &Order, ext: &dyn Extensions) -> Result<Cust
 ///    that gateway;
 /// 2. otherwise, when the client has a locally stored `CreditCard` or `BankAccount` (WHMCS
 ///    reports those with an empty `gateway_name`): the client's default gateway
-///    (GetClientsDetails `defaultgateway`); without one, 409 naming the missing default gateway;
+///    (GetClientsDetails `defaultgateway`); when that is blank (the client is on WHMCS's "Use
+///    Default"), the `WHMCS_DEFAULT_GATEWAY` config (`system_default_gateway`); without either,
+///    409 naming both;
 /// 3. otherwise (no pay method at all): 409 "Payment method missing".
-fn payment_method(ctx: &Ctx, client_id: u64) -> Result<(String, &'static str), StepFailure> {
+fn payment_method(
+    ctx: &Ctx,
+    client_id: u64,
+    settings: &Settings,
+) -> Result<(String, &'static str), StepFailure> {
     let methods = ctx
         .whmcs
         .get_pay_methods(client_id)
@@ -315,11 +326,15 @@ fn payment_method(ctx: &Ctx, client_id: u64) -> Result<(String, &'static str), S
         .step_err(VALIDATION, "GetClientsDetails")?
     {
         Some(gateway) => Ok((gateway, "default_gateway")),
-        None => {
-            let message = "Payment method missing: the client's stored card or bank account \
-                           has no gateway and the client has no default gateway";
-            Err(fail(VALIDATION, codes::PAYMENT_METHOD_MISSING, message))
-        }
+        None => match &settings.default_gateway {
+            Some(gateway) => Ok((gateway.clone(), "system_default_gateway")),
+            None => {
+                let message = "Payment method missing: the client's stored card or bank account \
+                               has no gateway and the client has no default gateway (\"Use \
+                               Default\" needs the WHMCS_DEFAULT_GATEWAY config)";
+                Err(fail(VALIDATION, codes::PAYMENT_METHOD_MISSING, message))
+            }
+        },
     }
 }
 

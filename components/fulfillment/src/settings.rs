@@ -10,6 +10,10 @@
 //!   `noemail`, `noinvoice`, `noinvoiceemail`, always sent as `1` or `0`.
 //! - `WHMCS_AUTOSETUP`, `WHMCS_SENDEMAIL` (default `1` each): AcceptOrder's `autosetup` and
 //!   `sendemail`, always sent as `1` or `0` (they override the products' own settings).
+//! - `WHMCS_DEFAULT_GATEWAY` (no default): the gateway module WHMCS's "Use Default" means (the
+//!   first gateway under Setup > Payments > Payment Gateways). Used for a client whose only pay
+//!   methods are stored locally and whose own default gateway is blank ("Use Default");
+//!   unset, such a client fails 409.
 
 use fulfillment_sdk::Host;
 use fulfillment_sdk::serde_json::{Map, Value, json};
@@ -40,6 +44,9 @@ pub const ACCEPT_ORDER_FLAGS: [(&str, &str, bool); 2] = [
     ("WHMCS_SENDEMAIL", "sendemail", true),
 ];
 
+/// Config key: the gateway module of WHMCS's "Use Default" (e.g. `offlinecc`).
+pub const WHMCS_DEFAULT_GATEWAY: &str = "WHMCS_DEFAULT_GATEWAY";
+
 /// The settings one attempt runs with.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Settings {
@@ -51,6 +58,8 @@ pub(crate) struct Settings {
     pub add_order_flags: Map<String, Value>,
     /// `autosetup`, `sendemail` as 1/0.
     pub accept_order_flags: Map<String, Value>,
+    /// `WHMCS_DEFAULT_GATEWAY`, when set: what a client on "Use Default" pays with.
+    pub default_gateway: Option<String>,
 }
 
 /// Reads every setting; the first value that does not parse fails with [`CONFIG`].
@@ -69,6 +78,7 @@ pub(crate) fn read(host: &dyn Host) -> Result<Settings, StepFailure> {
         whmcs_version: version,
         add_order_flags: flags(host, &ADD_ORDER_FLAGS)?,
         accept_order_flags: flags(host, &ACCEPT_ORDER_FLAGS)?,
+        default_gateway: configured(host, WHMCS_DEFAULT_GATEWAY),
     })
 }
 

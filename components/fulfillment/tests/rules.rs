@@ -436,6 +436,30 @@ fn a_local_card_without_a_default_gateway_is_409() {
     assert_eq!(mock.actions(), ["GetPayMethods", "GetClientsDetails"]);
 }
 
+/// A client on WHMCS's "Use Default" (blank `defaultgateway`) with a local card pays with the
+/// gateway `WHMCS_DEFAULT_GATEWAY` names.
+#[test]
+fn a_local_card_on_use_default_orders_with_the_configured_system_gateway() {
+    let mut mock = Mock::new();
+    mock.config
+        .insert("WHMCS_DEFAULT_GATEWAY".into(), " offlinecc ".into());
+    mock.billing.borrow_mut().clear();
+    mock.whmcs("GetPayMethods", local_pay_methods())
+        .whmcs("GetClientsDetails", client_details(""))
+        .whmcs("AddOrder", add_order_ok())
+        .whmcs("AcceptOrder", success());
+    mock.run().expect("completed");
+    assert_eq!(mock.calls.borrow()[2].1["paymentmethod"], "offlinecc");
+    let logged = mock.logs.borrow().iter().any(|l| {
+        l.2 == "finished"
+            && l.3.contains(&(
+                "payment_method_from".into(),
+                "system_default_gateway".into(),
+            ))
+    });
+    assert!(logged);
+}
+
 #[test]
 fn a_remote_type_without_a_gateway_name_is_not_usable() {
     let mock = Mock::new();
