@@ -164,3 +164,31 @@ async fn doctor_names_an_old_whmcs_and_a_mapped_product_whmcs_lacks() {
     // The credentials themselves are fine.
     line(&report, "PASS", "whmcs ");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_names_a_refused_jwt_grant_and_skips_what_needs_a_session() {
+    let redis = OwnRedis::start_with(&[]).await;
+    let mut rig = rig_with_redis(&redis).await;
+    rig.env
+        .insert("SF_CLIENT_ID".into(), "3MVG9not.the.connected.app".into());
+    let (ok, report) = doctor(&rig.env).await;
+    assert!(!ok, "{report}");
+    assert!(
+        line(&report, "FAIL", "salesforce login").contains("invalid_grant"),
+        "{report}"
+    );
+    assert!(
+        fix(&report, "salesforce login").contains("SF_CLIENT_ID"),
+        "{report}"
+    );
+    for check in ["salesforce schema", "event topic", "whmcs products"] {
+        assert!(
+            line(&report, "SKIP", check).contains("needs a Salesforce session"),
+            "{report}"
+        );
+    }
+    // What needs no session still ran.
+    for check in ["component", "whmcs", "store"] {
+        line(&report, "PASS", check);
+    }
+}
