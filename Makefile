@@ -8,7 +8,7 @@ COMPONENT_PACKAGES := -p fulfillment $(foreach f,$(FIXTURES),-p fixture-$(f))
 
 export FULFILLD_COMPONENT_DIR := $(COMPONENT_DIR)
 
-.PHONY: all components test lint fmt bench run demo check-component clean
+.PHONY: all components thirdparty-client test lint fmt bench run demo check-component clean
 
 all: lint test
 
@@ -23,9 +23,18 @@ components:
 		--manifest components/fulfillment/component.toml
 	@ls -1 $(COMPONENT_DIR)/*.wasm
 
-## Every test: unit, integration (real HTTP on loopback, the built components), and the
-## scenario suite through the CLI.
-test: components
+## The independent Pub/Sub client (Node, pinned in tests/thirdparty/package-lock.json) that the
+## third-party sandbox test runs: npm ci when node_modules is missing or older than the lock.
+THIRDPARTY := tests/thirdparty
+thirdparty-client: $(THIRDPARTY)/node_modules/.package-lock.json
+
+$(THIRDPARTY)/node_modules/.package-lock.json: $(THIRDPARTY)/package.json $(THIRDPARTY)/package-lock.json
+	cd $(THIRDPARTY) && npm ci --no-audit --no-fund
+	@touch $@
+
+## Every test: unit, integration (real HTTP on loopback, the built components, the third-party
+## client), and the scenario suite through the CLI.
+test: components thirdparty-client
 	$(CARGO) test --workspace
 	$(CARGO) run -q -p fulfilld -- test $(COMPONENT_DIR)/fulfillment.wasm tests/scenarios
 

@@ -110,6 +110,10 @@ pub struct Config {
     /// Extra CA certificate (PEM) trusted for the Pub/Sub endpoint besides the public roots
     /// (`SF_PUBSUB_CA_FILE`), e.g. the sandbox's test CA.
     pub pubsub_ca_pem: Option<String>,
+    /// Extra CA certificate (PEM) trusted for the Salesforce login and instance URLs (the token
+    /// endpoint and REST) besides the system roots (`SF_CA_FILE`), e.g. the sandbox's test CA in
+    /// `--tls` mode.
+    pub salesforce_ca_pem: Option<String>,
     /// `SF_PUBSUB_IDLE_TIMEOUT_MS`: with no message at all (events or Salesforce's keepalive,
     /// sent within 270 s) for this long, the Pub/Sub stream is treated as half-open and replaced.
     pub pubsub_idle_timeout: Duration,
@@ -341,22 +345,8 @@ impl Config {
             "SF_PUBSUB_ENDPOINT",
             Some("https://api.pubsub.salesforce.com:7443"),
         );
-        let pubsub_ca_pem = env.optional("SF_PUBSUB_CA_FILE").and_then(|path| {
-            match std::fs::read_to_string(&path) {
-                Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(pem),
-                Ok(_) => {
-                    env.fail(
-                        "SF_PUBSUB_CA_FILE",
-                        format!("{path} holds no PEM certificate"),
-                    );
-                    None
-                }
-                Err(err) => {
-                    env.fail("SF_PUBSUB_CA_FILE", format!("cannot read {path}: {err}"));
-                    None
-                }
-            }
-        });
+        let pubsub_ca_pem = env.ca_file("SF_PUBSUB_CA_FILE");
+        let salesforce_ca_pem = env.ca_file("SF_CA_FILE");
         let pubsub_idle_timeout = Duration::from_millis(env.bounded(
             "SF_PUBSUB_IDLE_TIMEOUT_MS",
             crate::pubsub::subscriber::DEFAULT_IDLE_TIMEOUT.as_millis() as u64,
@@ -421,6 +411,7 @@ impl Config {
                 replay,
                 pubsub_endpoint,
                 pubsub_ca_pem,
+                salesforce_ca_pem,
                 pubsub_idle_timeout,
                 pricebook_id,
                 component,
@@ -454,6 +445,7 @@ impl Config {
             self.whmcs.clone(),
             self.runtime.call_timeout,
             self.exposed(),
+            self.salesforce_ca_pem.as_deref(),
         )
     }
 
@@ -542,6 +534,22 @@ impl Reader<'_> {
 
     fn optional(&self, setting: &str) -> Option<String> {
         (self.lookup)(setting)
+    }
+
+    /// A setting naming a PEM CA certificate file: its content, checked to hold a certificate.
+    fn ca_file(&mut self, setting: &'static str) -> Option<String> {
+        let path = self.optional(setting)?;
+        match std::fs::read_to_string(&path) {
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(pem),
+            Ok(_) => {
+                self.fail(setting, format!("{path} holds no PEM certificate"));
+                None
+            }
+            Err(err) => {
+                self.fail(setting, format!("cannot read {path}: {err}"));
+                None
+            }
+        }
     }
 
     fn required(&mut self, setting: &'static str) -> Option<String> {
@@ -1052,17 +1060,22 @@ mod tests {
     }
 
     #[test]
-    fn an_unusable_pubsub_ca_file_is_named() {
-        let mut env = base();
-        env.insert("SF_PUBSUB_CA_FILE", key_path());
-        let err = load(&env).unwrap_err().to_string();
-        assert!(
-            err.contains("SF_PUBSUB_CA_FILE") && err.contains("no PEM certificate"),
-            "{err}"
-        );
-        env.insert("SF_PUBSUB_CA_FILE", "/nonexistent/ca.pem".into());
-        let err = load(&env).unwrap_err().to_string();
-        assert!(err.contains("cannot read /nonexistent/ca.pem"), "{err}");
+    fn an_unusable_ca_file_is_named() {
+        for setting in ["SF_PUBSUB_CA_FILE", "SF_CA_FILE"] {
+            let mut env = base();
+            env.insert(setting, key_path());
+            let err = load(&env).unwrap_err().to_string();
+            assert!(
+                err.contains(setting) && err.contains("no PEM certificate"),
+                "{err}"
+            );
+            env.insert(setting, "/nonexistent/ca.pem".into());
+            let err = load(&env).unwrap_err().to_string();
+            assert!(
+                err.contains(setting) && err.contains("cannot read /nonexistent/ca.pem"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

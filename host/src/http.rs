@@ -30,8 +30,23 @@ pub struct HttpClientError(#[source] reqwest::Error);
 ///
 /// `timeout` bounds every request made with the client; each call may set a shorter one.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, HttpClientError> {
+    http_client_trusting(timeout, None)
+}
+
+/// [`http_client`], trusting the CA certificates in `extra_ca_pem` (PEM, e.g. the sandbox's test
+/// CA from `SF_CA_FILE`) in addition to the system trust store.
+pub fn http_client_trusting(
+    timeout: Duration,
+    extra_ca_pem: Option<&str>,
+) -> Result<reqwest::Client, HttpClientError> {
     install_crypto_provider();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if let Some(pem) = extra_ca_pem {
+        let certs =
+            reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(HttpClientError)?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder
         .timeout(timeout)
         .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
         .user_agent(concat!("fulfilld/", env!("CARGO_PKG_VERSION")))

@@ -121,7 +121,7 @@ struct SandboxArgs {
     /// Admin API port (seed, publish, faults).
     #[arg(long, default_value_t = 8480)]
     admin_port: u16,
-    /// Fake Salesforce port: OAuth token endpoint and REST (SF_LOGIN_URL).
+    /// Fake Salesforce port: OAuth token endpoint, userinfo and REST (SF_LOGIN_URL).
     #[arg(long, default_value_t = 8481)]
     salesforce_port: u16,
     /// Fake WHMCS API port (WHMCS_URL).
@@ -130,7 +130,8 @@ struct SandboxArgs {
     /// Pub/Sub API port (SF_PUBSUB_ENDPOINT).
     #[arg(long, default_value_t = 8483)]
     pubsub_port: u16,
-    /// Serve the Pub/Sub API over TLS with a generated test CA (written to the state directory).
+    /// Serve the Pub/Sub API and the fake org (token endpoint, REST) over TLS with a generated
+    /// test CA (written to the state directory as sandbox-ca.pem).
     #[arg(long)]
     tls: bool,
     /// Seconds between keepalives on an idle stream (Salesforce: 270).

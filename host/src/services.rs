@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
 use crate::error::CallError;
-use crate::http::{HttpClientError, http_client};
+use crate::http::{HttpClientError, http_client, http_client_trusting};
 use crate::salesforce::{SalesforceClient, SalesforceConfig, SalesforceConfigError};
 use crate::whmcs::{WhmcsClient, WhmcsConfig};
 
@@ -83,14 +83,22 @@ impl LiveServices {
     /// that talks to the real services (through [`crate::config::Config::live_services`]): one
     /// HTTP client bounded by `call_timeout`, shared by the Salesforce and WHMCS clients. Checks
     /// the Salesforce key; contacts nothing.
+    ///
+    /// `salesforce_ca_pem` (`SF_CA_FILE`): an extra CA the Salesforce client trusts (the
+    /// sandbox's test CA); then Salesforce gets its own HTTP client, so WHMCS never trusts it.
     pub fn from_settings(
         salesforce: SalesforceConfig,
         whmcs: WhmcsConfig,
         call_timeout: Duration,
         exposed: BTreeMap<String, String>,
+        salesforce_ca_pem: Option<&str>,
     ) -> Result<Self, LiveServicesError> {
         let http = http_client(call_timeout)?;
-        let salesforce = SalesforceClient::new(salesforce, http.clone())?;
+        let sf_http = match salesforce_ca_pem {
+            None => http.clone(),
+            Some(pem) => http_client_trusting(call_timeout, Some(pem))?,
+        };
+        let salesforce = SalesforceClient::new(salesforce, sf_http)?;
         let whmcs = WhmcsClient::new(whmcs, http);
         Ok(LiveServices::new(salesforce, whmcs, exposed))
     }

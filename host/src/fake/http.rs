@@ -108,7 +108,8 @@ pub struct FakeSalesforceOptions {
     pub client_id: String,
     /// Expected JWT `sub`.
     pub username: String,
-    /// Expected JWT `aud`.
+    /// Expected JWT `aud`. The server's own base URL (its login URL, with or without the trailing
+    /// slash) is accepted too: see [`verify_assertion`].
     pub audience: String,
     /// PEM of the RSA public key that verifies assertions.
     pub public_key_pem: String,
@@ -176,16 +177,32 @@ impl Drop for FakeSalesforce {
 }
 
 /// Serves a fake Salesforce org on `listener`: `POST /services/oauth2/token` (JWT bearer, the
-/// assertion verified with `opts.public_key_pem`), `GET /services/data/vNN.0/query?q=` (paged by
-/// `opts.page_size`), `GET .../query/<locator>` and `PATCH .../sobjects/<SObject>/<Id>`.
+/// assertion verified with `opts.public_key_pem`), `GET /services/oauth2/userinfo`,
+/// `GET /services/data/vNN.0/query?q=` (paged by `opts.page_size`), `GET .../query/<locator>` and
+/// `PATCH .../sobjects/<SObject>/<Id>`.
 pub async fn serve_fake_salesforce(
     listener: TcpListener,
     opts: FakeSalesforceOptions,
     org: Arc<Mutex<FakeOrg>>,
 ) -> Result<FakeSalesforce, FakeServerError> {
+    let base = base_url(listener.local_addr()?)?;
+    serve_fake_salesforce_on(listener, base, opts, org).await
+}
+
+/// [`serve_fake_salesforce`] on any listener axum serves (e.g. one that terminates TLS);
+/// `base` is the URL clients reach it at (`https://...` over TLS), the login and instance URL.
+pub async fn serve_fake_salesforce_on<L>(
+    listener: L,
+    base: Url,
+    opts: FakeSalesforceOptions,
+    org: Arc<Mutex<FakeOrg>>,
+) -> Result<FakeSalesforce, FakeServerError>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let key = DecodingKey::from_rsa_pem(opts.public_key_pem.as_bytes())
         .map_err(FakeServerError::PublicKey)?;
-    let base = base_url(listener.local_addr()?)?;
     let state = Arc::new(SfState {
         opts,
         key,
@@ -209,6 +226,7 @@ pub async fn serve_fake_salesforce(
         ));
     let app = Router::new()
         .route("/services/oauth2/token", post(sf_token))
+        .route("/services/oauth2/userinfo", get(sf_userinfo))
         .merge(rest)
         .fallback(sf_not_found)
         .layer(middleware::from_fn_with_state(
@@ -225,7 +243,8 @@ pub async fn serve_fake_salesforce(
 }
 
 impl FakeSalesforce {
-    /// Base URL (`http://127.0.0.1:<port>/`): the login URL and the instance URL.
+    /// Base URL (`http://127.0.0.1:<port>/`, `https://` over TLS): the login URL and the instance
+    /// URL.
     pub fn url(&self) -> Url {
         self.state.base.clone()
     }
@@ -304,6 +323,21 @@ async fn sf_record(State(state): State<Arc<SfState>>, request: Request, next: Ne
     next.run(request).await
 }
 
+/// The `Authorization: Bearer` (or `OAuth`) token of a request, empty when there is none.
+fn bearer_token(request: &Request) -> String {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("OAuth "))
+        })
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn invalid_session() -> Response {
     json_response(
         401,
@@ -321,17 +355,7 @@ async fn sf_rest_gate(State(state): State<Arc<SfState>>, request: Request, next:
     if let Some(canned) = lock(&state.control).fail_rest.pop_front() {
         return canned_response(canned);
     }
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("OAuth "))
-        })
-        .map(str::trim)
-        .unwrap_or_default()
-        .to_owned();
+    let token = bearer_token(&request);
     let usage = {
         let mut control = lock(&state.control);
         if !control.tokens.contains(&token) {
@@ -408,7 +432,7 @@ async fn sf_token(State(state): State<Arc<SfState>>, body: Bytes) -> Response {
         &json!({
             "access_token": token,
             "instance_url": base,
-            "id": format!("{base}/id/{}/0058d000000FAKEAAA", state.opts.org_id),
+            "id": identity_url(&state),
             "token_type": "Bearer",
             "scope": "api",
             "issued_at": (now_secs() * 1000).to_string(),
@@ -416,13 +440,83 @@ async fn sf_token(State(state): State<Arc<SfState>>, body: Bytes) -> Response {
     )
 }
 
+/// The user the sessions belong to (the JWT `sub`).
+const SESSION_USER_ID: &str = "0058d000000FAKEAAA";
+
+/// The identity URL: the token response's `id` and the userinfo `sub`.
+fn identity_url(state: &SfState) -> String {
+    let base = state.base.as_str().trim_end_matches('/');
+    format!("{base}/id/{}/{SESSION_USER_ID}", state.opts.org_id)
+}
+
+/// `GET /services/oauth2/userinfo`, Salesforce's OpenID Connect UserInfo endpoint
+/// (https://help.salesforce.com/s/articleView?id=sf.remoteaccess_using_userinfo_endpoint.htm):
+/// the session's user and org, at the login URL and the instance URL alike. Clients written for
+/// Salesforce call it right after the token exchange to learn the org id (`organization_id`).
+async fn sf_userinfo(State(state): State<Arc<SfState>>, request: Request) -> Response {
+    let token = bearer_token(&request);
+    if !lock(&state.control).tokens.contains(&token) {
+        // The identity service refuses a token it does not accept with 403 and the plain-text
+        // body `Bad_OAuth_Token`, where the REST API answers 401 INVALID_SESSION_ID (jsforce's
+        // `Connection` handles both codes as an expired session). Not in the help page above:
+        // observed behaviour, as Salesforce clients handle it.
+        return (
+            StatusCode::FORBIDDEN,
+            [(header::CONTENT_TYPE, "text/plain;charset=UTF-8")],
+            "Bad_OAuth_Token",
+        )
+            .into_response();
+    }
+    let base = state.base.as_str().trim_end_matches('/');
+    let org_id = &state.opts.org_id;
+    let username = &state.opts.username;
+    let nickname = username.split('@').next().unwrap_or(username);
+    json_response(
+        200,
+        &json!({
+            "sub": identity_url(&state),
+            "user_id": SESSION_USER_ID,
+            "organization_id": org_id,
+            "preferred_username": username,
+            "nickname": nickname,
+            "name": "Integration User",
+            "email": username,
+            "email_verified": true,
+            "zoneinfo": "Etc/UTC",
+            "locale": "en_US",
+            "language": "en_US",
+            "user_type": "STANDARD",
+            "active": true,
+            "utcOffset": 0,
+            "urls": {
+                "rest": format!("{base}/services/data/v{{version}}/"),
+                "sobjects": format!("{base}/services/data/v{{version}}/sobjects/"),
+                "query": format!("{base}/services/data/v{{version}}/query/"),
+                "profile": format!("{base}/{SESSION_USER_ID}"),
+                "custom_domain": base,
+            },
+        }),
+    )
+}
+
 /// Checks an assertion the way Salesforce does; the error is the `error_description`.
+///
+/// The audience: a real org accepts only `https://login.salesforce.com`,
+/// `https://test.salesforce.com` or an Experience Cloud site URL
+/// (https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_jwt_flow.htm). Clients
+/// written for Salesforce put their login URL there, which for the fake is its own base URL, so
+/// that is accepted too, with or without the trailing slash: a leniency of the fake.
 fn verify_assertion(state: &SfState, assertion: &str) -> Result<(), &'static str> {
     use jsonwebtoken::errors::ErrorKind as JwtError;
     let mut validation = Validation::new(Algorithm::RS256);
     validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
     validation.set_issuer(&[&state.opts.client_id]);
-    validation.set_audience(&[&state.opts.audience]);
+    let own_url = state.base.as_str();
+    validation.set_audience(&[
+        state.opts.audience.as_str(),
+        own_url,
+        own_url.trim_end_matches('/'),
+    ]);
     validation.sub = Some(state.opts.username.clone());
     validation.leeway = 30;
     let data = jsonwebtoken::decode::<AssertionClaims>(assertion, &state.key, &validation)

@@ -197,6 +197,17 @@ impl PubSubSandbox {
         opts: PubSubOptions,
         auth: Arc<dyn TokenCheck>,
     ) -> Result<Self, SandboxError> {
+        Self::start_with_pki(listener, opts, auth, None).await
+    }
+
+    /// [`Self::start`]; in TLS mode with the given test PKI (the whole sandbox shares one CA),
+    /// or a fresh one when `pki` is none.
+    pub(crate) async fn start_with_pki(
+        listener: TcpListener,
+        opts: PubSubOptions,
+        auth: Arc<dyn TokenCheck>,
+        pki: Option<tls::TestPki>,
+    ) -> Result<Self, SandboxError> {
         let addr = listener.local_addr()?;
         let bus = EventBus::new(opts.retention, opts.first_replay_id);
         bus.create_topic(ORDER_EVENT_TOPIC, order_event_schema_v1())?;
@@ -214,8 +225,12 @@ impl PubSubSandbox {
         let mut server = Server::builder().http2_keepalive_interval(None);
         let (scheme, ca_pem, acceptor) = if opts.tls {
             crate::http::install_crypto_provider();
-            let pki = tls::generate()?;
-            let acceptor = tls_acceptor(&pki)?;
+            let pki = match pki {
+                Some(pki) => pki,
+                None => tls::generate()?,
+            };
+            // HTTP/2 only, by ALPN, as gRPC requires.
+            let acceptor = tls::acceptor(&pki, &[b"h2".as_slice()])?;
             ("https", Some(pki.ca_pem), Some(acceptor))
         } else {
             ("http", None, None)
@@ -851,21 +866,3 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection's byte stream, plain TCP or TLS.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
-
-/// The sandbox's TLS server: its test certificate, HTTP/2 by ALPN as gRPC requires.
-fn tls_acceptor(pki: &tls::TestPki) -> Result<tokio_rustls::TlsAcceptor, SandboxError> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |err: Box<dyn std::error::Error + Send + Sync>| SandboxError::Tls(err);
-    let certs = CertificateDer::pem_slice_iter(pki.server_cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| bad(Box::new(err)))?;
-    let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes())
-        .map_err(|err| bad(Box::new(err)))?;
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|err| bad(Box::new(err)))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}

@@ -3,7 +3,9 @@
 //! events and inject faults.
 //!
 //! It mints its own JWT key pair at start and writes the private key and a `sandbox.env` file
-//! (the settings a `fulfilld` needs to point at it) to its state directory.
+//! (the settings a `fulfilld` needs to point at it) to its state directory. In TLS mode the
+//! Pub/Sub API and the org (token endpoint, userinfo, REST) are served over TLS with one
+//! generated test CA, written there too.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -25,11 +27,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::pubsub::PubSubControl;
+use super::tls::{self, TlsListener};
 use super::{
     EventBus, Fault, ORDER_EVENT_TOPIC, PubSubOptions, PubSubSandbox, SandboxError, TokenCheck,
     order_event_schema_v2,
 };
 use crate::domain::random_uuid;
+use crate::fake::http::serve_fake_salesforce_on;
 use crate::fake::{
     FakeOrg, FakeSalesforce, FakeSalesforceOptions, FakeWhmcs, FakeWhmcsOptions, FakeWhmcsServer,
     serve_fake_salesforce, serve_fake_whmcs,
@@ -51,7 +55,8 @@ pub struct SandboxConfig {
     pub whmcs_port: u16,
     pub pubsub_port: u16,
     pub pubsub: PubSubOptions,
-    /// Where the private key, the env file and the CA (TLS) are written; none: nothing written.
+    /// Where the private key, the env file and the CA (TLS: `sandbox-ca.pem`) are written; none:
+    /// nothing written.
     pub state_dir: Option<PathBuf>,
     /// Seed file text (TOML, the scenario seed format); none: start empty.
     pub seed: Option<String>,
@@ -146,15 +151,33 @@ impl Sandbox {
             public_key_pem: public_pem,
             ..FakeSalesforceOptions::default()
         };
-        let salesforce = Arc::new(
-            serve_fake_salesforce(
-                bind(config.bind, config.salesforce_port).await?,
-                sf_options.clone(),
-                Arc::clone(&org),
-            )
-            .await
-            .context("starting the fake Salesforce")?,
-        );
+        // `--tls`: one test CA for the Pub/Sub API and the org alike. Clients written for
+        // Salesforce expect an `https://` login and instance URL and refuse others.
+        let pki = if config.pubsub.tls {
+            Some(tls::generate().context("generating the sandbox's test CA")?)
+        } else {
+            None
+        };
+        let sf_listener = bind(config.bind, config.salesforce_port).await?;
+        let salesforce = match &pki {
+            None => serve_fake_salesforce(sf_listener, sf_options.clone(), Arc::clone(&org)).await,
+            Some(pki) => {
+                let addr = sf_listener.local_addr()?;
+                // HTTP/2 or HTTP/1.1 by ALPN; axum serves both.
+                let acceptor = tls::acceptor(pki, &[b"h2".as_slice(), b"http/1.1".as_slice()])
+                    .context("setting up the fake Salesforce's TLS")?;
+                let base = url::Url::parse(&format!("https://{addr}/"))
+                    .context("the fake Salesforce's URL")?;
+                serve_fake_salesforce_on(
+                    TlsListener::new(sf_listener, acceptor)?,
+                    base,
+                    sf_options.clone(),
+                    Arc::clone(&org),
+                )
+                .await
+            }
+        };
+        let salesforce = Arc::new(salesforce.context("starting the fake Salesforce")?);
         let whmcs_server = serve_fake_whmcs(
             bind(config.bind, config.whmcs_port).await?,
             FakeWhmcsOptions {
@@ -166,10 +189,11 @@ impl Sandbox {
         )
         .await
         .context("starting the fake WHMCS")?;
-        let pubsub = PubSubSandbox::start(
+        let pubsub = PubSubSandbox::start_with_pki(
             bind(config.bind, config.pubsub_port).await?,
             config.pubsub.clone(),
             Arc::new(OrgSessions(Arc::clone(&salesforce))),
+            pki.clone(),
         )
         .await
         .context("starting the Pub/Sub server")?;
@@ -210,14 +234,14 @@ impl Sandbox {
                 "SF_PRIVATE_KEY_PATH".to_owned(),
                 key_path.display().to_string(),
             );
-            if let Some(ca) = pubsub.ca_pem() {
-                let ca_path = dir.join("pubsub-ca.pem");
-                std::fs::write(&ca_path, ca)
+            if let Some(pki) = &pki {
+                // One CA for both settings: the Pub/Sub endpoint's and the org's (login URL).
+                let ca_path = dir.join("sandbox-ca.pem");
+                std::fs::write(&ca_path, &pki.ca_pem)
                     .with_context(|| format!("writing {}", ca_path.display()))?;
-                env.insert(
-                    "SF_PUBSUB_CA_FILE".to_owned(),
-                    ca_path.display().to_string(),
-                );
+                for key in ["SF_PUBSUB_CA_FILE", "SF_CA_FILE"] {
+                    env.insert(key.to_owned(), ca_path.display().to_string());
+                }
             }
             let env_path = dir.join("sandbox.env");
             let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();

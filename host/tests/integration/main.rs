@@ -31,3 +31,4 @@ mod sandbox;
 mod sandbox_admin;
 mod scenarios;
 mod store;
+mod thirdparty;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fulfilld::http::http_client;
+use fulfilld::http::{http_client, http_client_trusting};
 use fulfilld::pubsub::{Delivery, ReplayFrom, SubscriberOptions, subscribe};
 use fulfilld::salesforce::{SalesforceClient, SalesforceConfig};
 use fulfilld::sandbox::{PubSubOptions, Sandbox, SandboxConfig};
@@ -47,6 +47,7 @@ async fn the_env_file_and_admin_api_give_a_complete_stand_in() {
         "SF_PRIVATE_KEY_PATH",
         "SF_PUBSUB_ENDPOINT",
         "SF_PUBSUB_CA_FILE",
+        "SF_CA_FILE",
         "SF_PROVISION_EVENT_CHANNEL",
         "WHMCS_URL",
         "WHMCS_IDENTIFIER",
@@ -56,8 +57,13 @@ async fn the_env_file_and_admin_api_give_a_complete_stand_in() {
         assert!(env.contains_key(key), "{key} missing from sandbox.env");
     }
     assert_eq!(&env, sandbox.env());
+    // With TLS the org is served over TLS too, with the same CA as the Pub/Sub API.
+    assert!(env["SF_LOGIN_URL"].starts_with("https://"), "{env:?}");
+    assert_eq!(env["SF_CA_FILE"], env["SF_PUBSUB_CA_FILE"]);
+    let ca = std::fs::read_to_string(&env["SF_CA_FILE"]).unwrap();
 
-    // The host's own clients, configured only from the env file.
+    // The host's own clients, configured only from the env file (the Salesforce client trusts
+    // the CA as `SF_CA_FILE` makes `serve` do).
     let sf = SalesforceClient::new(
         SalesforceConfig {
             login_url: env["SF_LOGIN_URL"].parse().unwrap(),
@@ -70,7 +76,7 @@ async fn the_env_file_and_admin_api_give_a_complete_stand_in() {
             api_version: "v66.0".into(),
             timeout: Duration::from_secs(5),
         },
-        http_client(Duration::from_secs(5)).unwrap(),
+        http_client_trusting(Duration::from_secs(5), Some(&ca)).unwrap(),
     )
     .unwrap();
     let mut opts = SubscriberOptions::new(
@@ -124,6 +130,45 @@ async fn the_env_file_and_admin_api_give_a_complete_stand_in() {
             expected_replay.as_str().unwrap(),
             event.replay_id.to_string()
         );
+    }
+
+    // OpenID Connect userinfo with the session the subscriber got, as clients written for
+    // Salesforce call it after the token exchange; a token the org did not issue is refused.
+    let sf_http = http_client_trusting(Duration::from_secs(5), Some(&ca)).unwrap();
+    let token = sandbox
+        .salesforce()
+        .issued_tokens()
+        .last()
+        .cloned()
+        .unwrap();
+    let userinfo = format!("{}/services/oauth2/userinfo", env["SF_LOGIN_URL"]);
+    let answer = sf_http
+        .get(&userinfo)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let info: Value = answer.json().await.unwrap();
+    let org_id = sandbox.salesforce().org_id().to_owned();
+    assert_eq!(info["organization_id"], org_id.as_str());
+    assert_eq!(info["preferred_username"], env["SF_USERNAME"].as_str());
+    let user_id = info["user_id"].as_str().unwrap();
+    assert_eq!(
+        info["sub"].as_str().unwrap(),
+        format!("{}/id/{org_id}/{user_id}", env["SF_LOGIN_URL"])
+    );
+    for key in ["name", "email", "zoneinfo", "locale", "urls"] {
+        assert!(!info[key].is_null(), "userinfo lacks {key}: {info}");
+    }
+    for bad in [Some("not-a-token"), None] {
+        let mut request = sf_http.get(&userinfo);
+        if let Some(bad) = bad {
+            request = request.bearer_auth(bad);
+        }
+        let refused = request.send().await.unwrap();
+        assert_eq!(refused.status(), 403);
+        assert_eq!(refused.text().await.unwrap(), "Bad_OAuth_Token");
     }
 
     // The seeded Order is visible through the admin API and the org's REST API alike.
