@@ -186,14 +186,21 @@ pub fn component_pack(
 }
 
 /// `fulfilld test <component.wasm> <scenario...>`: one PASS/FAIL line per scenario with the
-/// first difference; true when all pass.
+/// first difference; true when all pass. `packages` (`--salesforce-package`) replace the shipped
+/// Salesforce package as the fake org's schema.
 pub async fn test(
     component: &Path,
     scenarios: &[PathBuf],
     policy: Option<&Path>,
+    packages: &[PathBuf],
     verbose: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
+    let schema = if packages.is_empty() {
+        None
+    } else {
+        Some(crate::fake::Schema::from_packages(packages).context("loading --salesforce-package")?)
+    };
     let kit = TestKit::load_file_with(component, offline_runtime_config(policy)?).await?;
     let info = kit.component().info();
     writeln!(
@@ -207,7 +214,10 @@ pub async fn test(
     let (mut passed, mut failed) = (0usize, 0usize);
     for file in &files {
         let scenario = match Scenario::load(file) {
-            Ok(scenario) => scenario,
+            Ok(mut scenario) => {
+                scenario.base_schema = schema.clone();
+                scenario
+            }
             Err(error) => {
                 failed += 1;
                 writeln!(

@@ -34,6 +34,10 @@ enum Command {
         /// exercise the policy production uses.
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// A Salesforce package (SFDX project or package directory) whose objects and fields the
+        /// fake org has, instead of the shipped `salesforce/` package; repeatable.
+        #[arg(long = "salesforce-package", value_name = "DIR")]
+        salesforce_packages: Vec<PathBuf>,
     },
     /// Work with component files.
     Component {
@@ -149,6 +153,11 @@ struct SandboxArgs {
     /// Start with an empty org and WHMCS.
     #[arg(long)]
     empty: bool,
+    /// A Salesforce package (an SFDX project or package directory) whose objects and fields the
+    /// fake org has, instead of the shipped `salesforce/` package; repeat to load several (pass
+    /// the shipped one too to extend it). The standard objects are always there.
+    #[arg(long = "salesforce-package", value_name = "DIR")]
+    salesforce_packages: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -241,8 +250,17 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             scenarios,
             verbose,
             policy,
+            salesforce_packages,
         } => {
-            fulfilld::cli::test(&component, &scenarios, policy.as_deref(), verbose, &mut out).await
+            fulfilld::cli::test(
+                &component,
+                &scenarios,
+                policy.as_deref(),
+                &salesforce_packages,
+                verbose,
+                &mut out,
+            )
+            .await
         }
         Command::Component { command } => {
             use fulfilld::cli::AdminAction;
@@ -392,6 +410,12 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
         },
         state_dir: Some(args.state_dir),
         seed,
+        schema: if args.salesforce_packages.is_empty() {
+            fulfilld::fake::Schema::shipped()
+        } else {
+            fulfilld::fake::Schema::from_packages(&args.salesforce_packages)
+                .context("loading --salesforce-package")?
+        },
     };
     fulfilld::sandbox::run(config, shutdown_signal()).await
 }

@@ -178,8 +178,8 @@ impl Drop for FakeSalesforce {
 
 /// Serves a fake Salesforce org on `listener`: `POST /services/oauth2/token` (JWT bearer, the
 /// assertion verified with `opts.public_key_pem`), `GET /services/oauth2/userinfo`,
-/// `GET /services/data/vNN.0/query?q=` (paged by `opts.page_size`), `GET .../query/<locator>` and
-/// `PATCH .../sobjects/<SObject>/<Id>`.
+/// `GET /services/data/vNN.0/query?q=` (paged by `opts.page_size`), `GET .../query/<locator>`,
+/// `PATCH .../sobjects/<SObject>/<Id>` and `GET .../sobjects/<SObject>/describe`.
 pub async fn serve_fake_salesforce(
     listener: TcpListener,
     opts: FakeSalesforceOptions,
@@ -219,6 +219,10 @@ where
         .route(
             "/services/data/{version}/sobjects/{sobject}/{id}",
             patch(sf_update),
+        )
+        .route(
+            "/services/data/{version}/sobjects/{sobject}/describe",
+            get(sf_describe),
         )
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -651,6 +655,19 @@ async fn sf_update(
     match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(err) => json_response(sf_status_for(&err), &sf_error_body(&err)),
+    }
+}
+
+/// `GET .../sobjects/<SObject>/describe` from the org's schema (REST API Developer Guide: sObject
+/// Describe); an sObject the org does not have answers 404 `NOT_FOUND`, as Salesforce does.
+async fn sf_describe(
+    State(state): State<Arc<SfState>>,
+    Path((_version, sobject)): Path<(String, String)>,
+) -> Response {
+    let described = lock(&state.org).schema().describe(&sobject);
+    match described {
+        Some(body) => json_response(200, &body),
+        None => sf_not_found().await,
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod http;
 pub mod org;
+pub mod schema;
 mod soql;
 pub mod whmcs;
 
@@ -18,6 +19,7 @@ pub use http::{
     RecordedRequest, serve_fake_salesforce, serve_fake_whmcs,
 };
 pub use org::{FakeOrg, sf_error_body, sf_status_for};
+pub use schema::Schema;
 pub use whmcs::{
     FakeClient, FakeOrder, FakeOrderItem, FakePayMethod, FakeProduct, FakeWhmcs, decode_php_form,
 };

@@ -1,31 +1,25 @@
 //! An in-memory Salesforce org: records by sObject, a SOQL subset (see [`super::soql`]) and
 //! updates, answering with Salesforce's shapes and error codes.
 //!
-//! There is no schema: a field that a record does not have reads as `null`, and any field name
-//! can be written. Relationships follow Salesforce's naming conventions: parent `X` through the
-//! lookup field `XId` (custom `Foo__r` through `Foo__c`), child relationship `<Child>s` through
-//! the child's `<Parent>Id` field.
+//! The org has a schema ([`super::schema`]): the standard objects the flow uses and the custom
+//! fields of the shipped `salesforce/` package, extended or replaced by the caller. A query or an
+//! update naming an sObject, a field or a relationship the schema does not define is refused
+//! with Salesforce's `INVALID_TYPE` / `INVALID_FIELD`; a defined field a record does not hold
+//! reads as `null`. Updates honour the field types: restricted picklists, text lengths,
+//! read-only fields. Number fields compare numerically, and a quoted literal against one is
+//! refused as Salesforce refuses it.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
+use super::schema::{FieldDef, FieldType, ObjectDef, Schema};
 use super::soql::{self, CmpOp, Expr, Literal, OrderKey, Query, SelectItem};
 use crate::error::{CallError, ErrorKind};
 
 /// API version used in the `attributes.url` of returned records.
 const API_VERSION: &str = "v66.0";
-
-/// sObjects that exist in every org even before a record is inserted, with their key prefixes.
-const KNOWN_SOBJECTS: &[(&str, &str)] = &[
-    ("Order", "801"),
-    ("OrderItem", "802"),
-    ("Account", "001"),
-    ("Product2", "01t"),
-    ("Pricebook2", "01s"),
-    ("PricebookEntry", "01u"),
-];
 
 /// Key prefix of ids the fake assigns to sObjects it has no prefix for.
 const DEFAULT_PREFIX: &str = "a00";
@@ -35,6 +29,7 @@ const DEFAULT_PREFIX: &str = "a00";
 pub struct FakeOrg {
     tables: Vec<Table>,
     next_seq: u64,
+    schema: Schema,
 }
 
 #[derive(Debug, Clone)]
@@ -112,8 +107,26 @@ fn index_keys(id: &str) -> (String, Option<String>) {
 }
 
 impl FakeOrg {
+    /// An empty org with the shipped schema ([`Schema::shipped`]).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty org with `schema`.
+    pub fn with_schema(schema: Schema) -> Self {
+        FakeOrg {
+            schema,
+            ..Self::default()
+        }
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Extends the schema, e.g. with a scenario's own fields.
+    pub fn schema_mut(&mut self) -> &mut Schema {
+        &mut self.schema
     }
 
     /// Adds a record. Keeps its `Id` when given, otherwise assigns an 18-character id with the
@@ -130,6 +143,14 @@ impl FakeOrg {
         {
             return Err(invalid_type(sobject));
         }
+        let object = self
+            .schema
+            .object(sobject)
+            .ok_or_else(|| invalid_type(sobject))?;
+        if let Some(unknown) = record.keys().find(|k| object.field(k).is_none()) {
+            return Err(no_such_column_update(unknown, &object.name));
+        }
+        let name = object.name.clone();
         let given = record
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("Id"))
@@ -161,10 +182,6 @@ impl FakeOrg {
                 .into_iter()
                 .filter(|(k, _)| !k.eq_ignore_ascii_case("Id")),
         );
-        let name = self
-            .canonical_sobject(sobject)
-            .unwrap_or(sobject)
-            .to_owned();
         match self.tables.iter_mut().find(|t| t.name == name) {
             Some(table) => table.push(stored),
             None => {
@@ -200,6 +217,7 @@ impl FakeOrg {
             .canonical_sobject(&query.from)
             .ok_or_else(|| invalid_type(&query.from))?
             .to_owned();
+        self.check_query(&query, &sobject)?;
         let records = self.run(&query, &sobject, None)?;
         Ok(json!({"totalSize": records.len(), "done": true, "records": records}))
     }
@@ -222,22 +240,20 @@ impl FakeOrg {
                      this field and verify that it is read/write for your profile or permission set.",
                 ));
             }
-            if field.is_empty()
-                || !field
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
-                return Err(CallError::rejected(
-                    "INVALID_FIELD",
-                    format!("No such column '{field}' on sobject of type {name}"),
-                ));
-            }
+            let object = self
+                .schema
+                .object(&name)
+                .ok_or_else(|| invalid_type(&name))?;
+            let Some(def) = object.field(field) else {
+                return Err(no_such_column_update(field, &name));
+            };
             if value.is_object() || value.is_array() {
                 return Err(CallError::rejected(
                     "JSON_PARSER_ERROR",
                     format!("Cannot deserialize instance of {field} from an object or array"),
                 ));
             }
+            check_value(def, value)?;
         }
         let record = self
             .tables
@@ -270,14 +286,96 @@ impl FakeOrg {
             .find(|t| t.name.eq_ignore_ascii_case(sobject))
     }
 
-    /// The org's spelling of `sobject` if it exists (holds records or is a standard one).
+    /// The org's spelling of `sobject` if its schema defines it.
     fn canonical_sobject(&self, sobject: &str) -> Option<&str> {
-        self.table(sobject).map(|t| t.name.as_str()).or_else(|| {
-            KNOWN_SOBJECTS
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case(sobject))
-                .map(|(name, _)| *name)
-        })
+        self.schema.object(sobject).map(|o| o.name.as_str())
+    }
+
+    /// Refuses a query naming a field, relationship or child relationship the schema does not
+    /// define, or comparing a field with a literal of the wrong kind, as Salesforce does before
+    /// running it.
+    fn check_query(&self, query: &Query, sobject: &str) -> Result<(), CallError> {
+        let object = self
+            .schema
+            .object(sobject)
+            .ok_or_else(|| invalid_type(sobject))?;
+        for item in &query.items {
+            match item {
+                SelectItem::Field(path) => {
+                    self.field_at(object, path)?;
+                }
+                SelectItem::Child(sub) => {
+                    let (_, child) = self.child_relationship(&object.name, &sub.from)?;
+                    self.check_query(sub, &child)?;
+                }
+            }
+        }
+        if let Some(filter) = &query.filter {
+            self.check_expr(object, filter)?;
+        }
+        for key in &query.order {
+            self.field_at(object, &key.path)?;
+        }
+        Ok(())
+    }
+
+    fn check_expr(&self, object: &ObjectDef, expr: &Expr) -> Result<(), CallError> {
+        match expr {
+            Expr::And(a, b) | Expr::Or(a, b) => {
+                self.check_expr(object, a)?;
+                self.check_expr(object, b)
+            }
+            Expr::Not(inner) => self.check_expr(object, inner),
+            Expr::Cmp(path, _, literal) => {
+                let field = self.field_at(object, path)?;
+                check_literal(field, literal)
+            }
+            Expr::In(path, _, literals) => {
+                let field = self.field_at(object, path)?;
+                literals.iter().try_for_each(|l| check_literal(field, l))
+            }
+            Expr::Like(path, _) => self.field_at(object, path).map(|_| ()),
+        }
+    }
+
+    /// The field `path` names from `object`: a field, or a field of a parent reached through
+    /// relationship names (SOQL and SOSL Reference: Relationship Queries).
+    fn field_at<'a>(
+        &'a self,
+        object: &'a ObjectDef,
+        path: &[String],
+    ) -> Result<&'a FieldDef, CallError> {
+        match path {
+            [] => Err(CallError::rejected("MALFORMED_QUERY", "empty field path")),
+            [name] => object
+                .field(name)
+                .ok_or_else(|| no_such_column(name, &object.name)),
+            [relationship, rest @ ..] => {
+                let lookup = object.relationship(relationship).ok_or_else(|| {
+                    CallError::rejected(
+                        "INVALID_FIELD",
+                        format!(
+                            "Didn't understand relationship '{relationship}' in field path. If \
+                             you are attempting to use a custom relationship, be sure to append \
+                             the '__r' after the custom relationship name. Please reference \
+                             your WSDL or the describe call for the appropriate names."
+                        ),
+                    )
+                })?;
+                // A polymorphic or unmodelled target (User): only its Id and Name are known.
+                match lookup
+                    .reference_to
+                    .iter()
+                    .find_map(|t| self.schema.object(t))
+                {
+                    Some(parent) => self.field_at(parent, rest),
+                    None => Err(no_such_column(
+                        rest.first().map_or("", String::as_str),
+                        lookup.reference_to.first().map_or("", String::as_str),
+                    )),
+                }
+            }
+        }
     }
 
     fn find_by_id(&self, id: &str) -> Option<(&str, &Map<String, Value>)> {
@@ -288,10 +386,11 @@ impl FakeOrg {
 
     /// A fresh id with `sobject`'s key prefix, not used by any record.
     fn new_id(&mut self, sobject: &str) -> String {
-        let prefix = KNOWN_SOBJECTS
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(sobject))
-            .map_or(DEFAULT_PREFIX, |(_, prefix)| prefix);
+        let prefix = self
+            .schema
+            .object(sobject)
+            .map_or(DEFAULT_PREFIX, |o| o.key_prefix.as_str())
+            .to_owned();
         loop {
             self.next_seq += 1;
             let id15 = format!("{prefix}8d{:010}", self.next_seq);
@@ -302,7 +401,8 @@ impl FakeOrg {
         }
     }
 
-    /// Matching records of `sobject`, rendered. `parent` restricts to the children of one record.
+    /// Matching records of `sobject`, rendered. `parent` (the lookup field, the parent id)
+    /// restricts to the children of one record.
     fn run(
         &self,
         query: &Query,
@@ -325,8 +425,8 @@ impl FakeOrg {
                 None => Box::new(table.records.iter()),
             };
             for record in candidates {
-                if let Some((parent_sobject, parent_id)) = parent {
-                    let link = field(record, &format!("{parent_sobject}Id"));
+                if let Some((link_field, parent_id)) = parent {
+                    let link = field(record, link_field);
                     if !link
                         .and_then(Value::as_str)
                         .is_some_and(|l| id_eq(l, parent_id))
@@ -369,9 +469,16 @@ impl FakeOrg {
             match item {
                 SelectItem::Field(path) => self.render_path(&mut out, record, path),
                 SelectItem::Child(sub) => {
-                    let (name, child_sobject) = self.child_relationship(&sub.from)?;
+                    let (name, child_sobject) = self.child_relationship(sobject, &sub.from)?;
                     let parent_id = record_id(record).unwrap_or_default();
-                    let children = self.run(sub, &child_sobject, Some((sobject, parent_id)))?;
+                    let link = self
+                        .schema
+                        .children(sobject)
+                        .into_iter()
+                        .find(|c| c.name == name)
+                        .map(|c| c.field)
+                        .unwrap_or_else(|| format!("{sobject}Id"));
+                    let children = self.run(sub, &child_sobject, Some((&link, parent_id)))?;
                     // Salesforce sends null, not an empty list, for a relationship without rows.
                     let value = if children.is_empty() {
                         Value::Null
@@ -440,11 +547,14 @@ impl FakeOrg {
         self.find_by_id(id)
     }
 
-    /// `(relationship name as Salesforce spells it, child sObject)` of a child subquery's FROM.
-    fn child_relationship(&self, from: &str) -> Result<(String, String), CallError> {
-        strip_suffix_ignore_case(from, "s")
-            .and_then(|singular| self.canonical_sobject(singular))
-            .map(|child| (format!("{child}s"), child.to_owned()))
+    /// `(relationship name as Salesforce spells it, child sObject)` of a child subquery's FROM,
+    /// from the schema's child relationships of `parent`.
+    fn child_relationship(&self, parent: &str, from: &str) -> Result<(String, String), CallError> {
+        self.schema
+            .children(parent)
+            .into_iter()
+            .find(|c| c.name.eq_ignore_ascii_case(from))
+            .map(|c| (c.name, c.child))
             .ok_or_else(|| {
                 CallError::rejected(
                     "INVALID_TYPE",
@@ -557,10 +667,15 @@ pub fn sf_status_for(err: &CallError) -> u16 {
     }
 }
 
-/// Salesforce's error body for `err`: `[{"message", "errorCode", "fields"}]`.
+/// Salesforce's error body for `err`: `[{"message", "errorCode", "fields"}]`. The fields of
+/// `INVALID_FIELD_FOR_INSERT_UPDATE` are the ones its message names.
 pub fn sf_error_body(err: &CallError) -> Value {
     let fields: Vec<&str> = if err.code == "INVALID_FIELD_FOR_INSERT_UPDATE" {
-        vec!["Id"]
+        err.message
+            .strip_prefix("Unable to create/update fields: ")
+            .and_then(|rest| rest.split_once(". "))
+            .map(|(names, _)| names.split(", ").collect())
+            .unwrap_or_else(|| vec!["Id"])
     } else {
         Vec::new()
     };
@@ -575,6 +690,93 @@ fn invalid_type(sobject: &str) -> CallError {
              object, be sure to append the '__c' after the entity name."
         ),
     )
+}
+
+/// A query's unknown column (SOQL and SOSL Reference: the `INVALID_FIELD` answer).
+fn no_such_column(field: &str, sobject: &str) -> CallError {
+    CallError::rejected(
+        "INVALID_FIELD",
+        format!(
+            "No such column '{field}' on entity '{sobject}'. If you are attempting to use a custom \
+             field, be sure to append the '__c' after the custom field name. Please reference \
+             your WSDL or the describe call for the appropriate names."
+        ),
+    )
+}
+
+/// An unknown field in a record body (REST API Developer Guide: Update a Record).
+fn no_such_column_update(field: &str, sobject: &str) -> CallError {
+    CallError::rejected(
+        "INVALID_FIELD",
+        format!("No such column '{field}' on sobject of type {sobject}"),
+    )
+}
+
+/// Refuses a literal of the wrong kind for `field` (SOQL and SOSL Reference: fieldExpression
+/// Syntax: number fields take unquoted numbers, text fields quoted strings).
+fn check_literal(field: &FieldDef, literal: &Literal) -> Result<(), CallError> {
+    let wrong = |kind: &str, quoted: &str| {
+        Err(CallError::rejected(
+            "INVALID_FIELD",
+            format!(
+                "value of filter criterion for field '{}' must be of type {kind} and {quoted}",
+                field.name
+            ),
+        ))
+    };
+    match literal {
+        Literal::Str(_) if field.field_type.is_numeric() => {
+            wrong("double", "should not be enclosed in quotes")
+        }
+        Literal::Num(_) if field.field_type.is_text() => {
+            wrong("string", "should be enclosed in quotes")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a value `field` cannot take: a read-only field, a value outside a restricted
+/// picklist, text over the field's length (REST API Developer Guide: Status Codes and Error
+/// Responses; API Reference: StatusCode).
+fn check_value(field: &FieldDef, value: &Value) -> Result<(), CallError> {
+    if !field.updateable {
+        return Err(CallError::rejected(
+            "INVALID_FIELD_FOR_INSERT_UPDATE",
+            format!(
+                "Unable to create/update fields: {}. Please check the security settings of this \
+                 field and verify that it is read/write for your profile or permission set.",
+                field.name
+            ),
+        ));
+    }
+    let text = match value {
+        Value::String(text) if !text.is_empty() => text,
+        _ => return Ok(()),
+    };
+    if field.field_type == FieldType::Picklist
+        && field.restricted
+        && !field.picklist.iter().any(|v| v == text)
+    {
+        return Err(CallError::rejected(
+            "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+            format!(
+                "{}: bad value for restricted picklist field: {text}",
+                field.label
+            ),
+        ));
+    }
+    if field.length > 0 && text.chars().count() > field.length as usize {
+        return Err(CallError::rejected(
+            "STRING_TOO_LONG",
+            format!(
+                "{}: data value too large: {} (max length={})",
+                field.label,
+                crate::domain::clip(text, 80),
+                field.length
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn attributes(sobject: &str, record: &Map<String, Value>) -> Value {
@@ -805,6 +1007,9 @@ mod tests {
     #[test]
     fn keeps_given_ids_and_refuses_duplicates() {
         let mut org = FakeOrg::new();
+        org.schema_mut()
+            .declare("Custom__c.X__c", "Number(18, 0)")
+            .unwrap();
         let id = org
             .insert(
                 "Custom__c",
@@ -824,7 +1029,7 @@ mod tests {
     fn query_renders_fields_in_select_order_with_attributes() {
         let (org, order, _) = org();
         let out = org
-            .query(&format!("SELECT Status, Id, Missing__c, activation_status__c FROM Order WHERE Id = '{order}'"))
+            .query(&format!("SELECT Status, Id, WHMCS_Order_ID__c, activation_status__c FROM Order WHERE Id = '{order}'"))
             .unwrap();
         assert_eq!(out["totalSize"], 1);
         assert_eq!(out["done"], true);
@@ -836,7 +1041,7 @@ mod tests {
                 "attributes",
                 "Status",
                 "Id",
-                "Missing__c",
+                "WHMCS_Order_ID__c",
                 "Activation_Status__c"
             ]
         );
@@ -845,7 +1050,8 @@ mod tests {
             record["attributes"]["url"],
             format!("/services/data/v66.0/sobjects/Order/{order}")
         );
-        assert_eq!(record["Missing__c"], Value::Null);
+        // A defined field the record does not hold reads as null.
+        assert_eq!(record["WHMCS_Order_ID__c"], Value::Null);
     }
 
     #[test]
@@ -977,7 +1183,11 @@ mod tests {
     fn update_errors() {
         let (mut org, order, _) = org();
         let err = org
-            .update("Order", "801000000000000AAA", &obj(json!({"Status": "x"})))
+            .update(
+                "Order",
+                "801000000000000AAA",
+                &obj(json!({"Status": "Draft"})),
+            )
             .unwrap_err();
         assert_eq!(
             (err.kind, err.code.as_str()),
@@ -1004,6 +1214,9 @@ mod tests {
     #[test]
     fn custom_relationships() {
         let mut org = FakeOrg::new();
+        org.schema_mut()
+            .declare("Plan__c.Product__c", "Lookup(Product2)")
+            .unwrap();
         let product = org.insert("Product2", obj(json!({"Name": "VPS"}))).unwrap();
         org.insert("Plan__c", obj(json!({"Product__c": product})))
             .unwrap();
@@ -1013,5 +1226,126 @@ mod tests {
             out["records"][0]["Product__r"]["attributes"]["type"],
             "Product2"
         );
+    }
+
+    #[test]
+    fn queries_naming_undefined_fields_are_refused() {
+        let (org, order, _) = org();
+        let column = |soql: &str| {
+            let err = org.query(soql).unwrap_err();
+            assert_eq!(
+                (err.code.as_str(), sf_status_for(&err)),
+                ("INVALID_FIELD", 400),
+                "{soql}"
+            );
+            err.message
+        };
+        assert_eq!(
+            column("SELECT Id, Foo__c FROM Order"),
+            "No such column 'Foo__c' on entity 'Order'. If you are attempting to use a custom \
+             field, be sure to append the '__c' after the custom field name. Please reference \
+             your WSDL or the describe call for the appropriate names."
+        );
+        assert!(
+            column("SELECT Id FROM Order WHERE Foo__c = 'x'")
+                .contains("'Foo__c' on entity 'Order'")
+        );
+        assert!(column("SELECT Id FROM Order ORDER BY Foo__c").contains("'Foo__c'"));
+        assert!(
+            column("SELECT Account.Foo__c FROM Order").contains("'Foo__c' on entity 'Account'")
+        );
+        assert!(
+            column("SELECT Nope.Name FROM Order").contains("Didn't understand relationship 'Nope'")
+        );
+        assert!(
+            column(&format!(
+                "SELECT Id, (SELECT Product2.Foo__c FROM OrderItems) FROM Order WHERE Id = '{order}'"
+            ))
+            .contains("'Foo__c' on entity 'Product2'")
+        );
+        // Types: a quoted value against a number field, a number against a text field.
+        assert_eq!(
+            column("SELECT Id FROM OrderItem WHERE Quantity = '1'"),
+            "value of filter criterion for field 'Quantity' must be of type double and should \
+             not be enclosed in quotes"
+        );
+        assert!(
+            column("SELECT Id FROM Order WHERE WHMCS_Order_ID__c IN (1000)")
+                .contains("type string")
+        );
+        // Unknown sObject.
+        let err = org.query("SELECT Id FROM Widget__c").unwrap_err();
+        assert_eq!(err.code, "INVALID_TYPE");
+        assert!(
+            err.message
+                .starts_with("sObject type 'Widget__c' is not supported.")
+        );
+    }
+
+    #[test]
+    fn updates_honour_the_field_types() {
+        let (mut org, order, _) = org();
+        let refused = |org: &mut FakeOrg, fields: Value| {
+            let err = org.update("Order", &order, &obj(fields)).unwrap_err();
+            assert_eq!(sf_status_for(&err), 400);
+            err
+        };
+        let err = refused(&mut org, json!({"Activation_Status__c": "Done"}));
+        assert_eq!(err.code, "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST");
+        assert_eq!(
+            err.message,
+            "Activation Status: bad value for restricted picklist field: Done"
+        );
+        let err = refused(
+            &mut org,
+            json!({"Activation_Error_Message__c": "x".repeat(256)}),
+        );
+        assert_eq!(err.code, "STRING_TOO_LONG");
+        assert!(err.message.ends_with("(max length=255)"), "{}", err.message);
+        let err = refused(&mut org, json!({"OrderNumber": "1"}));
+        assert_eq!(err.code, "INVALID_FIELD_FOR_INSERT_UPDATE");
+        assert_eq!(sf_error_body(&err)[0]["fields"], json!(["OrderNumber"]));
+        let err = refused(&mut org, json!({"Service_Tier__c": "gold"}));
+        assert_eq!(err.code, "INVALID_FIELD");
+        assert_eq!(
+            err.message,
+            "No such column 'Service_Tier__c' on sobject of type Order"
+        );
+        // Nothing was written; the limits themselves pass, and null clears a picklist.
+        org.update(
+            "Order",
+            &order,
+            &obj(json!({"Activation_Status__c": "Failed", "Activation_Error_Message__c": "é".repeat(255)})),
+        )
+        .unwrap();
+        org.update("Order", &order, &obj(json!({"Activation_Status__c": null})))
+            .unwrap();
+        // Declared fields can be written.
+        org.schema_mut()
+            .declare("Order.Service_Tier__c", "Text(40)")
+            .unwrap();
+        org.update("Order", &order, &obj(json!({"Service_Tier__c": "gold"})))
+            .unwrap();
+        assert_eq!(org.get("Order", &order).unwrap()["Service_Tier__c"], "gold");
+    }
+
+    #[test]
+    fn inserts_need_defined_sobjects_and_fields() {
+        let mut org = FakeOrg::new();
+        assert_eq!(
+            org.insert("Widget__c", Map::new()).unwrap_err().code,
+            "INVALID_TYPE"
+        );
+        let err = org
+            .insert("Account", obj(json!({"Name": "Acme", "Tier__c": "gold"})))
+            .unwrap_err();
+        assert_eq!(err.code, "INVALID_FIELD");
+        let replaced = FakeOrg::with_schema(Schema::standard());
+        assert!(
+            replaced
+                .query("SELECT WHMCS_Client_ID__c FROM Account")
+                .is_err()
+        );
+        assert!(replaced.query("SELECT Name FROM Account").is_ok());
     }
 }

@@ -34,11 +34,12 @@ use super::{
 };
 use crate::domain::random_uuid;
 use crate::fake::http::serve_fake_salesforce_on;
+use crate::fake::schema::Schema;
 use crate::fake::{
     FakeOrg, FakeSalesforce, FakeSalesforceOptions, FakeWhmcs, FakeWhmcsOptions, FakeWhmcsServer,
     serve_fake_salesforce, serve_fake_whmcs,
 };
-use crate::testkit::scenario::{SeedFile, seed_org, seed_whmcs};
+use crate::testkit::scenario::{SeedFile, apply_schema, seed_org, seed_whmcs};
 
 /// The demo data the sandbox starts with unless told otherwise: the default component's scenario
 /// seed (customers with and without a payment method, products, an Order waiting to be
@@ -60,6 +61,9 @@ pub struct SandboxConfig {
     pub state_dir: Option<PathBuf>,
     /// Seed file text (TOML, the scenario seed format); none: start empty.
     pub seed: Option<String>,
+    /// The fake org's schema: the standard objects plus the shipped `salesforce/` package by
+    /// default; `fulfilld sandbox --salesforce-package` loads other packages instead.
+    pub schema: Schema,
 }
 
 impl Default for SandboxConfig {
@@ -73,6 +77,7 @@ impl Default for SandboxConfig {
             pubsub: PubSubOptions::default(),
             state_dir: None,
             seed: Some(DEFAULT_SEED.to_owned()),
+            schema: Schema::shipped(),
         }
     }
 }
@@ -142,7 +147,7 @@ impl Sandbox {
             .to_public_key_pem(LineEnding::LF)
             .context("encoding the sandbox's public key")?;
 
-        let org = Arc::new(Mutex::new(FakeOrg::new()));
+        let org = Arc::new(Mutex::new(FakeOrg::with_schema(config.schema.clone())));
         let whmcs = Arc::new(Mutex::new(FakeWhmcs::new()));
         if let Some(seed) = &config.seed {
             apply_seed(seed, &org, &whmcs).map_err(anyhow::Error::msg)?;
@@ -313,6 +318,7 @@ fn apply_seed(text: &str, org: &Mutex<FakeOrg>, whmcs: &Mutex<FakeWhmcs>) -> Res
         let mut org = org
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        apply_schema(&seed.schema, &mut org)?;
         seed_org(&seed.org, &mut org)?;
     }
     let mut whmcs = whmcs

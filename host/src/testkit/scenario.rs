@@ -49,6 +49,10 @@ pub struct Scenario {
     /// The fake clock, ms since the Unix epoch (default 2026-01-01T00:00:00Z).
     #[serde(default)]
     pub now_ms: Option<i64>,
+    /// Fields of the org beyond the shipped package, `"Object.Field" = "Type"` (e.g.
+    /// `"Order.Service_Tier__c" = "Text(40)"`; see [`crate::fake::schema::Schema::declare`]).
+    #[serde(default)]
+    pub schema: BTreeMap<String, String>,
     /// Records of the fake org, by sObject (`[[org.Order]]`, `[[org.OrderItem]]`, ...).
     #[serde(default)]
     pub org: Records,
@@ -57,6 +61,10 @@ pub struct Scenario {
     /// The runs, in order, against the same fakes.
     #[serde(rename = "run")]
     pub runs: Vec<Run>,
+    /// The org's schema before `schema` is added (not read from the file): the shipped package
+    /// when `None`; `fulfilld test --salesforce-package` sets it.
+    #[serde(skip)]
+    pub base_schema: Option<crate::fake::Schema>,
 }
 
 /// A shared seed file: the data keys of a scenario, without runs.
@@ -67,6 +75,8 @@ pub struct SeedFile {
     pub config: BTreeMap<String, String>,
     #[serde(default)]
     pub now_ms: Option<i64>,
+    #[serde(default)]
+    pub schema: BTreeMap<String, String>,
     #[serde(default)]
     pub org: Records,
     #[serde(default)]
@@ -282,6 +292,9 @@ impl Scenario {
             self.config.entry(key).or_insert(value);
         }
         self.now_ms = self.now_ms.or(seed.now_ms);
+        for (field, spec) in seed.schema {
+            self.schema.entry(field).or_insert(spec);
+        }
         for (sobject, mut records) in seed.org {
             let own = self.org.remove(&sobject).unwrap_or_default();
             records.extend(own);
@@ -327,7 +340,13 @@ impl Scenario {
         if let Some(now) = self.now_ms {
             host.set_now_ms(now);
         }
-        host.with_org(|org| seed_org(&self.org, org))?;
+        host.with_org(|org| {
+            if let Some(base) = &self.base_schema {
+                *org.schema_mut() = base.clone();
+            }
+            apply_schema(&self.schema, org)?;
+            seed_org(&self.org, org)
+        })?;
         host.with_whmcs(|whmcs| seed_whmcs(&self.whmcs, whmcs));
         Ok(host)
     }
@@ -386,6 +405,16 @@ pub fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, (PathBuf, std::
         }
     }
     Ok(files)
+}
+
+/// Adds a scenario's or seed's `[schema]` fields to a fake org's schema.
+pub fn apply_schema(schema: &BTreeMap<String, String>, org: &mut FakeOrg) -> Result<(), String> {
+    for (field, spec) in schema {
+        org.schema_mut()
+            .declare(field, spec)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Loads seed records into a fake org (scenarios, and the sandbox's admin API).

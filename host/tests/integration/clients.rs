@@ -893,3 +893,89 @@ fn config_debug_hides_credentials() {
         "{text}"
     );
 }
+
+/// `GET .../sobjects/<SObject>/describe` answers the org's schema in Salesforce's shape (what
+/// `fulfilld doctor` reads), behind the same bearer check as the other REST calls.
+#[tokio::test]
+async fn sf_describe_answers_the_schema() {
+    let sf = sf(2000).await;
+    let session = sf.client.session().await.unwrap();
+    let http = reqwest::Client::new();
+    let describe = |sobject: &str, token: Option<&str>| {
+        let url = sf
+            .server
+            .url()
+            .join(&format!("services/data/v66.0/sobjects/{sobject}/describe"))
+            .unwrap();
+        let mut request = http.get(url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let token = session.access_token.expose().to_owned();
+    let answer = describe("Order", Some(&token)).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["name"], "Order");
+    assert_eq!(body["queryable"], true);
+    assert_eq!(body["updateable"], true);
+    let fields = body["fields"].as_array().unwrap();
+    let status = fields
+        .iter()
+        .find(|f| f["name"] == "Activation_Status__c")
+        .unwrap();
+    assert_eq!(status["type"], "picklist");
+    assert_eq!(status["updateable"], true);
+    let values: Vec<&str> = status["picklistValues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(values, ["Activating", "Activated", "Failed"]);
+    assert_eq!(status["picklistValues"][0]["active"], true);
+    let message = fields
+        .iter()
+        .find(|f| f["name"] == "Activation_Error_Message__c")
+        .unwrap();
+    assert_eq!(
+        (message["type"].as_str(), message["length"].as_u64()),
+        (Some("string"), Some(255))
+    );
+    let account = fields.iter().find(|f| f["name"] == "AccountId").unwrap();
+    assert_eq!(account["referenceTo"], json!(["Account"]));
+    assert_eq!(account["relationshipName"], "Account");
+    assert!(
+        body["childRelationships"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["childSObject"] == "OrderItem"
+                && c["field"] == "OrderId"
+                && c["relationshipName"] == "OrderItems")
+    );
+    let item: Value = describe("OrderItem", Some(&token))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let quantity = item["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "Quantity")
+        .unwrap();
+    assert_eq!(quantity["type"], "double");
+
+    // Unknown sObject: 404 NOT_FOUND; no token: 401, as for every REST call.
+    let answer = describe("Widget__c", Some(&token)).await.unwrap();
+    assert_eq!(answer.status(), 404);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!([{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}])
+    );
+    assert_eq!(describe("Order", None).await.unwrap().status(), 401);
+}

@@ -192,3 +192,42 @@ async fn doctor_names_a_refused_jwt_grant_and_skips_what_needs_a_session() {
         line(&report, "PASS", check);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_names_a_field_the_org_lacks() {
+    // The shipped package without Order.Activation_Error_Code__c, a field the component updates.
+    let dir = tempfile::tempdir().unwrap();
+    let package = dir.path().join("salesforce");
+    crate::salesforce_package::copy_dir(
+        &crate::salesforce_package::repo().join("salesforce"),
+        &package,
+    );
+    std::fs::remove_file(package.join(
+        "force-app/main/default/objects/Order/fields/Activation_Error_Code__c.field-meta.xml",
+    ))
+    .unwrap();
+    let schema = fulfilld::fake::schema::Schema::from_packages(&[package]).unwrap();
+    let redis = OwnRedis::start_with(&[]).await;
+    let rig = Rig::with_sandbox(fulfilld::sandbox::SandboxConfig {
+        schema,
+        ..fulfilld::sandbox::SandboxConfig::default()
+    })
+    .await
+    .with_redis(&redis.url);
+    let (ok, report) = doctor(&rig.env).await;
+    assert!(!ok, "{report}");
+    let schema = line(&report, "FAIL", "salesforce schema");
+    assert!(
+        schema.contains("update Order.Activation_Error_Code__c: it does not exist"),
+        "{report}"
+    );
+    // Only that field: everything else the component reads and updates is there.
+    assert_eq!(schema.matches("does not exist").count(), 1, "{report}");
+    assert!(
+        fix(&report, "salesforce schema").contains("salesforce/ package"),
+        "{report}"
+    );
+    for check in ["salesforce login", "event topic", "whmcs", "store"] {
+        line(&report, "PASS", check);
+    }
+}

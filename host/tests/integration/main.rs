@@ -27,6 +27,7 @@ mod pipeline;
 mod pubsub;
 mod pubsub_server;
 mod registry;
+mod salesforce_package;
 mod sandbox;
 mod sandbox_admin;
 mod scenarios;

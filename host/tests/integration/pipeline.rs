@@ -34,6 +34,12 @@ pub(crate) struct Rig {
 
 impl Rig {
     pub(crate) async fn new() -> Rig {
+        Rig::with_sandbox(SandboxConfig::default()).await
+    }
+
+    /// A rig whose sandbox starts from `config` (its state directory and keepalive are the
+    /// rig's own).
+    pub(crate) async fn with_sandbox(config: SandboxConfig) -> Rig {
         // The tests' own HTTP clients (reqwest::get) need the process-wide rustls provider the
         // host installs when it builds its clients; a test may call them before any host exists.
         fulfilld::http::install_crypto_provider();
@@ -44,7 +50,7 @@ impl Rig {
                 keepalive_interval: Duration::from_millis(500),
                 ..PubSubOptions::default()
             },
-            ..SandboxConfig::default()
+            ..config
         })
         .await
         .unwrap();
@@ -2065,6 +2071,15 @@ export_component!(Rules);
         );
     assert!(manifest.contains("Service_Tier__c"), "{manifest}");
     std::fs::write(krate.join("component.toml"), manifest).unwrap();
+    // Service_Tier__c is this org's own field, not in the shipped package: declared for every
+    // scenario in the shared seed (the manifest's default tier makes every success write it).
+    let seed_path = krate.join("scenarios/_seed.toml");
+    let seed = std::fs::read_to_string(&seed_path).unwrap();
+    std::fs::write(
+        &seed_path,
+        format!("{seed}\n[schema]\n\"Order.Service_Tier__c\" = \"Text(40)\"\n"),
+    )
+    .unwrap();
     std::fs::write(
         krate.join("scenarios/service-tier.toml"),
         r#"name = "the service tier is written with the success update"
@@ -2173,6 +2188,15 @@ Service_Tier__c = "gold"
     // The host: the default component, a registry, the admin API, and the capability policy the
     // platform team set once, broader than the default rules need (the ceiling).
     let rig = Rig::new().await.with_redis(&redis_url());
+    // The org has the team's own field, as the scenario declares it.
+    rig.sandbox
+        .salesforce()
+        .org()
+        .lock()
+        .unwrap()
+        .schema_mut()
+        .declare("Order.Service_Tier__c", "Text(40)")
+        .unwrap();
     let registry_dir = rig._dir.path().join("registry");
     let admin_addr = format!("127.0.0.1:{}", free_port());
     let mut serve = ServeProcess::start(

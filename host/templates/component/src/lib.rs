@@ -52,7 +52,9 @@ impl Extensions for Rules {
             .step("sf_success_update")
             .info("provisioning note", &[("note", &note)]);
         // To write it on the Order as well, add the field to [capabilities.update] in
-        // component.toml and return it here:
+        // component.toml, declare it for the test kit's org in scenarios/_seed.toml
+        // (`[schema]` `"Order.Provisioning_Note__c" = "Text(255)"`: the org refuses fields it
+        // does not define) and return it here:
         //     let mut fields = Map::new();
         //     fields.insert("Provisioning_Note__c".into(), note.into());
         //     fields
