@@ -544,48 +544,6 @@ impl Schema {
                 .collect()
         };
         let def = match kind.to_ascii_lowercase().as_str() {
-            "text" => FieldDef::text(field, numbers(args)?.first().copied().unwrap_or(255)),
-            "textarea" => FieldDef {
-                length: 255,
-                ..FieldDef::new(field, FieldType::TextArea)
-            },
-            "longtextarea" => FieldDef {
-                length: numbers(args)?.first().copied().unwrap_or(32768),
-                ..FieldDef::new(field, FieldType::TextArea)
-            },
-            "number" | "currency" | "percent" => {
-                let n = numbers(args)?;
-                FieldDef {
-                    precision: n.first().copied().unwrap_or(18),
-                    scale: n.get(1).copied().unwrap_or(0),
-                    ..FieldDef::new(
-                        field,
-                        match kind.to_ascii_lowercase().as_str() {
-                            "currency" => FieldType::Currency,
-                            "percent" => FieldType::Percent,
-                            _ => FieldType::Double,
-                        },
-                    )
-                }
-            }
-            "checkbox" => FieldDef {
-                nillable: false,
-                ..FieldDef::new(field, FieldType::Boolean)
-            },
-            "date" => FieldDef::new(field, FieldType::Date),
-            "datetime" => FieldDef::new(field, FieldType::DateTime),
-            "email" => FieldDef {
-                length: 80,
-                ..FieldDef::new(field, FieldType::Email)
-            },
-            "phone" => FieldDef {
-                length: 40,
-                ..FieldDef::new(field, FieldType::Phone)
-            },
-            "url" => FieldDef {
-                length: 255,
-                ..FieldDef::new(field, FieldType::Url)
-            },
             "picklist" | "openpicklist" => FieldDef {
                 picklist: values(args),
                 restricted: kind.eq_ignore_ascii_case("picklist"),
@@ -598,7 +556,15 @@ impl Schema {
                     .ok_or_else(|| bad("Lookup(<sObject>)"))?;
                 FieldDef::lookup(field, to, None)
             }
-            _ => return Err(bad("unknown type")),
+            _ => {
+                let n = numbers(args)?;
+                let digits = (
+                    n.first().copied().unwrap_or(18),
+                    n.get(1).copied().unwrap_or(0),
+                );
+                sized_field(field, kind, n.first().copied(), digits)
+                    .ok_or_else(|| bad("unknown type"))?
+            }
         };
         let object_def = self
             .object_or_custom(object)
@@ -725,6 +691,46 @@ fn child_text<'a>(node: roxmltree::Node<'a, 'a>, name: &str) -> Option<&'a str> 
         .map(str::trim)
 }
 
+/// A field of Metadata API type `kind` (any case) whose shape is its type and, where the type
+/// has them, a `length` (Text, LongTextArea; default 255 and 32768) and `digits` (precision
+/// and scale of a Number, Currency or Percent). `None` for types with more to them (picklists,
+/// lookups) or unknown to the fake org. Package XML and scenario declarations both build
+/// their fields here.
+fn sized_field(
+    name: &str,
+    kind: &str,
+    length: Option<u32>,
+    digits: (u32, u32),
+) -> Option<FieldDef> {
+    let number = |field_type| FieldDef {
+        precision: digits.0,
+        scale: digits.1,
+        ..FieldDef::new(name, field_type)
+    };
+    let sized = |length, field_type| FieldDef {
+        length,
+        ..FieldDef::new(name, field_type)
+    };
+    Some(match kind.to_ascii_lowercase().as_str() {
+        "text" | "encryptedtext" => FieldDef::text(name, length.unwrap_or(255)),
+        "textarea" => sized(255, FieldType::TextArea),
+        "longtextarea" | "html" => sized(length.unwrap_or(32768), FieldType::TextArea),
+        "number" => number(FieldType::Double),
+        "currency" => number(FieldType::Currency),
+        "percent" => number(FieldType::Percent),
+        "checkbox" => FieldDef {
+            nillable: false,
+            ..FieldDef::new(name, FieldType::Boolean)
+        },
+        "date" => FieldDef::new(name, FieldType::Date),
+        "datetime" => FieldDef::new(name, FieldType::DateTime),
+        "email" => sized(80, FieldType::Email),
+        "phone" => sized(40, FieldType::Phone),
+        "url" => sized(255, FieldType::Url),
+        _ => return None,
+    })
+}
+
 /// A `CustomField` element (Metadata API Developer Guide: CustomField).
 fn parse_field(name: &str, root: roxmltree::Node) -> Result<FieldDef, String> {
     let kind = child_text(root, "type").ok_or("no <type>")?;
@@ -737,47 +743,6 @@ fn parse_field(name: &str, root: roxmltree::Node) -> Result<FieldDef, String> {
             .transpose()
     };
     let mut field = match kind {
-        "Text" | "EncryptedText" => {
-            FieldDef::text(name, number("length")?.ok_or("Text needs <length>")?)
-        }
-        "TextArea" => FieldDef {
-            length: 255,
-            ..FieldDef::new(name, FieldType::TextArea)
-        },
-        "LongTextArea" | "Html" => FieldDef {
-            length: number("length")?.ok_or("LongTextArea needs <length>")?,
-            ..FieldDef::new(name, FieldType::TextArea)
-        },
-        "Number" | "Currency" | "Percent" => FieldDef {
-            precision: number("precision")?.ok_or("needs <precision>")?,
-            scale: number("scale")?.ok_or("needs <scale>")?,
-            ..FieldDef::new(
-                name,
-                match kind {
-                    "Currency" => FieldType::Currency,
-                    "Percent" => FieldType::Percent,
-                    _ => FieldType::Double,
-                },
-            )
-        },
-        "Checkbox" => FieldDef {
-            nillable: false,
-            ..FieldDef::new(name, FieldType::Boolean)
-        },
-        "Date" => FieldDef::new(name, FieldType::Date),
-        "DateTime" => FieldDef::new(name, FieldType::DateTime),
-        "Email" => FieldDef {
-            length: 80,
-            ..FieldDef::new(name, FieldType::Email)
-        },
-        "Phone" => FieldDef {
-            length: 40,
-            ..FieldDef::new(name, FieldType::Phone)
-        },
-        "Url" => FieldDef {
-            length: 255,
-            ..FieldDef::new(name, FieldType::Url)
-        },
         "Picklist" | "MultiselectPicklist" => {
             let value_set = root
                 .children()
@@ -813,10 +778,24 @@ fn parse_field(name: &str, root: roxmltree::Node) -> Result<FieldDef, String> {
         }
         "AutoNumber" => FieldDef::text(name, 30).read_only(),
         "Summary" => FieldDef::new(name, FieldType::Double).read_only(),
-        other => {
-            return Err(format!(
-                "field type {other} is not supported by the fake org"
-            ));
+        _ => {
+            // What the Metadata API requires of each sized type.
+            let length = match kind {
+                "Text" | "EncryptedText" | "LongTextArea" | "Html" => {
+                    Some(number("length")?.ok_or(format!("{kind} needs <length>"))?)
+                }
+                _ => None,
+            };
+            let digits = match kind {
+                "Number" | "Currency" | "Percent" => (
+                    number("precision")?.ok_or("needs <precision>")?,
+                    number("scale")?.ok_or("needs <scale>")?,
+                ),
+                _ => (18, 0),
+            };
+            sized_field(name, kind, length, digits).ok_or(format!(
+                "field type {kind} is not supported by the fake org"
+            ))?
         }
     };
     if let Some(label) = child_text(root, "label") {
