@@ -13,11 +13,12 @@
 //! - WHMCS: the credentials are accepted and the version is read (`WhmcsDetails`), against the
 //!   component's `WHMCS_VERSION` setting;
 //! - every WHMCS product the org maps (`Product2.WH_Product_ID__c`) exists in WHMCS;
-//! - the store: Redis 6.2 or newer with `maxmemory-policy noeviction`, or the embedded store
-//!   opens.
+//! - the store: Redis 6.2 or newer with `maxmemory-policy noeviction`; or the embedded store's
+//!   file opens (when it does not exist yet, nothing is created: `serve` creates it).
 //!
-//! Nothing is written anywhere: describe, query, GetTopic, `WhmcsDetails`, `GetProducts` and
-//! `INFO`/`CONFIG GET` only. Secrets never appear in the output.
+//! Nothing is changed anywhere: describe, query, user info, GetTopic, `WhmcsDetails`,
+//! `GetProducts` and `INFO` only (an existing embedded store file is opened as `serve` opens
+//! it). Secrets never appear in the output.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -153,6 +154,14 @@ async fn checks(config: &Config, component: Option<&Path>) -> Vec<Finding> {
                 chain(&error),
                 "check SF_PRIVATE_KEY_PATH (an RSA private key PEM) and SF_API_VERSION",
             ));
+            for check in [
+                "salesforce schema",
+                "event topic",
+                "whmcs",
+                "whmcs products",
+            ] {
+                findings.push(skipped(check, "needs the Salesforce and WHMCS clients"));
+            }
             return finish(config, findings).await;
         }
     };
@@ -167,7 +176,7 @@ async fn checks(config: &Config, component: Option<&Path>) -> Vec<Finding> {
             ));
             findings.push(skipped("salesforce schema", "needs a Salesforce session"));
             findings.push(skipped("event topic", "needs a Salesforce session"));
-            findings.extend(check_whmcs(config, &live, loaded.as_ref()).await);
+            findings.extend(check_whmcs(config, &live, loaded.as_ref()).await.0);
             findings.push(skipped("whmcs products", "needs a Salesforce session"));
             return finish(config, findings).await;
         }
@@ -226,8 +235,20 @@ async fn checks(config: &Config, component: Option<&Path>) -> Vec<Finding> {
         ),
     });
 
-    findings.extend(check_whmcs(config, &live, loaded.as_ref()).await);
-    findings.push(check_products(&salesforce, &live).await);
+    let (whmcs, whmcs_ok) = check_whmcs(config, &live, loaded.as_ref()).await;
+    findings.extend(whmcs);
+    findings.push(match (&loaded, whmcs_ok) {
+        (_, false) => skipped("whmcs products", "needs WHMCS to accept the credentials"),
+        (None, _) => skipped(
+            "whmcs products",
+            "needs the component (which mapping it reads)",
+        ),
+        (Some(component), true) if !reads_product_mapping(component) => skipped(
+            "whmcs products",
+            "the component declares no Product2.WH_Product_ID__c read (the default rules' mapping)",
+        ),
+        (Some(_), true) => check_products(&salesforce, &live).await,
+    });
     finish(config, findings).await
 }
 
@@ -303,6 +324,40 @@ async fn check_component(
             );
         }
     };
+    // What serve refuses before it loads: an unsigned or badly signed file when signatures are
+    // required or a key is set, and, with a registry (the file counts as a deploy), one over
+    // the size limit.
+    let signature = std::fs::read_to_string(crate::registry::signature::signature_path(&path)).ok();
+    let signed = match config.serve.signatures.check(&wasm, signature.as_deref()) {
+        Ok(check) => check,
+        Err(reason) => {
+            return (
+                fail(
+                    CHECK,
+                    format!("{}: {reason}", path.display()),
+                    "sign it with `fulfilld component sign` and ship the .sig beside it, or check \
+                     FULFILLD_COMPONENT_PUBLIC_KEY (docs/deploying-components.md)",
+                ),
+                None,
+            );
+        }
+    };
+    if config.serve.registry_dir.is_some() && wasm.len() > config.serve.component_max_bytes {
+        return (
+            fail(
+                CHECK,
+                format!(
+                    "{}: {} bytes, over FULFILLD_COMPONENT_MAX_BYTES ({})",
+                    path.display(),
+                    wasm.len(),
+                    config.serve.component_max_bytes
+                ),
+                "build it with the component profile (docs/component-authoring.md) or raise \
+                 FULFILLD_COMPONENT_MAX_BYTES",
+            ),
+            None,
+        );
+    }
     let runtime = match Runtime::new(crate::runtime::RuntimeConfig {
         max_instances: 2,
         ..config.runtime.clone()
@@ -325,12 +380,17 @@ async fn check_component(
             let finding = pass(
                 CHECK,
                 format!(
-                    "{} {} loads ({}, sha256 {})",
+                    "{} {} loads ({}, {}, sha256 {})",
                     info.name,
                     info.version,
                     match loaded.manifest() {
                         Some(_) => "with its manifest",
                         None => "no manifest: the host's policy",
+                    },
+                    match signed {
+                        crate::registry::signature::SignatureCheck::Verified =>
+                            "signature verified",
+                        crate::registry::signature::SignatureCheck::Unsigned => "unsigned",
                     },
                     loaded.digest()
                 ),
@@ -522,11 +582,12 @@ fn major_minor(version: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
+/// The `whmcs` and `whmcs version` lines, and whether WHMCS accepted the credentials.
 async fn check_whmcs(
     config: &Config,
     live: &LiveServices,
     component: Option<&LoadedComponent>,
-) -> Vec<Finding> {
+) -> (Vec<Finding>, bool) {
     const CHECK: &str = "whmcs";
     let answer = match live.billing_call("WhmcsDetails", &Map::new()).await {
         Ok(answer) => answer,
@@ -537,7 +598,7 @@ async fn check_whmcs(
                 }
                 _ if error.message.contains("Invalid Permissions") => {
                     "allow the WhmcsDetails action in the API role of WHMCS_IDENTIFIER's \
-                     credential, or set WHMCS_VERSION and ignore this check"
+                     credential (doctor reads the WHMCS version with it)"
                 }
                 _ => {
                     "check WHMCS_IDENTIFIER and WHMCS_SECRET (Setup > Staff Management > Manage \
@@ -545,7 +606,11 @@ async fn check_whmcs(
                      WHMCS_ACCESS_KEY is set"
                 }
             };
-            return vec![fail(CHECK, format!("{}: {}", config.whmcs.url, error), fix)];
+            let findings = vec![
+                fail(CHECK, format!("{}: {}", config.whmcs.url, error), fix),
+                skipped("whmcs version", "needs WhmcsDetails to answer"),
+            ];
+            return (findings, false);
         }
     };
     let version = answer
@@ -573,7 +638,23 @@ async fn check_whmcs(
             None => host,
         }
     });
-    if let (Some(actual), Some(believed_text)) = (major_minor(&version), believed) {
+    let Some(actual) = major_minor(&version) else {
+        findings.push(fail(
+            "whmcs version",
+            "WhmcsDetails answered no version",
+            "set FULFILLD_CONFIG_WHMCS_VERSION to WHMCS's major.minor (Help > About in the \
+             admin area)",
+        ));
+        return (findings, true);
+    };
+    let Some(believed_text) = believed else {
+        findings.push(skipped(
+            "whmcs version",
+            format!("the component reads no WHMCS_VERSION (WHMCS is {version})"),
+        ));
+        return (findings, true);
+    };
+    {
         let believed = major_minor(&believed_text);
         let reads_qty = |v: (u32, u32)| v >= QTY_VERSION;
         match believed {
@@ -599,7 +680,23 @@ async fn check_whmcs(
             )),
         }
     }
-    findings
+    (findings, true)
+}
+
+/// True when the component declares it reads the default rules' product mapping
+/// (`Product2.WH_Product_ID__c`, directly or from OrderItem).
+fn reads_product_mapping(component: &LoadedComponent) -> bool {
+    let Some(manifest) = component.manifest() else {
+        // Without a manifest it runs under the host's policy: the default rules' shape.
+        return true;
+    };
+    manifest.capabilities.read.iter().any(|(object, paths)| {
+        paths.iter().any(|path| {
+            let full = format!("{object}.{path}");
+            full.eq_ignore_ascii_case("Product2.WH_Product_ID__c")
+                || full.eq_ignore_ascii_case("OrderItem.Product2.WH_Product_ID__c")
+        })
+    })
 }
 
 /// The default rules' mapping field: `Product2.WH_Product_ID__c` holds the WHMCS product id.
@@ -689,6 +786,29 @@ async fn check_store(store: &StoreConfig) -> Finding {
     const CHECK: &str = "store";
     match store {
         StoreConfig::Redis { url, .. } => check_redis(url.expose(), &store_name(store)).await,
+        StoreConfig::Embedded { path } if !path.exists() => {
+            // Opening would create it: say what serve will do instead.
+            let dir = path.parent().unwrap_or(Path::new("."));
+            match dir.ancestors().find(|d| d.exists()).map(std::fs::metadata) {
+                Some(Ok(meta)) if meta.is_dir() && !meta.permissions().readonly() => pass(
+                    CHECK,
+                    format!(
+                        "no embedded store at {} yet: serve creates it (FULFILLD_STATE_DIR must \
+                         be on a persistent volume)",
+                        path.display()
+                    ),
+                ),
+                _ => fail(
+                    CHECK,
+                    format!(
+                        "no embedded store at {} and its directory cannot be created",
+                        path.display()
+                    ),
+                    "set FULFILLD_STATE_DIR to a writable directory on a persistent volume, or \
+                     set REDIS_URL",
+                ),
+            }
+        }
         StoreConfig::Embedded { path } => match crate::pipeline::open_store(store).await {
             Ok(_) => pass(
                 CHECK,

@@ -362,7 +362,8 @@ impl FakeOrg {
                         ),
                     )
                 })?;
-                // A polymorphic or unmodelled target (User): only its Id and Name are known.
+                // The first of a polymorphic lookup's targets the schema has (a lookup to an
+                // object it does not model has no fields to reach).
                 match lookup
                     .reference_to
                     .iter()

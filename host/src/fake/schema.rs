@@ -770,11 +770,16 @@ fn parse_field(name: &str, root: roxmltree::Node) -> Result<FieldDef, String> {
         }
         "Lookup" | "MasterDetail" => {
             let to = child_text(root, "referenceTo").ok_or("Lookup needs <referenceTo>")?;
-            let mut def = FieldDef::lookup(name, to, child_text(root, "relationshipName"));
-            if let Some(child) = child_text(root, "relationshipName") {
-                def.child_relationship = Some(child.to_owned());
-            }
-            def
+            // `<relationshipName>` names the child relationship without its suffix; SOQL names
+            // a custom one with `__r` (`(SELECT Id FROM Plans__r)`), as describe reports it.
+            let child = child_text(root, "relationshipName").map(|child| {
+                if name.ends_with("__c") {
+                    format!("{child}__r")
+                } else {
+                    child.to_owned()
+                }
+            });
+            FieldDef::lookup(name, to, child.as_deref())
         }
         "AutoNumber" => FieldDef::text(name, 30).read_only(),
         "Summary" => FieldDef::new(name, FieldType::Double).read_only(),
@@ -988,7 +993,28 @@ fn standard_objects() -> Vec<ObjectDef> {
     let mut entry = entry;
     entry.label = "Price Book Entry".into();
     entry.plural_label = "Price Book Entries".into();
-    vec![order, order_item, account, product, pricebook, entry]
+    // The users records point at (owner, created by): a lookup's parent must exist for paths
+    // such as `Owner.Name` or `CreatedBy.Name`, as they do in every org.
+    let user = ObjectDef::new(
+        "User",
+        "005",
+        with_audit(vec![
+            FieldDef::id(),
+            FieldDef::text("Name", 121).read_only(),
+            FieldDef::text("FirstName", 40),
+            FieldDef::text("LastName", 80).required(),
+            FieldDef::text("Username", 80).required(),
+            FieldDef {
+                length: 128,
+                ..FieldDef::new("Email", T::Email)
+            },
+            FieldDef {
+                nillable: false,
+                ..FieldDef::new("IsActive", T::Boolean)
+            },
+        ]),
+    );
+    vec![order, order_item, account, product, pricebook, entry, user]
 }
 
 #[cfg(test)]

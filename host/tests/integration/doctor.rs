@@ -8,8 +8,8 @@ use serde_json::{Map, json};
 use crate::pipeline::{OwnRedis, Rig};
 
 /// Runs `fulfilld doctor` with `env` (and nothing else of this process's environment that could
-/// change the outcome); returns its exit success and its output.
-async fn doctor(env: &BTreeMap<String, String>) -> (bool, String) {
+/// change the outcome); returns its exit code and its output.
+async fn doctor(env: &BTreeMap<String, String>) -> (Option<i32>, String) {
     let env = env.clone();
     // A blocking wait on its own thread: the sandbox answering the doctor runs on this runtime.
     let output = tokio::task::spawn_blocking(move || {
@@ -28,14 +28,23 @@ async fn doctor(env: &BTreeMap<String, String>) -> (bool, String) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    (output.status.success(), text)
+    (output.status.code(), text)
+}
+
+/// Whether `l` is the `status` line of exactly `check`: the report pads each check name to a
+/// column, so `whmcs` followed by two spaces is not `whmcs version`.
+fn is_line(l: &str, status: &str, check: &str) -> bool {
+    l.strip_prefix(status)
+        .map(str::trim_start)
+        .and_then(|rest| rest.strip_prefix(check))
+        .is_some_and(|rest| rest.starts_with("  "))
 }
 
 /// The line of `check` in a report, panicking with the report when there is none.
 fn line<'a>(report: &'a str, status: &str, check: &str) -> &'a str {
     report
         .lines()
-        .find(|l| l.starts_with(status) && l[status.len()..].trim_start().starts_with(check))
+        .find(|l| is_line(l, status, check))
         .unwrap_or_else(|| panic!("no {status} line for {check:?} in:\n{report}"))
 }
 
@@ -44,7 +53,7 @@ fn fix<'a>(report: &'a str, check: &str) -> &'a str {
     let mut lines = report.lines();
     lines
         .by_ref()
-        .find(|l| l.starts_with("FAIL") && l[4..].trim_start().starts_with(check))
+        .find(|l| is_line(l, "FAIL", check))
         .unwrap_or_else(|| panic!("no FAIL line for {check:?} in:\n{report}"));
     lines
         .next()
@@ -60,8 +69,12 @@ async fn rig_with_redis(redis: &OwnRedis) -> Rig {
 async fn doctor_passes_every_check_against_the_sandbox() {
     let redis = OwnRedis::start_with(&[]).await;
     let rig = rig_with_redis(&redis).await;
-    let (ok, report) = doctor(&rig.env).await;
-    assert!(ok, "doctor failed against the sandbox:\n{report}");
+    let (code, report) = doctor(&rig.env).await;
+    assert_eq!(
+        code,
+        Some(0),
+        "doctor failed against the sandbox:\n{report}"
+    );
     for check in [
         "settings",
         "component",
@@ -98,8 +111,12 @@ async fn doctor_names_wrong_whmcs_credentials_and_an_evicting_redis_with_their_f
     let mut rig = rig_with_redis(&redis).await;
     rig.env
         .insert("WHMCS_SECRET".into(), "not-the-secret-4711".into());
-    let (ok, report) = doctor(&rig.env).await;
-    assert!(!ok, "doctor passed with wrong credentials:\n{report}");
+    let (code, report) = doctor(&rig.env).await;
+    assert_eq!(
+        code,
+        Some(1),
+        "doctor passed with wrong credentials:\n{report}"
+    );
 
     assert!(
         line(&report, "FAIL", "whmcs").contains("Authentication Failed"),
@@ -117,10 +134,44 @@ async fn doctor_names_wrong_whmcs_credentials_and_an_evicting_redis_with_their_f
         "{report}"
     );
     assert!(fix(&report, "store").contains("noeviction"), "{report}");
+    // What needs WHMCS to answer is skipped, saying why, not failed a second time.
+    assert!(
+        line(&report, "SKIP", "whmcs version").contains("needs WhmcsDetails to answer"),
+        "{report}"
+    );
+    assert!(
+        line(&report, "SKIP", "whmcs products").contains("needs WHMCS to accept the credentials"),
+        "{report}"
+    );
     // The rest still ran and passed: one failure does not hide the others.
     for check in ["settings", "component", "salesforce login", "event topic"] {
         line(&report, "PASS", check);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_names_a_channel_the_org_lacks_and_never_prints_the_redis_password() {
+    let redis = OwnRedis::start_with(&["--requirepass", "redis-pw-0451"]).await;
+    let url = redis.url.replace("redis://", "redis://:redis-pw-0451@");
+    let mut rig = rig_with_redis(&redis).await.with_redis(&url);
+    rig.env.insert(
+        "SF_PROVISION_EVENT_CHANNEL".into(),
+        "/event/NoSuchEvent__e".into(),
+    );
+    let (code, report) = doctor(&rig.env).await;
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        line(&report, "FAIL", "event topic").contains("/event/NoSuchEvent__e"),
+        "{report}"
+    );
+    assert!(
+        fix(&report, "event topic").contains("platform event"),
+        "{report}"
+    );
+    // The password-protected Redis is reached and named by host and port only.
+    let store = line(&report, "PASS", "store");
+    assert!(store.contains("noeviction"), "{report}");
+    assert!(!report.contains("redis-pw-0451"), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,8 +196,8 @@ async fn doctor_names_an_old_whmcs_and_a_mapped_product_whmcs_lacks() {
         org.update("Product2", &id, &fields).unwrap();
         id
     };
-    let (ok, report) = doctor(&rig.env).await;
-    assert!(!ok, "{report}");
+    let (code, report) = doctor(&rig.env).await;
+    assert_eq!(code, Some(1), "{report}");
     let version = line(&report, "FAIL", "whmcs version");
     assert!(
         version.contains("8.11.4") && version.contains("qty[]"),
@@ -162,7 +213,7 @@ async fn doctor_names_an_old_whmcs_and_a_mapped_product_whmcs_lacks() {
         "{report}"
     );
     // The credentials themselves are fine.
-    line(&report, "PASS", "whmcs ");
+    line(&report, "PASS", "whmcs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,8 +222,8 @@ async fn doctor_names_a_refused_jwt_grant_and_skips_what_needs_a_session() {
     let mut rig = rig_with_redis(&redis).await;
     rig.env
         .insert("SF_CLIENT_ID".into(), "3MVG9not.the.connected.app".into());
-    let (ok, report) = doctor(&rig.env).await;
-    assert!(!ok, "{report}");
+    let (code, report) = doctor(&rig.env).await;
+    assert_eq!(code, Some(1), "{report}");
     assert!(
         line(&report, "FAIL", "salesforce login").contains("invalid_grant"),
         "{report}"
@@ -214,8 +265,8 @@ async fn doctor_names_a_field_the_org_lacks() {
     })
     .await
     .with_redis(&redis.url);
-    let (ok, report) = doctor(&rig.env).await;
-    assert!(!ok, "{report}");
+    let (code, report) = doctor(&rig.env).await;
+    assert_eq!(code, Some(1), "{report}");
     let schema = line(&report, "FAIL", "salesforce schema");
     assert!(
         schema.contains("update Order.Activation_Error_Code__c: it does not exist"),

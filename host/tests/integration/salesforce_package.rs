@@ -59,9 +59,12 @@ const TYPES: &[(&str, &str, &[&str])] = &[
 
 #[test]
 fn every_metadata_file_is_well_formed_and_complete() {
-    let root = repo().join("salesforce/force-app");
+    // force-app, and the connected-app template kept apart from it (orgs created since Spring
+    // '26 cannot create connected apps: salesforce/README.md).
     let mut files = Vec::new();
-    metadata_files(&root, &mut files);
+    for dir in ["force-app", "connected-app"] {
+        metadata_files(&repo().join("salesforce").join(dir), &mut files);
+    }
     files.sort();
     let mut seen_types = std::collections::BTreeSet::new();
     for file in &files {
@@ -95,6 +98,17 @@ fn every_metadata_file_is_well_formed_and_complete() {
                         "{name}: {kind} needs <{element}>"
                     );
                 }
+                // The Metadata API reads a type's elements in its WSDL order, alphabetical for
+                // CustomField after `fullName`; an element out of place fails the deploy.
+                let order: Vec<&str> = root
+                    .children()
+                    .filter(|c| c.is_element())
+                    .map(|c| c.tag_name().name())
+                    .filter(|n| *n != "fullName")
+                    .collect();
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                assert_eq!(order, sorted, "{name}: elements out of WSDL order");
                 // In source format the name is the file's; a fullName, if present, must agree.
                 let file_name = file.file_name().unwrap().to_string_lossy();
                 if let Some(full) = text(root, "fullName") {
@@ -123,6 +137,7 @@ fn every_metadata_file_is_well_formed_and_complete() {
     )
     .unwrap();
     assert_eq!(project["packageDirectories"][0]["path"], "force-app");
+    assert_eq!(project["packageDirectories"][1]["path"], "connected-app");
     assert_eq!(project["packageDirectories"][0]["default"], true);
     assert_eq!(project["sourceApiVersion"], "66.0");
 }

@@ -90,7 +90,7 @@ async fn a_salesforce_pubsub_client_works_against_the_tls_sandbox_unchanged() {
     let node = Command::new("node").arg("--version").output();
     assert!(
         node.as_ref().is_ok_and(|o| o.status.success()),
-        "node is not runnable ({node:?}): install Node.js 20+, then run make thirdparty-client"
+        "node is not runnable ({node:?}): install Node.js 20.18.1 or newer, then run make thirdparty-client"
     );
 
     let dir = tempfile::tempdir().unwrap();
@@ -121,6 +121,8 @@ async fn a_salesforce_pubsub_client_works_against_the_tls_sandbox_unchanged() {
     let sandbox_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     // Ready when the admin API answers; it reports the settings it wrote to sandbox.env.
+    // The project's rustls provider, as every fulfilld client installs it before building one.
+    fulfilld::http::install_crypto_provider();
     let http = reqwest::Client::new();
     let admin = format!("http://127.0.0.1:{admin_port}");
     let start = Instant::now();
