@@ -33,9 +33,10 @@ $(THIRDPARTY)/node_modules/.package-lock.json: $(THIRDPARTY)/package.json $(THIR
 	@touch $@
 
 ## Every test: unit, integration (real HTTP on loopback, the built components, the third-party
-## client), and the scenario suite through the CLI.
+## client), and the scenario suite through the CLI. tests/with-redis.sh gives the tests a Redis:
+## FULFILLD_TEST_REDIS_URL, else the one at 127.0.0.1:6379, else one of its own, stopped afterwards.
 test: components thirdparty-client
-	$(CARGO) test --workspace
+	tests/with-redis.sh $(CARGO) test --workspace
 	$(CARGO) run -q -p fulfilld -- test $(COMPONENT_DIR)/fulfillment.wasm tests/scenarios
 
 ## Formatting, clippy and the module layering (docs/architecture.md; no cycles), exactly as CI runs them.
@@ -52,17 +53,19 @@ fmt:
 bench: components
 	$(CARGO) bench -p fulfilld --bench fulfill
 	$(CARGO) bench -p fulfilld --bench pubsub
-	$(CARGO) bench -p fulfilld --bench pipeline
-	$(CARGO) bench -p fulfilld --bench swap
+	tests/with-redis.sh $(CARGO) bench -p fulfilld --bench pipeline
+	tests/with-redis.sh $(CARGO) bench -p fulfilld --bench swap
 
 ## The default component against the embedded mocked host: every shipped scenario.
 run: components
 	$(CARGO) run -q -p fulfilld -- test --verbose $(COMPONENT_DIR)/fulfillment.wasm tests/scenarios
 
 ## The whole pipeline on this machine (no Redis, no Salesforce needed): the sandbox, `serve` on
-## the embedded store, a few orders and their status as it changes. Ctrl-C stops.
-demo: components
-	$(CARGO) run -q -p fulfilld -- demo --component $(COMPONENT_DIR)/fulfillment.wasm
+## the embedded store, a few orders and their status as it changes; the pipeline's log in
+## target/demo.log. Ctrl-C stops. Only the demo's own lines reach stdout (`make demo > out.txt`).
+demo:
+	@$(MAKE) --no-print-directory -s components >/dev/null
+	@$(CARGO) run -q -p fulfilld -- demo --component $(COMPONENT_DIR)/fulfillment.wasm
 
 check-component: components
 	$(CARGO) run -q -p fulfilld -- component check $(COMPONENT_DIR)/fulfillment.wasm

@@ -3,7 +3,7 @@
 //! few approved Orders (one whose customer has no payment method, and one event twice) and prints
 //! each Order's status as Salesforce sees it change. Ctrl-C stops everything.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
 use std::path::Path;
@@ -16,10 +16,13 @@ use crate::domain::random_uuid;
 use crate::pipeline::Host;
 use crate::sandbox::{ACME_ACCOUNT, NO_CARD_ACCOUNT, ORDER_EVENT_TOPIC, Sandbox, SandboxConfig};
 
-/// Runs the demo until `shutdown` resolves.
+/// Runs the demo until `shutdown` resolves. Its lines on `out` are the story: where things
+/// listen, what was published, one line per status change of an Order, the summary; the pipeline's
+/// log goes to `log` (set up by the caller), which the first line names.
 pub async fn run(
     component: &Path,
     state_dir: &Path,
+    log: &Path,
     shutdown: impl Future<Output = ()>,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
@@ -72,9 +75,14 @@ pub async fn run(
         host.http_addr(),
         host.http_addr()
     )?;
+    writeln!(
+        out,
+        "pipeline log: {} (FULFILLD_LOG=info shows every step on stderr too)",
+        log.display()
+    )?;
 
     let bus = sandbox.pubsub().bus();
-    let mut labels: HashMap<String, &'static str> = HashMap::new();
+    let mut labels: BTreeMap<String, &'static str> = BTreeMap::new();
     let mut first_uuid = None;
     for order in good.iter().chain(&no_card) {
         let uuid = random_uuid();
@@ -100,7 +108,7 @@ pub async fn run(
     out.flush()?;
 
     let org = sandbox.salesforce().org();
-    let mut shown: HashMap<String, String> = HashMap::new();
+    let mut shown: BTreeMap<String, String> = BTreeMap::new();
     let watch = async {
         let mut summarized = false;
         loop {

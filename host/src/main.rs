@@ -227,18 +227,76 @@ enum ComponentCommand {
     Rollback,
 }
 
-/// `FULFILLD_LOG` (or `RUST_LOG`) overrides `default` with the usual filter syntax.
-fn init_tracing(default: &str) {
-    let filter = EnvFilter::try_from_env("FULFILLD_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("FULFILLD_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
+/// Logging for a command: `FULFILLD_LOG` (or `RUST_LOG`) overrides `default` with the usual filter
+/// syntax; `FULFILLD_LOG_FORMAT=json` writes JSON lines. Colour codes only when stderr is a
+/// terminal. With `file` (the demo), the `default` lines go to that file, without colour, and
+/// stderr gets only warnings unless `FULFILLD_LOG` asks for more there.
+fn init_tracing(default: &str, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let from_env = || {
+        EnvFilter::try_from_env("FULFILLD_LOG")
+            .or_else(|_| EnvFilter::try_from_default_env())
+            .ok()
+    };
+    let json = std::env::var("FULFILLD_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let layer = |writer: tracing_subscriber::fmt::writer::BoxMakeWriter,
+                 ansi: bool,
+                 filter: EnvFilter|
+     -> Boxed {
+        let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+        if json {
+            fmt.json().with_filter(filter).boxed()
+        } else {
+            fmt.with_ansi(ansi).with_filter(filter).boxed()
+        }
+    };
+    let stderr = || tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr);
+    let ansi = std::io::stderr().is_terminal();
+    let layers: Vec<Boxed> = match file {
+        None => vec![layer(
+            stderr(),
+            ansi,
+            from_env().unwrap_or_else(|| EnvFilter::new(default)),
+        )],
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(|e| {
+                anyhow::anyhow!("cannot write the log file {}: {e}", path.display())
+            })?;
+            vec![
+                layer(
+                    tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(
+                        file,
+                    )),
+                    false,
+                    from_env().unwrap_or_else(|| EnvFilter::new(default)),
+                ),
+                layer(
+                    stderr(),
+                    ansi,
+                    from_env().unwrap_or_else(|| EnvFilter::new("warn")),
+                ),
+            ]
+        }
+    };
+    tracing_subscriber::registry().with(layers).init();
+    Ok(())
+}
+
+/// Where `fulfilld demo` writes the pipeline's log: beside its state directory (which it clears
+/// at start), `target/demo.log` by default.
+fn demo_log_path(state_dir: &std::path::Path) -> PathBuf {
+    match state_dir.file_name() {
+        Some(name) => {
+            let mut name = name.to_os_string();
+            name.push(".log");
+            state_dir.with_file_name(name)
+        }
+        None => PathBuf::from("fulfilld-demo.log"),
     }
 }
 
@@ -373,9 +431,12 @@ async fn run(command: Command) -> anyhow::Result<bool> {
         Command::Demo {
             component,
             state_dir,
-        } => fulfilld::demo::run(&component, &state_dir, shutdown_signal(), &mut out)
-            .await
-            .map(|()| true),
+        } => {
+            let log = demo_log_path(&state_dir);
+            fulfilld::demo::run(&component, &state_dir, &log, shutdown_signal(), &mut out)
+                .await
+                .map(|()| true)
+        }
     }
 }
 
@@ -458,16 +519,24 @@ async fn main() -> ExitCode {
     fulfilld::http::install_crypto_provider();
     // The test kit reports on stdout and keeps each run's component logs in its journal
     // (`--verbose` prints them), so by default only warnings reach stderr there.
-    init_tracing(match cli.command {
+    let log_file = match &cli.command {
+        Command::Demo { state_dir, .. } => Some(demo_log_path(state_dir)),
+        _ => None,
+    };
+    let default_filter = match cli.command {
         Command::Test { .. } => "warn,component=off",
         Command::Sandbox(_) => "warn,fulfilld=info",
-        // The demo prints each order's status itself; the pipeline's own lines (enqueued,
-        // orchestration started and finished) show the path. FULFILLD_LOG=info adds every step.
+        // The demo prints each order's status itself; its log file gets the pipeline's own lines
+        // (enqueued, orchestration started and finished). FULFILLD_LOG=info adds every step.
         Command::Demo { .. } => "warn,fulfilld::pipeline=info",
         // The doctor's report is its output; a WARN from a client it builds still shows.
         Command::Cursor { .. } | Command::DeadLetters { .. } | Command::Doctor { .. } => "warn",
         _ => "warn,fulfilld=info,component=info",
-    });
+    };
+    if let Err(error) = init_tracing(default_filter, log_file.as_deref()) {
+        let _ = writeln!(std::io::stderr(), "fulfilld: {error}");
+        return ExitCode::from(2);
+    }
     match run(cli.command).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

@@ -20,6 +20,7 @@ mod component_admin;
 mod component_check;
 mod doctor;
 mod failed_orders;
+mod first_run;
 mod listeners;
 mod live;
 mod manifest;
