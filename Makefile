@@ -8,7 +8,7 @@ COMPONENT_PACKAGES := -p fulfillment $(foreach f,$(FIXTURES),-p fixture-$(f))
 
 export FULFILLD_COMPONENT_DIR := $(COMPONENT_DIR)
 
-.PHONY: all components thirdparty-client test lint fmt bench run demo check-component clean
+.PHONY: all components thirdparty-client redis-server-installed test lint fmt bench run demo check-component clean
 
 all: lint test
 
@@ -35,9 +35,13 @@ $(THIRDPARTY)/node_modules/.package-lock.json: $(THIRDPARTY)/package.json $(THIR
 ## Every test: unit, integration (real HTTP on loopback, the built components, the third-party
 ## client), and the scenario suite through the CLI. tests/with-redis.sh gives the tests a Redis:
 ## FULFILLD_TEST_REDIS_URL, else the one at 127.0.0.1:6379, else one of its own, stopped afterwards.
-test: components thirdparty-client
+test: redis-server-installed components thirdparty-client
 	tests/with-redis.sh $(CARGO) test --workspace
 	$(CARGO) run -q -p fulfilld -- test $(COMPONENT_DIR)/fulfillment.wasm tests/scenarios
+
+## Before any build: make test stops at once, saying how to install it, without redis-server.
+redis-server-installed:
+	@tests/with-redis.sh --check
 
 ## Formatting, clippy and the module layering (docs/architecture.md; no cycles), exactly as CI runs them.
 lint:

@@ -6,17 +6,22 @@
 #     no persistence, stopped (and its directory removed) when the command ends, however it ends.
 # The command sees the chosen URL in FULFILLD_TEST_REDIS_URL. redis-server must be installed in
 # every case: the outage tests start and stop their own.
+# `tests/with-redis.sh --check` only checks that redis-server is installed (make test runs it
+# before building anything, so a missing one stops it at once).
 # Exit status: the command's; 1 when redis-server is missing or the own one does not start.
 set -euo pipefail
 
 if [ "$#" -eq 0 ]; then
-  echo "usage: tests/with-redis.sh <command> [args...]" >&2
+  echo "usage: tests/with-redis.sh <command> [args...] | --check" >&2
   exit 2
 fi
 
 if ! command -v redis-server >/dev/null 2>&1; then
   echo "make test needs redis-server on the PATH; install it: apt-get install redis-server (Debian/Ubuntu), dnf install redis (Fedora) or brew install redis (macOS)" >&2
   exit 1
+fi
+if [ "$1" = "--check" ]; then
+  exit 0
 fi
 
 # True when host:port answers PING with PONG (bash's /dev/tcp: no redis-cli needed).

@@ -114,6 +114,23 @@ fn make_test_without_redis_server_says_how_to_install_it_in_one_line() {
         stderr.contains("redis-server") && stderr.contains("apt-get install redis-server"),
         "{stderr}"
     );
+    // make test's first step (`--check`, before any build) says the same.
+    let check = Command::new(which("bash").unwrap())
+        .arg(with_redis())
+        .arg("--check")
+        .env("PATH", bin.path())
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&check.stderr), stderr);
+    // With redis-server installed, the check passes and starts nothing.
+    let check = Command::new("bash")
+        .arg(with_redis())
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", crate::common::text(&check));
+    assert!(check.stderr.is_empty(), "{}", crate::common::text(&check));
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
