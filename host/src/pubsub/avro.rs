@@ -3,9 +3,11 @@
 //!
 //! Payloads are single Avro binary datums with no container header. Every byte must be consumed:
 //! decoding with the wrong schema often "succeeds" on a prefix, and the leftover bytes are what
-//! give it away.
+//! give it away. And no read may run past the end: the Avro reader takes the end of input as a
+//! zero (a union's null branch, an empty string), so a truncated payload would otherwise decode
+//! with its missing fields as null.
 
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
@@ -25,6 +27,10 @@ pub enum DecodeError {
         "the Avro payload has {trailing} bytes of trailing data after the record (wrong writer schema?)"
     )]
     TrailingData { trailing: usize },
+    #[error(
+        "the Avro payload ends before its record does ({len} bytes; truncated, or the wrong writer schema?)"
+    )]
+    Truncated { len: usize },
     #[error("the writer schema is not a record schema")]
     NotARecord,
 }
@@ -41,6 +47,7 @@ impl PartialEq for DecodeError {
                 DecodeError::TrailingData { trailing: a },
                 DecodeError::TrailingData { trailing: b },
             ) => a == b,
+            (DecodeError::Truncated { len: a }, DecodeError::Truncated { len: b }) => a == b,
             (DecodeError::NotARecord, DecodeError::NotARecord) => true,
             _ => false,
         }
@@ -79,12 +86,20 @@ pub fn parse_schema(json: &str) -> Result<Schema, SchemaError> {
 /// Decodes one event payload into its fields, in schema order. Unions (`["null", T]`) become
 /// their value or JSON null; longs stay integers; bytes and fixed become base64 text.
 pub fn decode(schema: &Schema, payload: &[u8]) -> Result<Map<String, Value>, DecodeError> {
-    let mut reader = Cursor::new(payload);
+    let mut reader = EndGuard {
+        inner: Cursor::new(payload),
+        ran_out: false,
+    };
     let value = GenericDatumReader::builder(schema)
         .build()
         .and_then(|datum| datum.read_value(&mut reader))
-        .map_err(DecodeError::Malformed)?;
-    let consumed = usize::try_from(reader.position()).unwrap_or(usize::MAX);
+        .map_err(DecodeError::Malformed);
+    // Checked first: a read past the end may also have made the reader fail on what followed.
+    if reader.ran_out {
+        return Err(DecodeError::Truncated { len: payload.len() });
+    }
+    let value = value?;
+    let consumed = usize::try_from(reader.inner.position()).unwrap_or(usize::MAX);
     if consumed < payload.len() {
         return Err(DecodeError::TrailingData {
             trailing: payload.len() - consumed,
@@ -93,6 +108,22 @@ pub fn decode(schema: &Schema, payload: &[u8]) -> Result<Map<String, Value>, Dec
     match to_json(value) {
         Value::Object(fields) => Ok(fields),
         _ => Err(DecodeError::NotARecord),
+    }
+}
+
+/// The payload reader, noting any read that found nothing left (a read past the end).
+struct EndGuard<'a> {
+    inner: Cursor<&'a [u8]>,
+    ran_out: bool,
+}
+
+impl Read for EndGuard<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        if read < buf.len() {
+            self.ran_out = true;
+        }
+        Ok(read)
     }
 }
 
@@ -266,6 +297,42 @@ mod tests {
             decode(&schema, &[0xff, 0xff, 0xff]),
             Err(DecodeError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_truncated_payload_is_an_error_at_every_length() {
+        let schema = parse_schema(V1).unwrap();
+        for event in [
+            serde_json::json!({"CreatedDate": 1_764_000_000_000_i64, "CreatedById": "005xx0000012345AAA", "OrderId__c": "801xx000003DIloAAG"}),
+            serde_json::json!({"CreatedDate": 1, "CreatedById": "005"}),
+        ] {
+            let bytes = encode(&schema, &fields(event)).unwrap();
+            assert!(decode(&schema, &bytes).is_ok());
+            for len in 0..bytes.len() {
+                let result = decode(&schema, &bytes[..len]);
+                assert!(
+                    matches!(
+                        result,
+                        Err(DecodeError::Truncated { .. } | DecodeError::Malformed(_))
+                    ),
+                    "{len} of {} bytes decoded: {result:?}",
+                    bytes.len()
+                );
+            }
+        }
+        // The reproduced case: the last field's union index cut off reads as null without the guard.
+        let bytes = encode(
+            &schema,
+            &fields(
+                serde_json::json!({"CreatedDate": 1, "CreatedById": "005", "OrderId__c": "801"}),
+            ),
+        )
+        .unwrap();
+        let cut = bytes.len() - 5; // the union index (1 byte), the length (1) and "801" (3)
+        assert_eq!(
+            decode(&schema, &bytes[..cut]),
+            Err(DecodeError::Truncated { len: cut })
+        );
     }
 
     #[test]
