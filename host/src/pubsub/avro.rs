@@ -93,12 +93,12 @@ pub fn decode(schema: &Schema, payload: &[u8]) -> Result<Map<String, Value>, Dec
     let value = GenericDatumReader::builder(schema)
         .build()
         .and_then(|datum| datum.read_value(&mut reader))
-        .map_err(DecodeError::Malformed);
-    // Checked first: a read past the end may also have made the reader fail on what followed.
+        .map_err(DecodeError::Malformed)?;
+    // The reader "succeeded" only by reading past the end (an error it raised stands, with its
+    // cause, above).
     if reader.ran_out {
         return Err(DecodeError::Truncated { len: payload.len() });
     }
-    let value = value?;
     let consumed = usize::try_from(reader.inner.position()).unwrap_or(usize::MAX);
     if consumed < payload.len() {
         return Err(DecodeError::TrailingData {
