@@ -489,7 +489,7 @@ async fn malformed_avro_is_dead_lettered_with_its_bytes_and_the_next_events_run(
     .unwrap();
     assert!(!ok, "{}", String::from_utf8_lossy(&out));
     let (_, body) = health(&host).await;
-    assert_eq!(body["queue"]["dead_letters"], 1);
+    assert_eq!(body["queue"]["dead_letters"], 2);
     host.shutdown().await;
 }
 
