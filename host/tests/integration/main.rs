@@ -15,6 +15,7 @@
 mod common;
 
 mod authoring;
+mod bad_input;
 mod clients;
 mod component_admin;
 mod component_check;

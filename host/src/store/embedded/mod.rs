@@ -75,19 +75,26 @@ impl EmbeddedStore {
                 ))
             })?;
         }
-        let db = Database::create(path).map_err(|err| {
-            StoreError::Unavailable(Detail::caused_by(
-                format_args!("cannot open the embedded store {}", path.display()),
-                err,
-            ))
-        })?;
-        let at_path =
-            |detail: Detail| detail.map_text(|text| format!("{text} ({})", path.display()));
-        init(&db).map_err(|err| match err {
-            StoreError::Unavailable(detail) => StoreError::Unavailable(at_path(detail)),
-            StoreError::Corrupt(detail) => StoreError::Corrupt(at_path(detail)),
-            other => other,
-        })?;
+        // redb panics on some damaged files (e.g. "entered unreachable code" for scrambled
+        // pages) instead of answering an error: caught here, so the operator reads which file
+        // and what to do rather than "task panicked".
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let db = Database::create(path).map_err(|err| {
+                StoreError::Unavailable(Detail::caused_by(
+                    format_args!("cannot open the embedded store {}", path.display()),
+                    err,
+                ))
+            })?;
+            let at_path =
+                |detail: Detail| detail.map_text(|text| format!("{text} ({})", path.display()));
+            init(&db).map_err(|err| match err {
+                StoreError::Unavailable(detail) => StoreError::Unavailable(at_path(detail)),
+                StoreError::Corrupt(detail) => StoreError::Corrupt(at_path(detail)),
+                other => other,
+            })?;
+            Ok(db)
+        }));
+        let db = opened.unwrap_or_else(|panic| Err(damaged(path, "opening it", &*panic)))?;
         tracing::info!(path = %path.display(), "embedded store opened");
         Ok(EmbeddedStore {
             db: Arc::new(db),
@@ -106,6 +113,7 @@ impl EmbeddedStore {
     {
         let db = Arc::clone(&self.db);
         let path = self.path.clone();
+        let file = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let txn = db.begin_write().map_err(|err| {
                 unavailable(
@@ -123,12 +131,7 @@ impl EmbeddedStore {
             Ok(out)
         })
         .await
-        .map_err(|err| {
-            StoreError::Unavailable(Detail::caused_by(
-                format_args!("embedded store: the task to {what} failed"),
-                err,
-            ))
-        })?
+        .map_err(|err| task_failed(&file, what, err))?
     }
 
     /// Runs `work` in one read transaction on the blocking pool.
@@ -139,6 +142,7 @@ impl EmbeddedStore {
     {
         let db = Arc::clone(&self.db);
         let path = self.path.clone();
+        let file = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let txn = db.begin_read().map_err(|err| {
                 unavailable(
@@ -149,13 +153,36 @@ impl EmbeddedStore {
             work(&txn)
         })
         .await
-        .map_err(|err| {
-            StoreError::Unavailable(Detail::caused_by(
-                format_args!("embedded store: the task to {what} failed"),
-                err,
-            ))
-        })?
+        .map_err(|err| task_failed(&file, what, err))?
     }
+}
+
+/// A blocking task of the store that did not finish: a panic inside redb is a damaged file
+/// (named, with what to do); a cancelled task is the store being unavailable.
+fn task_failed(path: &Path, what: &str, err: tokio::task::JoinError) -> StoreError {
+    match err.try_into_panic() {
+        Ok(panic) => damaged(path, &format!("trying to {what}"), &*panic),
+        Err(err) => StoreError::Unavailable(Detail::caused_by(
+            format_args!("embedded store: the task to {what} failed"),
+            err,
+        )),
+    }
+}
+
+/// The error for a file redb could not read without panicking.
+fn damaged(path: &Path, doing: &str, panic: &(dyn std::any::Any + Send)) -> StoreError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    StoreError::Corrupt(Detail::new(format!(
+        "the embedded store {} is damaged: redb failed ({}) while {doing}; stop fulfilld, move \
+         the file aside (keep it for support) and restore it from a backup, or start with an \
+         empty store: the cursor, queued jobs and dead letters in it are then lost (docs/operations.md)",
+        path.display(),
+        crate::domain::clip(&message, 200),
+    )))
 }
 
 impl Store for EmbeddedStore {
