@@ -102,12 +102,21 @@ pub async fn health_report(shared: &Shared) -> (bool, Value) {
         ));
     }
     let stored_cursor = if store_ok {
-        tokio::time::timeout(PROBE_TIMEOUT, store.cursor(&shared.channel))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten()
-            .map(|c| c.to_string())
+        match tokio::time::timeout(PROBE_TIMEOUT, store.cursor(&shared.channel)).await {
+            Ok(Ok(cursor)) => cursor.map(|c| c.to_string()),
+            Ok(Err(err @ crate::store::StoreError::Corrupt(_))) => {
+                // Ingestion stops safely on it (no replica subscribes from a guess), which
+                // nothing else on this page would show.
+                problems.push(format!(
+                    "the stored replay cursor cannot be read, so no replica subscribes: {}; store \
+                     a good one with `fulfilld cursor reset <replay id>` or remove it with \
+                     `fulfilld cursor clear`",
+                    chain(&err)
+                ));
+                None
+            }
+            _ => None,
+        }
     } else {
         None
     };

@@ -84,3 +84,61 @@ fn a_damaged_embedded_store_is_named_with_what_to_do_never_a_panic() {
         }
     }
 }
+
+/// A junk value in the cursor key (`sf:pe:replay:<channel>`, which an outside tool such as the
+/// previous portal may write) stops ingestion safely; `/health` says so, with the fix, instead of
+/// answering 200 ok, and stops saying so once a good cursor is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_junk_cursor_makes_health_degraded_with_the_reason_and_the_fix() {
+    use fulfilld::domain::ReplayId;
+    use fulfilld::store::CursorLease as _;
+
+    let url = crate::pipeline::redis_url();
+    let rig = crate::pipeline::Rig::new().await.with_redis(&url);
+    let key = format!("sf:pe:replay:{}", rig.channel);
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("SET")
+        .arg(&key)
+        .arg("not-a-replay-id")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let host = rig.host(&[]).await;
+    let health_url = format!("http://{}/health", host.http_addr());
+    let response = reqwest::get(&health_url).await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "degraded", "{body}");
+    let problems = body["problems"].to_string();
+    assert!(
+        problems.contains("the stored replay cursor cannot be read")
+            && problems.contains(&key)
+            && problems.contains("fulfilld cursor reset"),
+        "{body}"
+    );
+    // No value of the key's content beyond the store's own message, and nothing ingested.
+    assert!(body["subscription"]["cursor"].is_null(), "{body}");
+
+    let store = rig.store().await;
+    store
+        .set_cursor(&rig.channel, Some(&ReplayId::from_u64(0)))
+        .await
+        .unwrap();
+    let body: serde_json::Value = reqwest::get(&health_url)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !body["problems"].to_string().contains("replay cursor"),
+        "{body}"
+    );
+    host.shutdown().await;
+    let _: () = ::redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
