@@ -91,7 +91,6 @@ fn a_damaged_embedded_store_is_named_with_what_to_do_never_a_panic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_junk_cursor_makes_health_degraded_with_the_reason_and_the_fix() {
     use fulfilld::domain::ReplayId;
-    use fulfilld::store::CursorLease as _;
 
     let url = crate::pipeline::redis_url();
     let rig = crate::pipeline::Rig::new().await.with_redis(&url);
