@@ -187,10 +187,34 @@ impl FieldDef {
     }
 
     fn text(name: &str, length: u32) -> FieldDef {
+        FieldDef::sized(name, FieldType::String, length)
+    }
+
+    /// A field of `field_type` with a maximum length (text areas, email, phone, URL).
+    fn sized(name: &str, field_type: FieldType, length: u32) -> FieldDef {
         FieldDef {
             length,
-            ..FieldDef::new(name, FieldType::String)
+            ..FieldDef::new(name, field_type)
         }
+    }
+
+    /// A Number, Currency or Percent field with its digits.
+    fn number(name: &str, field_type: FieldType, precision: u32, scale: u32) -> FieldDef {
+        FieldDef {
+            precision,
+            scale,
+            ..FieldDef::new(name, field_type)
+        }
+    }
+
+    /// Salesforce's standard money field: 18 digits, 2 after the point.
+    fn currency(name: &str) -> FieldDef {
+        FieldDef::number(name, FieldType::Currency, 18, 2)
+    }
+
+    /// A checkbox: never null in Salesforce.
+    fn checkbox(name: &str) -> FieldDef {
+        FieldDef::new(name, FieldType::Boolean).required()
     }
 
     fn read_only(mut self) -> FieldDef {
@@ -203,9 +227,13 @@ impl FieldDef {
         self
     }
 
-    fn picklist(name: &str, values: &[&str], restricted: bool) -> FieldDef {
+    fn picklist<V: Into<String>>(
+        name: &str,
+        values: impl IntoIterator<Item = V>,
+        restricted: bool,
+    ) -> FieldDef {
         FieldDef {
-            picklist: values.iter().map(|v| (*v).to_owned()).collect(),
+            picklist: values.into_iter().map(Into::into).collect(),
             restricted,
             length: 255,
             ..FieldDef::new(name, FieldType::Picklist)
@@ -544,12 +572,9 @@ impl Schema {
                 .collect()
         };
         let def = match kind.to_ascii_lowercase().as_str() {
-            "picklist" | "openpicklist" => FieldDef {
-                picklist: values(args),
-                restricted: kind.eq_ignore_ascii_case("picklist"),
-                length: 255,
-                ..FieldDef::new(field, FieldType::Picklist)
-            },
+            "picklist" | "openpicklist" => {
+                FieldDef::picklist(field, values(args), kind.eq_ignore_ascii_case("picklist"))
+            }
             "lookup" => {
                 let to = args
                     .filter(|a| !a.is_empty())
@@ -702,15 +727,8 @@ fn sized_field(
     length: Option<u32>,
     digits: (u32, u32),
 ) -> Option<FieldDef> {
-    let number = |field_type| FieldDef {
-        precision: digits.0,
-        scale: digits.1,
-        ..FieldDef::new(name, field_type)
-    };
-    let sized = |length, field_type| FieldDef {
-        length,
-        ..FieldDef::new(name, field_type)
-    };
+    let number = |field_type| FieldDef::number(name, field_type, digits.0, digits.1);
+    let sized = |length, field_type| FieldDef::sized(name, field_type, length);
     Some(match kind.to_ascii_lowercase().as_str() {
         "text" | "encryptedtext" => FieldDef::text(name, length.unwrap_or(255)),
         "textarea" => sized(255, FieldType::TextArea),
@@ -718,10 +736,7 @@ fn sized_field(
         "number" => number(FieldType::Double),
         "currency" => number(FieldType::Currency),
         "percent" => number(FieldType::Percent),
-        "checkbox" => FieldDef {
-            nillable: false,
-            ..FieldDef::new(name, FieldType::Boolean)
-        },
+        "checkbox" => FieldDef::checkbox(name),
         "date" => FieldDef::new(name, FieldType::Date),
         "datetime" => FieldDef::new(name, FieldType::DateTime),
         "email" => sized(80, FieldType::Email),
@@ -754,19 +769,11 @@ fn parse_field(name: &str, root: roxmltree::Node) -> Result<FieldDef, String> {
                 .filter(|n| n.is_element() && n.tag_name().name() == "value")
                 .filter_map(|v| child_text(v, "fullName").map(str::to_owned))
                 .collect();
-            FieldDef {
-                picklist: values,
-                restricted,
-                length: 255,
-                ..FieldDef::new(
-                    name,
-                    if kind == "Picklist" {
-                        FieldType::Picklist
-                    } else {
-                        FieldType::MultiPicklist
-                    },
-                )
+            let mut field = FieldDef::picklist(name, values, restricted);
+            if kind == "MultiselectPicklist" {
+                field.field_type = FieldType::MultiPicklist;
             }
+            field
         }
         "Lookup" | "MasterDetail" => {
             let to = child_text(root, "referenceTo").ok_or("Lookup needs <referenceTo>")?;
@@ -849,7 +856,7 @@ fn standard_objects() -> Vec<ObjectDef> {
             FieldDef::id(),
             FieldDef::text("OrderNumber", 30).read_only().required(),
             FieldDef::text("Name", 80),
-            FieldDef::picklist("Status", &["Draft", "Activated"], true).required(),
+            FieldDef::picklist("Status", ["Draft", "Activated"], true).required(),
             FieldDef::new("StatusCode", T::Picklist).read_only(),
             FieldDef::lookup("AccountId", "Account", Some("Orders")),
             FieldDef::lookup("Pricebook2Id", "Pricebook2", Some("Orders")),
@@ -857,18 +864,11 @@ fn standard_objects() -> Vec<ObjectDef> {
             FieldDef::new("EffectiveDate", T::Date).required(),
             FieldDef::new("EndDate", T::Date),
             FieldDef::new("ActivatedDate", T::DateTime),
-            FieldDef::picklist("Type", &[], false),
+            FieldDef::picklist("Type", Vec::<String>::new(), false),
             FieldDef::text("PoNumber", 80),
             FieldDef::text("OrderReferenceNumber", 80),
-            FieldDef {
-                length: 32000,
-                ..FieldDef::new("Description", T::TextArea)
-            },
-            FieldDef {
-                precision: 18,
-                scale: 2,
-                ..FieldDef::new("TotalAmount", T::Currency).read_only()
-            },
+            FieldDef::sized("Description", T::TextArea, 32000),
+            FieldDef::currency("TotalAmount").read_only(),
         ]),
     );
     order.label = "Order".into();
@@ -881,26 +881,10 @@ fn standard_objects() -> Vec<ObjectDef> {
             FieldDef::lookup("OrderId", "Order", Some("OrderItems")).read_only(),
             FieldDef::lookup("Product2Id", "Product2", None).read_only(),
             FieldDef::lookup("PricebookEntryId", "PricebookEntry", Some("OrderItems")).read_only(),
-            FieldDef {
-                precision: 18,
-                scale: 2,
-                ..FieldDef::new("Quantity", T::Double).required()
-            },
-            FieldDef {
-                precision: 18,
-                scale: 2,
-                ..FieldDef::new("UnitPrice", T::Currency)
-            },
-            FieldDef {
-                precision: 18,
-                scale: 2,
-                ..FieldDef::new("ListPrice", T::Currency).read_only()
-            },
-            FieldDef {
-                precision: 18,
-                scale: 2,
-                ..FieldDef::new("TotalPrice", T::Currency).read_only()
-            },
+            FieldDef::number("Quantity", T::Double, 18, 2).required(),
+            FieldDef::currency("UnitPrice"),
+            FieldDef::currency("ListPrice").read_only(),
+            FieldDef::currency("TotalPrice").read_only(),
             FieldDef::new("ServiceDate", T::Date),
             FieldDef::new("EndDate", T::Date),
             FieldDef::text("Description", 255),
@@ -913,23 +897,14 @@ fn standard_objects() -> Vec<ObjectDef> {
             FieldDef::id(),
             FieldDef::text("Name", 255).required(),
             FieldDef::text("AccountNumber", 40),
-            FieldDef::picklist("Type", &[], false),
+            FieldDef::picklist("Type", Vec::<String>::new(), false),
             FieldDef::lookup("OwnerId", "User", None),
             FieldDef::lookup("ParentId", "Account", Some("ChildAccounts")),
-            FieldDef {
-                length: 40,
-                ..FieldDef::new("Phone", T::Phone)
-            },
-            FieldDef {
-                length: 255,
-                ..FieldDef::new("Website", T::Url)
-            },
+            FieldDef::sized("Phone", T::Phone, 40),
+            FieldDef::sized("Website", T::Url, 255),
             FieldDef::text("BillingCity", 40),
             FieldDef::text("BillingCountry", 80),
-            FieldDef {
-                length: 32000,
-                ..FieldDef::new("Description", T::TextArea)
-            },
+            FieldDef::sized("Description", T::TextArea, 32000),
         ]),
     );
     let product = ObjectDef::new(
@@ -939,15 +914,9 @@ fn standard_objects() -> Vec<ObjectDef> {
             FieldDef::id(),
             FieldDef::text("Name", 255).required(),
             FieldDef::text("ProductCode", 255),
-            FieldDef {
-                length: 4000,
-                ..FieldDef::new("Description", T::TextArea)
-            },
-            FieldDef {
-                nillable: false,
-                ..FieldDef::new("IsActive", T::Boolean)
-            },
-            FieldDef::picklist("Family", &[], false),
+            FieldDef::sized("Description", T::TextArea, 4000),
+            FieldDef::checkbox("IsActive"),
+            FieldDef::picklist("Family", Vec::<String>::new(), false),
         ]),
     );
     let pricebook = ObjectDef::new(
@@ -956,10 +925,7 @@ fn standard_objects() -> Vec<ObjectDef> {
         with_audit(vec![
             FieldDef::id(),
             FieldDef::text("Name", 255).required(),
-            FieldDef {
-                nillable: false,
-                ..FieldDef::new("IsActive", T::Boolean)
-            },
+            FieldDef::checkbox("IsActive"),
             FieldDef::new("IsStandard", T::Boolean)
                 .read_only()
                 .required(),
@@ -975,19 +941,9 @@ fn standard_objects() -> Vec<ObjectDef> {
             FieldDef::lookup("Pricebook2Id", "Pricebook2", Some("PricebookEntries")).read_only(),
             FieldDef::lookup("Product2Id", "Product2", Some("PricebookEntries")).read_only(),
             FieldDef::text("ProductCode", 255).read_only(),
-            FieldDef {
-                precision: 18,
-                scale: 2,
-                ..FieldDef::new("UnitPrice", T::Currency).required()
-            },
-            FieldDef {
-                nillable: false,
-                ..FieldDef::new("IsActive", T::Boolean)
-            },
-            FieldDef {
-                nillable: false,
-                ..FieldDef::new("UseStandardPrice", T::Boolean)
-            },
+            FieldDef::currency("UnitPrice").required(),
+            FieldDef::checkbox("IsActive"),
+            FieldDef::checkbox("UseStandardPrice"),
         ]),
     );
     let mut entry = entry;
@@ -1004,14 +960,8 @@ fn standard_objects() -> Vec<ObjectDef> {
             FieldDef::text("FirstName", 40),
             FieldDef::text("LastName", 80).required(),
             FieldDef::text("Username", 80).required(),
-            FieldDef {
-                length: 128,
-                ..FieldDef::new("Email", T::Email)
-            },
-            FieldDef {
-                nillable: false,
-                ..FieldDef::new("IsActive", T::Boolean)
-            },
+            FieldDef::sized("Email", T::Email, 128),
+            FieldDef::checkbox("IsActive"),
         ]),
     );
     vec![order, order_item, account, product, pricebook, entry, user]
