@@ -297,116 +297,102 @@ async fn check_component(
     config: &Config,
     component: Option<&Path>,
 ) -> (Finding, Option<LoadedComponent>) {
+    match load_component(config, component).await {
+        Ok((finding, loaded)) => (finding, Some(loaded)),
+        Err(finding) => (finding, None),
+    }
+}
+
+/// The component as `serve` would take it: the PASS line and the loaded component, or the FAIL.
+async fn load_component(
+    config: &Config,
+    component: Option<&Path>,
+) -> Result<(Finding, LoadedComponent), Finding> {
     const CHECK: &str = "component";
-    let path: Option<PathBuf> = component
+    let path: PathBuf = component
         .map(Path::to_path_buf)
-        .or_else(|| config.component.clone());
-    let Some(path) = path else {
-        return (
+        .or_else(|| config.component.clone())
+        .ok_or_else(|| {
             fail(
                 CHECK,
                 "no component given",
                 "pass --component <file.wasm> or set FULFILLD_COMPONENT",
-            ),
-            None,
-        );
-    };
-    let wasm = match std::fs::read(&path) {
-        Ok(wasm) => wasm,
-        Err(error) => {
-            return (
-                fail(
-                    CHECK,
-                    format!("cannot read {}: {error}", path.display()),
-                    "point FULFILLD_COMPONENT at the component file",
-                ),
-                None,
-            );
-        }
-    };
+            )
+        })?;
+    let wasm = std::fs::read(&path).map_err(|error| {
+        fail(
+            CHECK,
+            format!("cannot read {}: {error}", path.display()),
+            "point FULFILLD_COMPONENT at the component file",
+        )
+    })?;
     // What serve refuses before it loads: an unsigned or badly signed file when signatures are
     // required or a key is set, and, with a registry (the file counts as a deploy), one over
     // the size limit.
-    let signature = std::fs::read_to_string(crate::registry::signature::signature_path(&path)).ok();
-    let signed = match config.serve.signatures.check(&wasm, signature.as_deref()) {
-        Ok(check) => check,
-        Err(reason) => {
-            return (
-                fail(
-                    CHECK,
-                    format!("{}: {reason}", path.display()),
-                    "sign it with `fulfilld component sign` and ship the .sig beside it, or check \
-                     FULFILLD_COMPONENT_PUBLIC_KEY (docs/deploying-components.md)",
-                ),
-                None,
-            );
-        }
-    };
-    if config.serve.registry_dir.is_some() && wasm.len() > config.serve.component_max_bytes {
-        return (
+    let signature = crate::registry::signature::shipped_with(&path);
+    let signed = config
+        .serve
+        .signatures
+        .check(&wasm, signature.as_deref())
+        .map_err(|reason| {
             fail(
                 CHECK,
-                format!(
-                    "{}: {} bytes, over FULFILLD_COMPONENT_MAX_BYTES ({})",
-                    path.display(),
-                    wasm.len(),
-                    config.serve.component_max_bytes
-                ),
-                "build it with the component profile (docs/component-authoring.md) or raise \
-                 FULFILLD_COMPONENT_MAX_BYTES",
+                format!("{}: {reason}", path.display()),
+                "sign it with `fulfilld component sign` and ship the .sig beside it, or check \
+                 FULFILLD_COMPONENT_PUBLIC_KEY (docs/deploying-components.md)",
+            )
+        })?;
+    if config.serve.registry_dir.is_some() && wasm.len() > config.serve.component_max_bytes {
+        return Err(fail(
+            CHECK,
+            format!(
+                "{}: {} bytes, over FULFILLD_COMPONENT_MAX_BYTES ({})",
+                path.display(),
+                wasm.len(),
+                config.serve.component_max_bytes
             ),
-            None,
-        );
+            "build it with the component profile (docs/component-authoring.md) or raise \
+             FULFILLD_COMPONENT_MAX_BYTES",
+        ));
     }
-    let runtime = match Runtime::new(crate::runtime::RuntimeConfig {
+    let runtime = Runtime::new(crate::runtime::RuntimeConfig {
         max_instances: 2,
         ..config.runtime.clone()
-    }) {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            return (
-                fail(
-                    CHECK,
-                    chain(&error),
-                    "check the FULFILLD_* runtime settings",
-                ),
-                None,
-            );
-        }
-    };
-    match runtime.load(&wasm).await {
-        Ok(loaded) => {
-            let info = loaded.info();
-            let finding = pass(
-                CHECK,
-                format!(
-                    "{} {} loads ({}, {}, sha256 {})",
-                    info.name,
-                    info.version,
-                    match loaded.manifest() {
-                        Some(_) => "with its manifest",
-                        None => "no manifest: the host's policy",
-                    },
-                    match signed {
-                        crate::registry::signature::SignatureCheck::Verified =>
-                            "signature verified",
-                        crate::registry::signature::SignatureCheck::Unsigned => "unsigned",
-                    },
-                    loaded.digest()
-                ),
-            );
-            (finding, Some(loaded))
-        }
-        Err(error) => (
-            fail(
-                CHECK,
-                format!("{}: {}", path.display(), chain(&error)),
-                "run `fulfilld component check` on it; rebuild, pack or widen the policy as it \
-                 says (docs/deploying-components.md)",
-            ),
-            None,
+    })
+    .map_err(|error| {
+        fail(
+            CHECK,
+            chain(&error),
+            "check the FULFILLD_* runtime settings",
+        )
+    })?;
+    let loaded = runtime.load(&wasm).await.map_err(|error| {
+        fail(
+            CHECK,
+            format!("{}: {}", path.display(), chain(&error)),
+            "run `fulfilld component check` on it; rebuild, pack or widen the policy as it \
+             says (docs/deploying-components.md)",
+        )
+    })?;
+    let info = loaded.info();
+    let finding = pass(
+        CHECK,
+        format!(
+            "{} {} loads ({}, {}, sha256 {})",
+            info.name,
+            info.version,
+            match loaded.manifest() {
+                Some(_) => "with its manifest",
+                None => "no manifest: the host's policy",
+            },
+            match signed {
+                crate::registry::signature::SignatureCheck::Verified => "signature verified",
+                crate::registry::signature::SignatureCheck::Unsigned => "unsigned",
+            },
+            loaded.digest()
         ),
-    }
+    );
+    Ok((finding, loaded))
 }
 
 /// What the component needs of the org: sObject -> (fields read, fields updated).

@@ -176,11 +176,6 @@ pub async fn open_store(config: &StoreConfig) -> anyhow::Result<SharedStore> {
     }
 }
 
-/// The signature shipped next to a component file (`<file>.sig`), if there is one.
-fn signature_next_to(path: &std::path::Path) -> Option<String> {
-    std::fs::read_to_string(crate::registry::signature::signature_path(path)).ok()
-}
-
 /// Opens the registry and picks the version to start on. A `FULFILLD_COMPONENT` file the
 /// registry has never seen counts as a deploy and goes live (it passes the same gates as any
 /// deploy); otherwise the registry's active version wins, so a version deployed or rolled back
@@ -203,7 +198,7 @@ async fn component_from_registry(
     let sha = crate::registry::sha256_hex(wasm);
     if !registry.contains(&sha) {
         // A signature next to the file (`<file>.sig`) goes through the signature gate.
-        let signature = signature_next_to(path);
+        let signature = crate::registry::signature::shipped_with(path);
         let extras = crate::registry::Extras {
             signature: signature.as_deref(),
             scenarios: None,
@@ -299,7 +294,10 @@ impl Host {
                 config
                     .serve
                     .signatures
-                    .check(&wasm, signature_next_to(&path).as_deref())
+                    .check(
+                        &wasm,
+                        crate::registry::signature::shipped_with(&path).as_deref(),
+                    )
                     .map_err(|reason| {
                         anyhow::anyhow!(
                             "FULFILLD_COMPONENT: {} was refused: {reason}",

@@ -20,6 +20,11 @@ pub fn signature_path(file: &Path) -> std::path::PathBuf {
     std::path::PathBuf::from(path)
 }
 
+/// The signature shipped next to a component file (`<file>.sig`), if there is one.
+pub fn shipped_with(file: &Path) -> Option<String> {
+    std::fs::read_to_string(signature_path(file)).ok()
+}
+
 /// What a deploy's signature must satisfy.
 #[derive(Debug, Clone, Default)]
 pub struct SignaturePolicy {
