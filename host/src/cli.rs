@@ -449,7 +449,11 @@ pub async fn dead_letters(
                     crate::pipeline::rfc3339_ms(letter.dead_at_ms),
                     format!("{:?}", letter.kind).to_lowercase(),
                     letter.event_uuid,
-                    letter.replay_id,
+                    if letter.replay_id.as_bytes().is_empty() {
+                        "-".to_owned()
+                    } else {
+                        letter.replay_id.to_string()
+                    },
                     letter.deliveries,
                     letter.reason
                 )?;
@@ -458,12 +462,15 @@ pub async fn dead_letters(
         DeadLetterAction::Show { id } => {
             let letter = store.dead_letter(channel, &id).await?;
             let payload = match letter.kind {
-                crate::store::DeadLetterKind::Job => serde_json::from_slice::<serde_json::Value>(
-                    &letter.payload,
-                )
-                .unwrap_or_else(|_| {
-                    serde_json::Value::String(String::from_utf8_lossy(&letter.payload).into())
-                }),
+                crate::store::DeadLetterKind::Job | crate::store::DeadLetterKind::Damaged => {
+                    serde_json::from_slice::<serde_json::Value>(&letter.payload).unwrap_or_else(
+                        |_| {
+                            serde_json::Value::String(
+                                String::from_utf8_lossy(&letter.payload).into(),
+                            )
+                        },
+                    )
+                }
                 crate::store::DeadLetterKind::Undecodable => {
                     use base64::Engine as _;
                     serde_json::json!({

@@ -16,7 +16,8 @@ pub struct DeadLetter {
     pub replay_id: ReplayId,
     /// The job's payload, or the raw Avro bytes of an undecodable event.
     pub payload: Vec<u8>,
-    /// `undecodable` (raw Avro, cannot be requeued) or `job` (a serialized event).
+    /// `undecodable` (raw Avro, cannot be requeued), `job` (a serialized event) or `damaged` (a
+    /// store entry the host could not read; kept as found, cannot be requeued).
     pub kind: DeadLetterKind,
     pub reason: String,
     pub deliveries: u32,
@@ -28,6 +29,9 @@ pub struct DeadLetter {
 pub enum DeadLetterKind {
     Undecodable,
     Job,
+    /// A queue or dead-letter entry the host could not read (missing or malformed fields, as
+    /// when something other than the host wrote it): kept with what was found, never run.
+    Damaged,
 }
 
 /// Reading and requeueing a channel's dead letters (the operator's `dead-letters` command).
@@ -50,8 +54,8 @@ pub trait DeadLetters: Send + Sync {
     ) -> BoxFuture<'a, Result<DeadLetter, StoreError>>;
 
     /// Puts a `job` dead letter back on the queue (a fresh job, deliveries reset) and removes it
-    /// from the dead letters; returns the new job id. An `undecodable` one is refused with
-    /// [`StoreError::Invalid`].
+    /// from the dead letters; returns the new job id. An `undecodable` or `damaged` one is refused
+    /// with [`StoreError::Invalid`].
     fn requeue<'a>(
         &'a self,
         channel: &'a str,

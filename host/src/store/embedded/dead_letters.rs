@@ -62,11 +62,21 @@ impl DeadLetters for EmbeddedStore {
                     let id = parse_id(&text).ok_or_else(not_found)?;
                     let mut dead_table = open_w(txn, DEAD)?;
                     let dead = load_dead(&dead_table, &channel, id)?.ok_or_else(not_found)?;
-                    if dead.kind == DeadLetterKind::Undecodable {
-                        return Err(StoreError::Invalid(format!(
-                            "dead letter {id} of channel {channel} is an undecodable event (raw \
-                             Avro bytes, not a serialized event): it cannot be requeued as a job"
-                        )));
+                    match dead.kind {
+                        DeadLetterKind::Job => {}
+                        DeadLetterKind::Undecodable => {
+                            return Err(StoreError::Invalid(format!(
+                                "dead letter {id} of channel {channel} is an undecodable event \
+                                 (raw Avro bytes, not a serialized event): it cannot be requeued \
+                                 as a job"
+                            )));
+                        }
+                        DeadLetterKind::Damaged => {
+                            return Err(StoreError::Invalid(format!(
+                                "dead letter {id} of channel {channel} is a damaged queue entry \
+                                 (not a job the host can read): it cannot be requeued"
+                            )));
+                        }
                     }
                     dead_table
                         .remove((channel.as_str(), id))

@@ -106,34 +106,111 @@ pub(super) fn job_from_fields(
     })
 }
 
-pub(super) fn dead_letter_from_entry(
-    channel: &str,
-    entry: Value,
-) -> Result<DeadLetter, StoreError> {
+/// A dead-letter stream entry. Never fails: an entry whose fields cannot be read (something
+/// other than the host wrote it) is listed as [`DeadLetterKind::Damaged`] with what is wrong, so
+/// one bad entry never hides the others from `dead-letters list`.
+pub(super) fn dead_letter_from_entry(channel: &str, entry: Value) -> DeadLetter {
     let mut entry = array(entry).into_iter();
     let id = entry.next().map(text).unwrap_or_default();
     let fields = fields(entry.next().unwrap_or(Value::Nil));
-    let kind = match field_text(&fields, "kind", &id)?.as_str() {
+    match readable_dead_letter(channel, &id, &fields) {
+        Ok(letter) => letter,
+        Err(e) => damaged_dead_letter(channel, id, &fields, &e),
+    }
+}
+
+fn readable_dead_letter(
+    channel: &str,
+    id: &str,
+    fields: &HashMap<String, Vec<u8>>,
+) -> Result<DeadLetter, StoreError> {
+    let kind = match field_text(fields, "kind", id)?.as_str() {
         "undecodable" => DeadLetterKind::Undecodable,
         "job" => DeadLetterKind::Job,
+        "damaged" => {
+            return Err(StoreError::Corrupt(Detail::new(
+                "a queue entry the host could not read",
+            )));
+        }
         other => {
             return Err(StoreError::Corrupt(
-                format!("dead letter {id}: unknown kind {other:?}").into(),
+                format!("unknown kind {:?}", bounded(other.as_bytes())).into(),
             ));
         }
     };
     Ok(DeadLetter {
         channel: channel.to_owned(),
-        event_uuid: field_text(&fields, "uuid", &id)?,
-        replay_id: field_replay(&fields, &id)?,
+        event_uuid: field_text(fields, "uuid", id)?,
+        replay_id: field_replay(fields, id)?,
         payload: fields.get("payload").cloned().unwrap_or_default(),
         kind,
-        reason: field_text(&fields, "reason", &id)?,
-        deliveries: u32::try_from(field_int(&fields, "deliveries", &id)?).unwrap_or(u32::MAX),
-        dead_at_ms: field_int(&fields, "dead", &id)?,
-        id,
+        reason: field_text(fields, "reason", id)?,
+        deliveries: u32::try_from(field_int(fields, "deliveries", id)?).unwrap_or(u32::MAX),
+        dead_at_ms: field_int(fields, "dead", id)?,
+        id: id.to_owned(),
     })
 }
+
+/// What can be read of a damaged entry; the payload holds every field as found (JSON, values
+/// as lossy text, each bounded) so an operator can see it with `dead-letters show`.
+fn damaged_dead_letter(
+    channel: &str,
+    id: String,
+    fields: &HashMap<String, Vec<u8>>,
+    problem: &StoreError,
+) -> DeadLetter {
+    let get = |name: &str| fields.get(name).map(|v| bounded(v)).unwrap_or_default();
+    let kept_reason = get("reason");
+    let reason = if get("kind") == "damaged" && !kept_reason.is_empty() {
+        kept_reason
+    } else if kept_reason.is_empty() {
+        format!("damaged dead-letter entry: {problem}")
+    } else {
+        format!("damaged dead-letter entry ({problem}); its reason field: {kept_reason}")
+    };
+    let mut names: Vec<&String> = fields.keys().collect();
+    names.sort();
+    let found: serde_json::Map<String, serde_json::Value> = names
+        .into_iter()
+        .map(|name| (bounded(name.as_bytes()), bounded(&fields[name]).into()))
+        .collect();
+    DeadLetter {
+        channel: channel.to_owned(),
+        event_uuid: get("uuid"),
+        replay_id: fields
+            .get("replay")
+            .and_then(|r| ReplayId::parse(&String::from_utf8_lossy(r)).ok())
+            .unwrap_or_else(|| ReplayId::from_bytes(Vec::new())),
+        payload: serde_json::Value::Object(found).to_string().into_bytes(),
+        kind: DeadLetterKind::Damaged,
+        reason,
+        deliveries: fields
+            .get("deliveries")
+            .and_then(|d| std::str::from_utf8(d).ok()?.parse().ok())
+            .unwrap_or(0),
+        dead_at_ms: fields
+            .get("dead")
+            .and_then(|d| std::str::from_utf8(d).ok()?.parse().ok())
+            .unwrap_or(0),
+        id,
+    }
+}
+
+/// Text of a store value as shown to operators: lossy UTF-8, at most [`SHOWN_BYTES`] bytes.
+fn bounded(raw: &[u8]) -> String {
+    if raw.len() <= SHOWN_BYTES {
+        String::from_utf8_lossy(raw).into_owned()
+    } else {
+        format!(
+            "{}… ({} bytes in all)",
+            String::from_utf8_lossy(&raw[..SHOWN_BYTES]),
+            raw.len()
+        )
+    }
+}
+
+/// How much of one damaged field is shown.
+const SHOWN_BYTES: usize = 4096;
 
 /// A stream id as Redis writes them (`<ms>-<seq>`); anything else is no dead letter of ours.
 pub(super) fn is_stream_id(id: &str) -> bool {

@@ -29,10 +29,10 @@ impl DeadLetters for RedisStore {
                     "XRANGE dead letters",
                 )
                 .await?;
-            array(value)
+            Ok(array(value)
                 .into_iter()
                 .map(|entry| dead_letter_from_entry(channel, entry))
-                .collect()
+                .collect())
         }
         .boxed()
     }
@@ -55,7 +55,7 @@ impl DeadLetters for RedisStore {
                 )
                 .await?;
             match array(value).into_iter().next() {
-                Some(entry) => dead_letter_from_entry(channel, entry),
+                Some(entry) => Ok(dead_letter_from_entry(channel, entry)),
                 None => Err(not_found()),
             }
         }
@@ -91,6 +91,10 @@ impl DeadLetters for RedisStore {
                 Some("undecodable") => Err(StoreError::Invalid(format!(
                     "dead letter {id} is an undecodable event (raw Avro): it cannot be requeued; \
                      fix the schema or the publisher and replay it from Salesforce"
+                ))),
+                Some("damaged") => Err(StoreError::Invalid(format!(
+                    "dead letter {id} is a damaged queue entry (not a job the host can read): it \
+                     cannot be requeued; `dead-letters show {id}` prints what it held"
                 ))),
                 _ => Err(not_found()),
             }

@@ -51,21 +51,56 @@ impl RedisStore {
             let id = parts.next().map(text).unwrap_or_default();
             let deliveries = parts.next().as_ref().and_then(int).unwrap_or(1);
             let fields = fields(parts.next().unwrap_or(Value::Nil));
-            jobs.push(job_from_fields(
-                channel,
-                &id,
-                &fields,
-                u32::try_from(deliveries).unwrap_or(u32::MAX),
-            )?);
+            let deliveries = u32::try_from(deliveries).unwrap_or(u32::MAX);
+            let job = job_from_fields(channel, &id, &fields, deliveries);
+            if let Some(job) = self.readable(keys, &id, deliveries, job).await? {
+                jobs.push(job);
+            }
         }
         Ok(jobs)
+    }
+
+    /// A queue entry that is not a job the host can read (missing or malformed fields: something
+    /// other than the host wrote it) goes to the dead letters as it was found, with what is
+    /// wrong, so it neither blocks nor fails the claims of the jobs around it.
+    async fn readable(
+        &self,
+        keys: &ChannelKeys,
+        id: &str,
+        deliveries: u32,
+        job: Result<Job, StoreError>,
+    ) -> Result<Option<Job>, StoreError> {
+        let problem = match job {
+            Ok(job) => return Ok(Some(job)),
+            Err(e) => e,
+        };
+        let reason = format!(
+            "damaged queue entry {id}: {problem}; kept as found, it cannot run or be requeued"
+        );
+        let _: i64 = self
+            .invoke(
+                self.scripts
+                    .dead_letter_job
+                    .key(&keys.jobs)
+                    .key(&keys.dead)
+                    .arg(id)
+                    .arg(&reason)
+                    .arg(deliveries)
+                    .arg(now_ms())
+                    .arg(GROUP)
+                    .arg("damaged"),
+                "dead-letter damaged queue entry",
+            )
+            .await?;
+        tracing::warn!(stream = %keys.jobs, entry = %id, reason = %reason, "job dead-lettered");
+        Ok(None)
     }
 
     /// `XREADGROUP` of new jobs, blocking up to `block` on a connection of its own.
     async fn read_new(
         &self,
         channel: &str,
-        jobs_key: &str,
+        keys: &ChannelKeys,
         consumer: &str,
         count: usize,
         block: Duration,
@@ -80,6 +115,7 @@ impl RedisStore {
         if block_ms > 0 {
             cmd.arg("BLOCK").arg(block_ms as u64);
         }
+        let jobs_key = &keys.jobs;
         cmd.arg("STREAMS").arg(jobs_key).arg(">");
         let value: Value = if block_ms > 0 {
             let mut conn = self.blocking_conn().await?;
@@ -108,7 +144,10 @@ impl RedisStore {
                 let mut entry = array(entry).into_iter();
                 let id = entry.next().map(text).unwrap_or_default();
                 let fields = fields(entry.next().unwrap_or(Value::Nil));
-                jobs.push(job_from_fields(channel, &id, &fields, 1)?);
+                let job = job_from_fields(channel, &id, &fields, 1);
+                if let Some(job) = self.readable(keys, &id, 1, job).await? {
+                    jobs.push(job);
+                }
             }
         }
         Ok(jobs)
@@ -144,7 +183,7 @@ impl JobQueue for RedisStore {
                     let fresh = self
                         .read_new(
                             channel,
-                            &keys.jobs,
+                            &keys,
                             &options.consumer,
                             options.max - jobs.len(),
                             block,
