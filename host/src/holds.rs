@@ -5,9 +5,11 @@
 //! exclusive hold is granted when no other holder's `shared` hold is left. Every hold carries a
 //! time-to-live, so the holds of a process that died expire on their own.
 //!
-//! The holder is the job's EventUuid, so a job handed out again after its host died is the same
-//! holder as its dead earlier run: its `exclusive` request does not wait for the `shared` hold
-//! that run left behind.
+//! The holder is one run of a job (its EventUuid, delivery and a random part): a second run of
+//! the same job (handed out again while, or after, an earlier run held something) is another
+//! holder and waits like any other, so a hold keeps two runs of one job apart too. A run's holds
+//! are renewed while it holds them (every third of their time-to-live); once the run ends they
+//! are released, and the holds of a run whose process died expire after their time-to-live.
 //!
 //! Backends: every store (a [`crate::store::Store`] is a [`HoldBackend`]; Redis holds are seen
 //! by every replica) and [`HoldTable`], a process-local table used by the
@@ -85,6 +87,15 @@ pub trait HoldBackend: Send + Sync + 'static {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, HoldError>>;
 
+    /// Extends every hold `holder` has on `name` to `ttl` from now, whoever waits for the name;
+    /// `false` when it holds nothing there any more (its holds expired).
+    fn renew_hold<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, HoldError>>;
+
     /// Drops every hold `holder` has on `name` (no-op when it has none).
     fn release_hold<'a>(
         &'a self,
@@ -157,6 +168,28 @@ impl HoldTable {
         }
     }
 
+    /// [`HoldBackend::renew_hold`] without the future.
+    pub fn renew_now(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, HoldError> {
+        let mut names = self.names.lock().map_err(|_| HoldError::Poisoned)?;
+        let now = Instant::now();
+        let Some(holds) = names.get_mut(name) else {
+            return Ok(false);
+        };
+        holds.purge(now);
+        let mut held = false;
+        if let Some(expires) = holds.shared.get_mut(holder) {
+            *expires = now + ttl;
+            held = true;
+        }
+        if let Some((owner, expires)) = &mut holds.exclusive
+            && owner == holder
+        {
+            *expires = now + ttl;
+            held = true;
+        }
+        Ok(held)
+    }
+
     /// [`HoldBackend::release`] without the future.
     pub fn release_now(&self, name: &str, holder: &str) -> Result<(), HoldError> {
         let mut names = self.names.lock().map_err(|_| HoldError::Poisoned)?;
@@ -183,6 +216,15 @@ impl HoldBackend for HoldTable {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, HoldError>> {
         Box::pin(async move { self.try_hold_now(name, holder, mode, ttl) })
+    }
+
+    fn renew_hold<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, HoldError>> {
+        Box::pin(async move { self.renew_now(name, holder, ttl) })
     }
 
     fn release_hold<'a>(

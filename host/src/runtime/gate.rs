@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -23,7 +23,7 @@ use crate::services::{EXPOSED_SETTINGS, Services};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Violation {
     /// Guest CPU time passed the per-job deadline.
-    CpuDeadline { budget: Duration },
+    CpuDeadline { budget: Duration, used: Duration },
     /// A linear memory tried to grow past the cap.
     MemoryCap { cap: usize, requested: usize },
     /// More host calls than the per-job cap.
@@ -44,9 +44,11 @@ impl Violation {
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Violation::CpuDeadline { budget } => {
-                write!(f, "component exceeded its CPU deadline of {budget:?}")
-            }
+            Violation::CpuDeadline { budget, used } => write!(
+                f,
+                "component exceeded its CPU deadline of {budget:?}: its own code ran {} ms",
+                used.as_millis()
+            ),
             Violation::MemoryCap { cap, requested } => write!(
                 f,
                 "component tried to grow a memory to {requested} bytes, over the cap of {cap} bytes"
@@ -124,12 +126,15 @@ pub(crate) struct Gate {
     call_timeout: Duration,
     max_host_calls: u32,
     calls: u32,
-    started: Instant,
-    host_time: Duration,
     pub(crate) violation: Option<Violation>,
     journal: Option<Journal>,
     /// A rehearsal's refusals are logged at DEBUG (see [`super::RunKind::Rehearsal`]).
     rehearsal: bool,
+    /// The Order the job's event names: the only one it may update, unless the policy widens
+    /// that ([`CapabilityPolicy::check_record`]).
+    pub(crate) order_scope: Option<String>,
+    /// Largest answer handed to the component, in bytes ([`super::RuntimeConfig::result_max`]).
+    pub(crate) result_max: usize,
 }
 
 impl Gate {
@@ -148,11 +153,11 @@ impl Gate {
             call_timeout,
             max_host_calls,
             calls: 0,
-            started: Instant::now(),
-            host_time: Duration::ZERO,
             violation: None,
             journal: record.then(Journal::default),
             rehearsal: false,
+            order_scope: None,
+            result_max: usize::MAX,
         }
     }
 
@@ -179,12 +184,6 @@ impl Gate {
 
     pub(crate) fn services(&self) -> &dyn Services {
         self.services.as_ref()
-    }
-
-    /// Time the guest has had to itself: wall time since the job started minus time spent in
-    /// host calls. This is what the CPU deadline is measured against.
-    pub(crate) fn guest_time(&self) -> Duration {
-        self.started.elapsed().saturating_sub(self.host_time)
     }
 
     pub(crate) fn host_calls(&self) -> u32 {
@@ -252,7 +251,6 @@ impl Gate {
     {
         let span = tracing::debug_span!("host_call", op, target = %target);
         let timeout = self.call_timeout;
-        let started = Instant::now();
         let result = async {
             match tokio::time::timeout(timeout, call(Arc::clone(&self.services))).await {
                 Ok(result) => result,
@@ -264,7 +262,6 @@ impl Gate {
         }
         .instrument(span)
         .await;
-        self.host_time += started.elapsed();
         if let Err(error) = &result {
             tracing::debug!(op, target = %target, kind = %error.kind, code = %error.code, "host call failed: {}", error.message);
         }
@@ -301,6 +298,39 @@ impl Gate {
         }
     }
 
+    /// An answer for the component, refused with `EBADRESPONSE` when it is larger than
+    /// [`Self::result_max`] (the component is told the limit and the setting; nothing is cut).
+    ///
+    /// The journal then records the error, as the component received it.
+    pub(crate) fn bounded(
+        &mut self,
+        op: &'static str,
+        result: Result<String, CallError>,
+    ) -> Result<String, CallError> {
+        match result {
+            Ok(text) if text.len() > self.result_max => {
+                run_warn!(
+                    self.rehearsal,
+                    op,
+                    bytes = text.len(),
+                    limit = self.result_max,
+                    "answer not handed to the component: over FULFILLD_HOST_RESULT_MAX_BYTES"
+                );
+                let error = CallError::bad_response(format!(
+                    "{op}: the answer is {} bytes, over the host's limit of {} bytes for an \
+                     answer handed to a component (FULFILLD_HOST_RESULT_MAX_BYTES)",
+                    text.len(),
+                    self.result_max
+                ));
+                if let Some(last) = self.journal.as_mut().and_then(|j| j.calls.last_mut()) {
+                    last.result = Err(error.clone());
+                }
+                Err(error)
+            }
+            other => other,
+        }
+    }
+
     /// Records a log entry in the journal (the caller emits the tracing event).
     pub(crate) fn record_log(&mut self, entry: impl FnOnce() -> LogRecord) {
         self.counters.bump("log.emit", "ok");
@@ -313,11 +343,6 @@ impl Gate {
     /// lists what a job asked of Salesforce and WHMCS.
     pub(crate) fn count(&self, op: &'static str, outcome: &'static str) {
         self.counters.bump(op, outcome);
-    }
-
-    /// Time spent waiting on the host's behalf (not guest CPU time).
-    pub(crate) fn add_host_time(&mut self, spent: Duration) {
-        self.host_time += spent;
     }
 
     /// Counts a call that needs no I/O (config, clock).

@@ -269,6 +269,7 @@ impl Manifest {
             update: caps.update.clone(),
             billing_actions: caps.billing.clone(),
             query: Some(caps.query.clone()),
+            update_other_orders: false,
         }
     }
 

@@ -18,6 +18,7 @@ macro_rules! run_warn {
 mod bindings;
 pub(crate) mod cache;
 pub mod check;
+mod cpu;
 mod gate;
 mod host;
 pub mod manifest;
@@ -69,7 +70,16 @@ pub struct RuntimeConfig {
     pub hold_ttl: Duration,
     /// What components may write and call.
     pub policy: CapabilityPolicy,
+    /// Longest text a component hands the host for logs, job records and Salesforce (an
+    /// outcome's or failure's message), in bytes; longer text is cut with a marked truncation.
+    pub text_max: usize,
+    /// Largest answer handed to a component (a query's merged records, a WHMCS answer), in
+    /// bytes, as JSON text; a larger one is an `EBADRESPONSE` error naming the limit.
+    pub result_max: usize,
 }
+
+/// Longest failure code, in bytes: codes are short tokens (`409`, `COMPONENT_TIMEOUT`).
+pub const MAX_CODE_BYTES: usize = 64;
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -83,6 +93,8 @@ impl Default for RuntimeConfig {
             // A hold spans a couple of calls (AddOrder, then the Salesforce write).
             hold_ttl: Duration::from_secs(70),
             policy: CapabilityPolicy::default(),
+            text_max: 4096,
+            result_max: 16 << 20,
         }
     }
 }
@@ -208,9 +220,17 @@ pub enum FailureSource {
     Component,
     /// The sandbox stopped the component: trap, deadline, memory cap, host-call cap.
     Sandbox,
-    /// The host could not run the component (instance pool exhausted, ...).
+    /// The host could not run the component (instance pool exhausted, its store unreachable
+    /// for as long as the job may run, ...): the job is handed out again later, the Order is not
+    /// marked Failed.
     Host,
 }
+
+/// A fault of the host itself that stops a run (not the component's doing, not a business
+/// failure): the run ends as [`FailureSource::Host`] with code `HOST_UNAVAILABLE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HostFault(pub String);
 
 /// A failed job: a code (e.g. `409`, `COMPONENT_TIMEOUT`) and a short message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,7 +247,10 @@ pub struct JobReport {
     /// The component version the job ran on.
     pub component: ComponentInfo,
     pub host_calls: u32,
+    /// Wall-clock time of the run (what the job deadline is measured against).
     pub elapsed: Duration,
+    /// CPU time the component's own code used (what the CPU deadline is measured against).
+    pub cpu: Duration,
     /// Present when the job was run with `record = true`.
     pub journal: Option<Journal>,
 }
@@ -293,12 +316,15 @@ impl Default for RunOptions {
 pub(crate) struct JobContext {
     pub(crate) kind: RunKind,
     pub(crate) delivery: u32,
-    /// The job's identity as a holder: its EventUuid (see [`crate::holds`]).
+    /// This run's identity as a holder: its EventUuid, delivery and a random part (see
+    /// [`crate::holds`]).
     pub(crate) holder: String,
     pub(crate) holds: SharedHolds,
     pub(crate) hold_ttl: Duration,
-    /// Names this job holds, released when it ends.
-    pub(crate) held: Vec<String>,
+    /// Names this run holds, renewed while held and released when it ends.
+    pub(crate) held: host::Held,
+    /// When the job's wall-clock deadline passes.
+    pub(crate) deadline: Instant,
 }
 
 impl JobContext {
@@ -316,6 +342,8 @@ pub(crate) struct JobState {
     job: JobContext,
     /// What the guest wrote to stderr (bounded), shown when it traps.
     stderr: MemoryOutputPipe,
+    /// The CPU time the guest has used, against the CPU deadline.
+    cpu: cpu::GuestCpu,
 }
 
 impl WasiView for JobState {
@@ -514,8 +542,11 @@ impl Runtime {
                 if !excess.is_empty() {
                     return Err(ManifestError::BeyondCeiling(excess).into());
                 }
+                let mut policy = manifest.policy();
+                // The Order scope is the operator's to widen, not the component's to ask for.
+                policy.update_other_orders = self.inner.policy.update_other_orders;
                 Grant {
-                    policy: Arc::new(manifest.policy()),
+                    policy: Arc::new(policy),
                     manifest: Some(Arc::new(manifest)),
                 }
             }
@@ -620,18 +651,26 @@ impl Runtime {
                     .holds
                     .unwrap_or_else(|| Arc::clone(&self.inner.holds) as SharedHolds),
                 hold_ttl: config.hold_ttl,
-                held: Vec::new(),
+                held: host::Held::default(),
+                deadline: Instant::now() + config.wall_deadline,
             },
             stderr,
+            cpu: cpu::GuestCpu::default(),
         };
         let mut store = Store::new(&self.inner.engine, state);
+        store.call_hook(|mut ctx, hook| {
+            ctx.data_mut().cpu.cross(hook);
+            Ok(())
+        });
+        store.data_mut().gate.result_max = config.result_max;
         store.limiter(|state| &mut state.limiter);
         let budget = config.cpu_deadline;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
-            if state.gate.guest_time() > budget {
-                let violation = Violation::CpuDeadline { budget };
+            let used = state.cpu.used();
+            if used > budget {
+                let violation = Violation::CpuDeadline { budget, used };
                 state.gate.violation = Some(violation.clone());
                 return Err(wasmtime::Error::new(violation));
             }
@@ -667,12 +706,13 @@ impl Runtime {
     ) -> JobReport {
         let started = Instant::now();
         let (job_span, delivery, kind) = (options.span.clone(), options.delivery, options.kind);
-        let mut store = self.new_store(
-            services,
-            component.grant.clone(),
-            options,
-            &event.event_uuid,
+        let holder = format!(
+            "{}/{delivery}/{}",
+            event.event_uuid,
+            &crate::domain::random_uuid()[..8]
         );
+        let mut store = self.new_store(services, component.grant.clone(), options, &holder);
+        store.data_mut().gate.order_scope = event.order_id().map(str::to_owned);
         let wit_event = bindings::types::Event {
             event_uuid: event.event_uuid.clone(),
             replay_id: event.replay_id.clone(),
@@ -714,20 +754,22 @@ impl Runtime {
                     bindings::types::Disposition::Completed => Disposition::Completed,
                     bindings::types::Disposition::Skipped => Disposition::Skipped,
                 },
-                message: outcome.message,
+                message: bounded_text(outcome.message, self.inner.config.text_max),
             }),
             Ok(Ok(Err(failure))) => Err(JobFailure {
                 source: FailureSource::Component,
-                code: failure.code,
-                message: failure.message,
+                code: failure_code(failure.code),
+                message: bounded_text(failure.message, self.inner.config.text_max),
             }),
             Ok(Err(error)) => Err(self.describe_error(&store, &error)),
             Err(_) => Err(JobFailure {
                 source: FailureSource::Sandbox,
                 code: "COMPONENT_TIMEOUT".into(),
                 message: format!(
-                    "job exceeded its wall-clock deadline of {:?}",
-                    self.inner.config.wall_deadline
+                    "job exceeded its wall-clock deadline of {:?} (its component's own code ran \
+                     {} ms of it)",
+                    self.inner.config.wall_deadline,
+                    store.data().cpu.used().as_millis()
                 ),
             }),
         };
@@ -738,6 +780,7 @@ impl Runtime {
             component: component.info.clone(),
             host_calls: state.gate.host_calls(),
             elapsed: started.elapsed(),
+            cpu: state.cpu.used(),
             journal: state.gate.take_journal(),
         }
     }
@@ -782,6 +825,13 @@ impl Runtime {
                 message,
             };
         }
+        if let Some(fault) = error.downcast_ref::<HostFault>() {
+            return JobFailure {
+                source: FailureSource::Host,
+                code: "HOST_UNAVAILABLE".into(),
+                message: fault.to_string(),
+            };
+        }
         JobFailure {
             source: FailureSource::Host,
             code: "COMPONENT_UNAVAILABLE".into(),
@@ -805,6 +855,39 @@ pub(crate) fn declared(wasm: &[u8]) -> Result<Declared, LoadError> {
         manifest,
         wit: check::built_version(&surface),
     })
+}
+
+/// A component's text cut to `max` bytes, the cut marked with how long it was.
+pub(crate) fn bounded_text(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let total = text.len();
+    let mut cut = crate::domain::clip(&text, max);
+    cut.push_str(&format!(" [cut: {total} bytes in all]"));
+    cut
+}
+
+/// A component's failure code as the host records it: printable ASCII without spaces, at most
+/// [`MAX_CODE_BYTES`]; anything else becomes `INVALID_CODE` followed by what can be kept, so a
+/// code never carries a newline into a log line or an unbounded value into a metric label.
+fn failure_code(code: String) -> String {
+    let fine = !code.is_empty()
+        && code.len() <= MAX_CODE_BYTES
+        && code.bytes().all(|b| b.is_ascii_graphic());
+    if fine {
+        return code;
+    }
+    let kept: String = code
+        .chars()
+        .filter(char::is_ascii_graphic)
+        .take(MAX_CODE_BYTES - "INVALID_CODE:".len())
+        .collect();
+    if kept.is_empty() {
+        "INVALID_CODE".to_owned()
+    } else {
+        format!("INVALID_CODE:{kept}")
+    }
 }
 
 /// The last lines the guest wrote to stderr (a panic message), trimmed.

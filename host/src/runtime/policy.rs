@@ -45,6 +45,11 @@ pub struct CapabilityPolicy {
     /// any. A component with a manifest gets the objects its manifest lists.
     #[serde(default)]
     pub query: Option<BTreeSet<String>>,
+    /// Whether a job may update Orders other than the one its event names. Off by default: a
+    /// job for one Order that writes another is refused (`forbidden`). Set by the operator in
+    /// the host's policy file; it applies to every component version, manifest or not.
+    #[serde(default)]
+    pub update_other_orders: bool,
 }
 
 impl Default for CapabilityPolicy {
@@ -70,6 +75,7 @@ impl Default for CapabilityPolicy {
             )]),
             billing_actions: actions.iter().map(|a| (*a).to_owned()).collect(),
             query: None,
+            update_other_orders: false,
         }
     }
 }
@@ -116,6 +122,32 @@ impl CapabilityPolicy {
                 "the capability policy does not allow updating {sobject}.{}",
                 refused.join(format!(", {sobject}.").as_str())
             )))
+        }
+    }
+
+    /// May a job whose event names `scope` (an Order id) write record `id` of `sobject`? An
+    /// Order other than its own is refused unless [`Self::update_other_orders`]; ids compare as
+    /// Salesforce's do (an 18-character id equals its 15-character form).
+    pub fn check_record(
+        &self,
+        sobject: &str,
+        id: &str,
+        scope: Option<&str>,
+    ) -> Result<(), CallError> {
+        if sobject != "Order" || self.update_other_orders {
+            return Ok(());
+        }
+        match scope {
+            Some(own) if same_record_id(own, id) => Ok(()),
+            Some(own) => Err(CallError::forbidden(format!(
+                "a job may update only the Order its event names ({own}), not Order {}; the \
+                 capability policy's update_other_orders = true widens this",
+                crate::domain::clip(id, 40)
+            ))),
+            None => Err(CallError::forbidden(
+                "the job's event names no Order, so it may update none; the capability policy's \
+                 update_other_orders = true widens this",
+            )),
         }
     }
 
@@ -230,6 +262,13 @@ pub(crate) struct TooDeep;
 /// The sObjects named in the `FROM` of `soql` and of its semi-join subqueries (child
 /// relationship subqueries in a field list name relationships, not sObjects: they are skipped,
 /// their own semi-joins are not).
+/// Salesforce record ids compare case-sensitively, and an 18-character id equals the
+/// 15-character id it extends.
+pub fn same_record_id(a: &str, b: &str) -> bool {
+    a == b
+        || (a.len().min(b.len()) == 15 && a.len().max(b.len()) == 18 && a.get(..15) == b.get(..15))
+}
+
 pub(crate) fn queried_objects(soql: &str) -> Result<Vec<String>, TooDeep> {
     let tokens = tokens(soql);
     let mut objects = Vec::new();

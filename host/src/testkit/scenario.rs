@@ -888,11 +888,7 @@ pub fn compare_sf_updates(expected: &[SfUpdateExpectation], calls: &[CallRecord]
 
 /// A record Id as Salesforce compares them: the 15-character form matches the 18.
 fn same_id(expected: &str, actual: &str) -> bool {
-    expected == actual
-        || (expected.len().min(actual.len()) == 15
-            && expected
-                .get(..15)
-                .is_some_and(|e| Some(e) == actual.get(..15)))
+    crate::runtime::policy::same_record_id(expected, actual)
 }
 
 /// The parameters of a billing call as WHMCS receives them (`pid[0]=1`): the host's own

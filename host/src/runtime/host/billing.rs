@@ -28,6 +28,6 @@ impl billing::Host for JobState {
             })
             .await
             .map(|response| response.to_string());
-        Ok(result.map_err(types::Error::from))
+        Ok(self.gate.bounded(OP, result).map_err(types::Error::from))
     }
 }

@@ -1,17 +1,137 @@
 //! `fulfilld:fulfillment/holds` (since 1.1.0): named readers-writer holds kept in the store.
+//!
+//! A hold is the run's (see [`crate::holds`]): renewed in the background while held, released
+//! when the run ends. When the store cannot be reached, taking a hold is retried until the store
+//! answers again or the job's time runs out; the component never sees the store's outage as an
+//! error (it is the host's fault, not a business failure): past the job's time the run stops
+//! with [`HostFault`] and the job is handed out again later.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tracing::Instrument as _;
+
 use super::super::bindings::{holds, types};
-use super::super::{JobContext, JobState};
+use super::super::{HostFault, JobContext, JobState};
 use crate::error::CallError;
-use crate::holds::{HoldMode, invalid_name};
+use crate::holds::{HoldMode, SharedHolds, invalid_name};
 
 /// First pause between attempts at a busy hold; doubles up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(5);
 const MAX_PAUSE: Duration = Duration::from_millis(100);
+/// Longest pause between attempts while the store cannot be reached.
+const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(1);
 /// How much longer than the hold TTL a job waits, so a dead holder's hold runs out first.
 const WAIT_MARGIN: Duration = Duration::from_secs(1);
+
+/// The names a run holds, renewed every third of the hold TTL by a task that lives as long as
+/// any is held. A run dropped before its end (its claim passed to another worker, the host
+/// shutting down) releases what it still holds when this is dropped.
+#[derive(Default)]
+pub(crate) struct Held {
+    names: Arc<Mutex<Vec<String>>>,
+    renewer: Option<tokio::task::JoinHandle<()>>,
+    /// Where the holds are and whose they are, once one is taken.
+    owner: Option<(SharedHolds, String)>,
+}
+
+impl Held {
+    fn contains(&self, name: &str) -> bool {
+        self.names
+            .lock()
+            .map(|names| names.iter().any(|n| n == name))
+            .unwrap_or(false)
+    }
+
+    fn remove(&mut self, name: &str) -> bool {
+        let Ok(mut names) = self.names.lock() else {
+            return false;
+        };
+        let Some(index) = names.iter().position(|n| n == name) else {
+            return false;
+        };
+        names.swap_remove(index);
+        true
+    }
+
+    fn take_all(&mut self) -> Vec<String> {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+        self.names
+            .lock()
+            .map(|mut names| std::mem::take(&mut *names))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let names = self.take_all();
+        let (Some((holds, holder)), false) = (self.owner.take(), names.is_empty()) else {
+            return;
+        };
+        // Dropped mid-run: release in the background (there is no await in a drop).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                for name in names {
+                    if let Err(error) = holds.release_hold(&name, &holder).await {
+                        tracing::debug!(hold = %name, error = %error, "could not release the hold of a dropped run; it expires on its own");
+                    }
+                }
+            });
+        }
+    }
+}
+
+impl JobContext {
+    /// Records `name` as held and starts the renewal task if it is not running.
+    fn add_held(&mut self, name: String) {
+        if let Ok(mut names) = self.held.names.lock() {
+            names.push(name);
+        }
+        if self.held.owner.is_none() {
+            self.held.owner = Some((Arc::clone(&self.holds), self.holder.clone()));
+        }
+        if self.held.renewer.is_none() {
+            let task = renew(
+                Arc::clone(&self.holds),
+                self.holder.clone(),
+                self.hold_ttl,
+                Arc::clone(&self.held.names),
+                self.rehearsal(),
+            )
+            .instrument(tracing::Span::current());
+            self.held.renewer = Some(tokio::spawn(task));
+        }
+    }
+}
+
+/// Renews every name in `names` every third of `ttl`, for as long as it runs.
+async fn renew(
+    holds: SharedHolds,
+    holder: String,
+    ttl: Duration,
+    names: Arc<Mutex<Vec<String>>>,
+    rehearsal: bool,
+) {
+    let every = (ttl / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(every).await;
+        let current = names.lock().map(|n| n.clone()).unwrap_or_default();
+        for name in current {
+            match holds.renew_hold(&name, &holder, ttl).await {
+                Ok(true) => tracing::trace!(hold = %name, "hold renewed"),
+                Ok(false) => {
+                    run_warn!(rehearsal, hold = %name, "a hold of this job ran out before it could be renewed (the store was unreachable for longer than the hold TTL); another job may hold it now");
+                }
+                Err(error) => {
+                    run_warn!(rehearsal, hold = %name, error = %crate::error::chain(&error), "cannot renew a hold; retrying");
+                }
+            }
+        }
+    }
+}
 
 impl holds::Host for JobState {
     async fn acquire(
@@ -26,7 +146,7 @@ impl holds::Host for JobState {
             holds::HoldMode::Exclusive => HoldMode::Exclusive,
         };
         if let Some(problem) = invalid_name(&name) {
-            run_warn!(self.job.rehearsal(), hold = %name, "hold refused: {problem}");
+            run_warn!(self.job.rehearsal(), hold = %crate::domain::clip(&name, 200), "hold refused: {problem}");
             self.gate.count(OP, "invalid_input");
             return Ok(Err(CallError::invalid_input(problem).into()));
         }
@@ -36,69 +156,101 @@ impl holds::Host for JobState {
         }
         let started = Instant::now();
         let result = take(&self.job, &name, mode).await;
-        self.gate.add_host_time(started.elapsed());
-        match &result {
+        match result {
             Ok(()) => {
                 tracing::debug!(hold = %name, mode = %mode, waited_ms = started.elapsed().as_millis() as u64, "hold taken");
-                self.job.held.push(name.clone());
+                self.job.add_held(name);
+                self.gate.count(OP, "ok");
+                Ok(Ok(()))
             }
-            Err(error) => {
+            Err(Taken::Busy(error)) => {
                 run_warn!(self.job.rehearsal(), hold = %name, mode = %mode, code = %error.code, "hold not taken: {}", error.message);
+                self.gate.count(OP, error.kind.as_str());
+                Ok(Err(error.into()))
+            }
+            Err(Taken::HostFault(fault)) => {
+                tracing::warn!(hold = %name, mode = %mode, "{fault}");
+                self.gate.count(OP, "host_fault");
+                Err(wasmtime::Error::new(fault))
             }
         }
-        self.gate.count(
-            OP,
-            match &result {
-                Ok(()) => "ok",
-                Err(error) => error.kind.as_str(),
-            },
-        );
-        Ok(result.map_err(Into::into))
     }
 
     async fn release(&mut self, name: String) -> wasmtime::Result<()> {
         const OP: &str = "holds.release";
         self.gate.admit(OP)?;
         self.gate.count_local(OP);
-        if let Some(index) = self.job.held.iter().position(|held| *held == name) {
-            self.job.held.swap_remove(index);
+        if self.job.held.remove(&name) {
             drop_hold(&self.job, &name).await;
         }
         Ok(())
     }
 }
 
+/// Why a hold was not taken.
+enum Taken {
+    /// Still busy after the wait: the component's to handle.
+    Busy(CallError),
+    /// The store could not be reached for as long as the job may run: the host's fault.
+    HostFault(HostFault),
+}
+
 /// Attempts the hold until it is granted or the wait (TTL + margin) is over; an attempt that
-/// gives up withdraws its exclusive request.
-async fn take(job: &JobContext, name: &str, mode: HoldMode) -> Result<(), CallError> {
+/// gives up withdraws its exclusive request. While the store cannot be reached the attempts go
+/// on (the wait does not run meanwhile) until one second before the job's deadline.
+async fn take(job: &JobContext, name: &str, mode: HoldMode) -> Result<(), Taken> {
     let wait = job.hold_ttl + WAIT_MARGIN;
-    let deadline = Instant::now() + wait;
+    let mut deadline = Instant::now() + wait;
+    let patience = job
+        .deadline
+        .checked_sub(WAIT_MARGIN)
+        .unwrap_or(job.deadline);
     let mut pause = FIRST_PAUSE;
+    let mut outage: Option<Instant> = None;
     loop {
         match job
             .holds
             .try_hold(name, &job.holder, mode, job.hold_ttl)
             .await
         {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
+            Ok(true) => {
+                if let Some(since) = outage {
+                    tracing::info!(hold = %name, waited_ms = since.elapsed().as_millis() as u64, "the store answers again; hold taken");
+                }
+                return Ok(());
+            }
+            Ok(false) => {
+                if let Some(since) = outage.take() {
+                    deadline += since.elapsed();
+                    pause = FIRST_PAUSE;
+                }
+            }
             Err(error) => {
-                drop_hold(job, name).await;
-                return Err(CallError::network(
-                    "ESTORE",
-                    format!(
-                        "hold {name:?}: the store is unavailable: {}",
+                let now = Instant::now();
+                let since = *outage.get_or_insert_with(|| {
+                    tracing::warn!(hold = %name, error = %crate::error::chain(&error), "cannot reach the store to take a hold; the job waits for it");
+                    now
+                });
+                if now + pause >= patience {
+                    drop_hold(job, name).await;
+                    return Err(Taken::HostFault(HostFault(format!(
+                        "hold {name:?}: the store was unreachable for {} ms, until the job's \
+                         deadline: {}",
+                        since.elapsed().as_millis(),
                         crate::error::chain(&error)
-                    ),
-                ));
+                    ))));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_OUTAGE_PAUSE);
+                continue;
             }
         }
         if Instant::now() + pause > deadline {
             drop_hold(job, name).await;
-            return Err(CallError::timeout(format!(
+            return Err(Taken::Busy(CallError::timeout(format!(
                 "hold {name:?} ({mode}) still busy after {} ms",
                 wait.as_millis()
-            )));
+            ))));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_PAUSE);
@@ -113,7 +265,7 @@ async fn drop_hold(job: &JobContext, name: &str) {
 
 /// Releases every hold the job still has (at the end of the job, however it ended).
 pub(crate) async fn release_all_holds(job: &mut JobContext) {
-    for name in std::mem::take(&mut job.held) {
+    for name in job.held.take_all() {
         drop_hold(job, &name).await;
     }
 }

@@ -9,7 +9,7 @@ mod job;
 mod log;
 mod salesforce;
 
-pub(crate) use holds::release_all_holds;
+pub(crate) use holds::{Held, release_all_holds};
 
 use super::JobState;
 use super::bindings::types;

@@ -39,7 +39,7 @@ impl salesforce::Host for JobState {
             })
             .await
             .map(|records| records.to_string());
-        Ok(result.map_err(types::Error::from))
+        Ok(self.gate.bounded(OP, result).map_err(types::Error::from))
     }
 
     async fn update(
@@ -61,6 +61,10 @@ impl salesforce::Host for JobState {
             return Ok(Err(self.gate.refuse(OP, target, request, error).into()));
         }
         if let Err(error) = self.gate.policy().check_update(&sobject, &fields) {
+            return Ok(Err(self.gate.refuse(OP, target, request, error).into()));
+        }
+        let scope = self.gate.order_scope.as_deref();
+        if let Err(error) = self.gate.policy().check_record(&sobject, &id, scope) {
             return Ok(Err(self.gate.refuse(OP, target, request, error).into()));
         }
         let result = self

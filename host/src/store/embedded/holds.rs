@@ -19,6 +19,15 @@ impl HoldBackend for EmbeddedStore {
         self.holds.try_hold(name, holder, mode, ttl)
     }
 
+    fn renew_hold<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, HoldError>> {
+        self.holds.renew_hold(name, holder, ttl)
+    }
+
     fn release_hold<'a>(
         &'a self,
         name: &'a str,

@@ -36,6 +36,31 @@ impl HoldBackend for RedisStore {
         .boxed()
     }
 
+    fn renew_hold<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, HoldError>> {
+        async move {
+            let (shared, exclusive) = self.hold_keys(name);
+            let held: i64 = self
+                .invoke(
+                    self.scripts
+                        .rehold
+                        .key(&shared)
+                        .key(&exclusive)
+                        .arg(holder)
+                        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)),
+                    "renew a hold",
+                )
+                .await
+                .map_err(HoldError::from)?;
+            Ok(held == 1)
+        }
+        .boxed()
+    }
+
     fn release_hold<'a>(
         &'a self,
         name: &'a str,

@@ -19,6 +19,7 @@ pub(super) struct Scripts {
     pub requeue: Script,
     // Holds (`holds`).
     pub hold: Script,
+    pub rehold: Script,
     pub unhold: Script,
 }
 
@@ -35,6 +36,7 @@ impl Scripts {
             dead_letter_job: Script::new(include_str!("lua/dead_letter_job.lua")),
             requeue: Script::new(include_str!("lua/requeue.lua")),
             hold: Script::new(include_str!("lua/hold.lua")),
+            rehold: Script::new(include_str!("lua/rehold.lua")),
             unhold: Script::new(include_str!("lua/unhold.lua")),
         }
     }
