@@ -16,6 +16,11 @@ const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest service-provided text copied into a [`CallError`] message.
 const MAX_MESSAGE_CHARS: usize = 300;
 
+/// The largest answer body read from Salesforce or WHMCS (one HTTP answer). A bigger one is
+/// not read further and the call fails with `EBADRESPONSE`: no service answer of ours comes near
+/// it (a query page holds at most 2,000 records), so only a broken or hostile server sends one.
+pub const MAX_ANSWER_BYTES: usize = 32 << 20;
+
 /// Building the shared HTTP client failed (TLS setup, usually).
 #[derive(Debug, thiserror::Error)]
 #[error("building the HTTP client failed")]
@@ -52,6 +57,38 @@ pub fn http_client_trusting(
         .user_agent(concat!("fulfilld/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(HttpClientError)
+}
+
+/// Reads an answer's body, at most [`MAX_ANSWER_BYTES`]: a bigger one fails with `EBADRESPONSE`
+/// naming the limit, without holding more than the limit in memory.
+pub(crate) async fn read_body(
+    service: &str,
+    mut response: reqwest::Response,
+) -> Result<Vec<u8>, CallError> {
+    let too_large = || {
+        CallError::bad_response(format!(
+            "{service} answered with a body larger than {} MiB; the host does not read further",
+            MAX_ANSWER_BYTES >> 20
+        ))
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|err| classify_transport(service, &err))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// Installs ring as the process-wide rustls provider unless one is installed already.

@@ -135,10 +135,7 @@ impl WhmcsClient {
             };
             let status = response.status().as_u16();
             tracing::Span::current().record("status", status);
-            let body = response
-                .bytes()
-                .await
-                .map_err(|err| classify_transport(SERVICE, &err))?;
+            let body = crate::http::read_body(SERVICE, response).await?;
             let outcome = classify_response(status, &body);
             match &outcome {
                 Ok(_) => tracing::Span::current().record("result", "success"),

@@ -135,10 +135,7 @@ impl Authenticator {
                 .map_err(|err| classify_transport(SERVICE, &err))?;
             let status = response.status().as_u16();
             tracing::Span::current().record("status", status);
-            let body = response
-                .bytes()
-                .await
-                .map_err(|err| classify_transport(SERVICE, &err))?;
+            let body = crate::http::read_body(SERVICE, response).await?;
             let session = parse_token_response(status, &body);
             match &session {
                 Ok(s) => tracing::debug!(instance = %s.instance_url, tenant = %s.tenant_id, "new Salesforce session"),

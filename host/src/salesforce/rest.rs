@@ -33,11 +33,18 @@ impl SalesforceClient {
             return Err(CallError::invalid_input("the SOQL query is empty"));
         }
         let path = format!("{}/query", self.data_path());
-        let first = self.get_json(&path, Some(("q", soql))).await?;
+        let (first, mut read) = self.get_json_sized(&path, Some(("q", soql))).await?;
         let total = first.get("totalSize").and_then(Value::as_u64);
         let mut page = first;
         let mut records = Vec::new();
         for _ in 0..MAX_PAGES {
+            if read > crate::http::MAX_ANSWER_BYTES {
+                return Err(CallError::bad_response(format!(
+                    "Salesforce query answers add up to more than {} MiB; the host does not read \
+                     further (select fewer fields or records)",
+                    crate::http::MAX_ANSWER_BYTES >> 20
+                )));
+            }
             let Some(Value::Array(batch)) = page.get_mut("records").map(Value::take) else {
                 return Err(CallError::bad_response(
                     "Salesforce query answer has no records array",
@@ -60,7 +67,9 @@ impl SalesforceClient {
                     )
                 })?
                 .to_owned();
-            page = self.get_json(&next, None).await?;
+            let (next_page, size) = self.get_json_sized(&next, None).await?;
+            page = next_page;
+            read += size;
         }
         Err(CallError::bad_response(format!(
             "Salesforce query did not finish within {MAX_PAGES} pages"
@@ -105,6 +114,15 @@ impl SalesforceClient {
 
     /// GETs `path` (optionally with one query parameter) and parses a 2xx JSON object.
     async fn get_json(&self, path: &str, query: Option<(&str, &str)>) -> Result<Value, CallError> {
+        self.get_json_sized(path, query).await.map(|(json, _)| json)
+    }
+
+    /// [`Self::get_json`] with the size in bytes of the body it was read from.
+    async fn get_json_sized(
+        &self,
+        path: &str,
+        query: Option<(&str, &str)>,
+    ) -> Result<(Value, usize), CallError> {
         let answer = self.send(Method::GET, path, query, None, path).await?;
         if !(200..300).contains(&answer.status) {
             return Err(classify_error(answer.status, &answer.body));
@@ -112,6 +130,7 @@ impl SalesforceClient {
         serde_json::from_slice::<Value>(&answer.body)
             .ok()
             .filter(Value::is_object)
+            .map(|json| (json, answer.body.len()))
             .ok_or_else(|| {
                 CallError::bad_response(format!(
                     "Salesforce answered HTTP {} with a body that is not a JSON object",
@@ -201,15 +220,9 @@ impl SalesforceClient {
             {
                 span.record("api_usage", usage);
             }
-            let body = response
-                .bytes()
-                .await
-                .map_err(|err| classify_transport(SERVICE, &err))?;
+            let body = crate::http::read_body(SERVICE, response).await?;
             tracing::debug!("Salesforce request finished");
-            Ok(Answer {
-                status,
-                body: body.to_vec(),
-            })
+            Ok(Answer { status, body })
         }
         .instrument(span)
         .await
