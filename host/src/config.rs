@@ -167,6 +167,9 @@ pub struct ServeConfig {
     pub reclaim_after: Duration,
     /// `FULFILLD_MAX_DELIVERIES`: a job handed out more often than this is dead-lettered.
     pub max_deliveries: u32,
+    /// `FULFILLD_QUEUE_STALL_MS`: `/health` is degraded when jobs wait and this replica's
+    /// workers have neither started nor finished one for this long.
+    pub queue_stall: Duration,
     /// `FULFILLD_SHUTDOWN_GRACE_MS`: how long shutdown waits for jobs in flight.
     pub shutdown_grace: Duration,
     /// `FULFILLD_REPLICA_ID`: this process's name in leases and consumer groups.
@@ -708,7 +711,7 @@ impl Reader<'_> {
                 .join("fulfilld.redb"),
             },
         };
-        let http_addr = self.socket_addr("FULFILLD_HTTP_ADDR", ([0, 0, 0, 0], 8080));
+        let http_addr = self.socket_addr("FULFILLD_HTTP_ADDR", ([127, 0, 0, 1], 8080));
         let admin_addr = self.socket_addr("FULFILLD_ADMIN_ADDR", ([127, 0, 0, 1], 8081));
         let http_max_connections = self.bounded("FULFILLD_HTTP_MAX_CONNECTIONS", 256, 65_536);
         let admin_max_connections = self.bounded("FULFILLD_ADMIN_MAX_CONNECTIONS", 64, 65_536);
@@ -744,6 +747,7 @@ impl Reader<'_> {
             );
         }
         let max_deliveries = self.number("FULFILLD_MAX_DELIVERIES", 5);
+        let stall_ms = self.number("FULFILLD_QUEUE_STALL_MS", 600_000).max(1_000);
         let grace_ms = self.number("FULFILLD_SHUTDOWN_GRACE_MS", 30_000);
         let component_max_bytes = self.number(
             "FULFILLD_COMPONENT_MAX_BYTES",
@@ -803,6 +807,7 @@ impl Reader<'_> {
             lease_ttl: Duration::from_millis(lease_ms),
             reclaim_after: Duration::from_millis(reclaim_ms),
             max_deliveries: u32::try_from(max_deliveries).unwrap_or(u32::MAX),
+            queue_stall: Duration::from_millis(stall_ms),
             shutdown_grace: Duration::from_millis(grace_ms),
             replica_id,
             registry_dir: self.optional("FULFILLD_REGISTRY_DIR").map(PathBuf::from),
@@ -830,6 +835,11 @@ impl Reader<'_> {
         let timeout = self.number("FULFILLD_CALL_TIMEOUT_MS", millis(defaults.call_timeout));
         let instances = self.number("FULFILLD_MAX_INSTANCES", u64::from(defaults.max_instances));
         let hold_ttl = self.number("FULFILLD_HOLD_TTL_MS", millis(defaults.hold_ttl));
+        let text_max = self.number(
+            "FULFILLD_COMPONENT_TEXT_MAX_BYTES",
+            defaults.text_max as u64,
+        );
+        let result_max = self.number("FULFILLD_HOST_RESULT_MAX_BYTES", defaults.result_max as u64);
         let policy = match self.optional("FULFILLD_POLICY_FILE") {
             None => CapabilityPolicy::default(),
             Some(path) => CapabilityPolicy::load(Path::new(&path)).unwrap_or_else(|err| {
@@ -846,6 +856,9 @@ impl Reader<'_> {
             max_instances: u32::try_from(instances).unwrap_or(u32::MAX),
             hold_ttl: Duration::from_millis(hold_ttl.max(1)),
             policy,
+            // Room for at least the marker and a short message.
+            text_max: usize::try_from(text_max.max(64)).unwrap_or(usize::MAX),
+            result_max: usize::try_from(result_max.max(1024)).unwrap_or(usize::MAX),
         }
     }
 }
@@ -1146,7 +1159,10 @@ mod tests {
             other => panic!("expected the embedded store, got {other:?}"),
         }
         assert_eq!(config.serve.workers, 4);
-        assert_eq!(config.serve.http_addr.port(), 8080);
+        // Loopback unless the operator opens it (issue 14: it was 0.0.0.0).
+        assert_eq!(config.serve.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.serve.admin_addr.to_string(), "127.0.0.1:8081");
+        assert_eq!(config.serve.queue_stall, Duration::from_secs(600));
 
         let mut env = base();
         env.insert("REDIS_URL", "redis://:hunter2@cache:6379/2".into());

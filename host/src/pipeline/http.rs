@@ -86,8 +86,37 @@ pub async fn health_report(shared: &Shared) -> (bool, Value) {
         Role::Leader { epoch } => ("leader", Some(epoch)),
     };
     if matches!(status.role, Role::Leader { .. }) && !connected {
-        problems
-            .push("this replica holds the lease but its Pub/Sub stream is not connected".into());
+        let why = state
+            .as_ref()
+            .and_then(|s| s.last_error.as_deref())
+            .map(|e| format!(": {}", crate::domain::clip(e, 300)))
+            .unwrap_or_default();
+        problems.push(format!(
+            "this replica holds the lease but its Pub/Sub stream is not connected{why}"
+        ));
+    }
+    if let Some(reason) = &status.lease_lost
+        && !matches!(status.role, Role::Leader { .. })
+    {
+        problems.push(format!(
+            "ingestion has stopped: this replica stopped reading the channel ({}) and no \
+             replica has taken the subscriber lease since",
+            crate::domain::clip(reason, 300)
+        ));
+    }
+    if let Some(waiting) = depth.filter(|d| *d > 0)
+        && shared.serve.workers > 0
+    {
+        let idle_ms = crate::domain::now_ms() - shared.metrics.last_progress_ms();
+        let stall = shared.serve.queue_stall;
+        if idle_ms > i64::try_from(stall.as_millis()).unwrap_or(i64::MAX) {
+            problems.push(format!(
+                "the queue is not moving: {waiting} job(s) wait and this replica's workers have \
+                 neither started nor finished one for {} s (FULFILLD_QUEUE_STALL_MS = {} ms)",
+                idle_ms / 1000,
+                stall.as_millis()
+            ));
+        }
     }
     if let Some(err) = &status.store_error
         && store_ok

@@ -56,6 +56,7 @@ impl Ingestor {
             {
                 Ok(Some(lease)) => {
                     shared.store_ok();
+                    shared.set_lease_lost(None);
                     logged_follower = false;
                     shared
                         .metrics
@@ -74,12 +75,14 @@ impl Ingestor {
                         Ending::Shutdown => break,
                         Ending::Lost(reason) => {
                             shared.metrics.leases_lost.fetch_add(1, Ordering::Relaxed);
+                            shared.set_lease_lost(Some(reason.clone()));
                             tracing::warn!(channel = %channel, reason = %reason, "stopped reading the channel");
                         }
                     }
                 }
                 Ok(None) => {
                     shared.store_ok();
+                    shared.set_lease_lost(None);
                     shared.set_role(Role::Follower);
                     if !logged_follower {
                         logged_follower = true;

@@ -57,6 +57,11 @@ impl Histogram {
     }
 }
 
+/// Most label sets `fulfilld_jobs_total` keeps (outcome × code × component version).
+pub const MAX_JOB_SERIES: usize = 500;
+/// The code label of jobs past [`MAX_JOB_SERIES`].
+const OTHER_CODE: &str = "other";
+
 /// Labels of a finished job.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct JobLabels {
@@ -84,8 +89,13 @@ pub struct Metrics {
     jobs: Mutex<BTreeMap<JobLabels, u64>>,
     /// From enqueue to the job's record being written.
     pub job_latency: Histogram,
-    /// The component's own run time.
+    /// The component's run time per job (wall clock, host calls included).
     pub job_run_time: Histogram,
+    /// CPU time of the component's own code per job (what the CPU deadline measures).
+    pub job_cpu_time: Histogram,
+    /// When this replica's workers last started or finished a job (ms since the epoch); what
+    /// `/health` reads to tell a queue that is not moving.
+    last_progress_ms: std::sync::atomic::AtomicI64,
 }
 
 /// Values read at render time from elsewhere (the live subscription, the store).
@@ -107,17 +117,40 @@ fn escape(value: &str) -> String {
 
 impl Metrics {
     /// Counts one finished job. `outcome`: completed, skipped, failed, dead_lettered.
+    ///
+    /// The code and the component come from components, so the series are bounded: past
+    /// [`MAX_JOB_SERIES`] label sets a new code is counted as `other` (and a code longer than
+    /// [`crate::runtime::MAX_CODE_BYTES`] always is).
     pub fn job_finished(&self, outcome: &'static str, code: &str, component: &str) {
-        let labels = JobLabels {
+        self.progressed();
+        let mut labels = JobLabels {
             outcome,
-            code: code.to_owned(),
-            component: component.to_owned(),
+            code: if code.len() <= crate::runtime::MAX_CODE_BYTES {
+                code.to_owned()
+            } else {
+                OTHER_CODE.to_owned()
+            },
+            component: crate::domain::clip(component, 200),
         };
         let mut jobs = match self.jobs.lock() {
             Ok(jobs) => jobs,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if jobs.len() >= MAX_JOB_SERIES && !jobs.contains_key(&labels) {
+            labels.code = OTHER_CODE.to_owned();
+        }
         *jobs.entry(labels).or_default() += 1;
+    }
+
+    /// Records that a worker of this replica got on with the queue (started, or finished a job).
+    pub fn progressed(&self) {
+        self.last_progress_ms
+            .store(crate::domain::now_ms(), Ordering::Relaxed);
+    }
+
+    /// When a worker of this replica last got on with the queue (0: never).
+    pub fn last_progress_ms(&self) -> i64 {
+        self.last_progress_ms.load(Ordering::Relaxed)
     }
 
     /// Jobs counted with `outcome`, any code and component.
@@ -249,7 +282,12 @@ impl Metrics {
         self.job_run_time.render(
             &mut out,
             "fulfilld_job_run_seconds",
-            "The component's run time per job.",
+            "The component's run time per job (wall clock, host calls included).",
+        );
+        self.job_cpu_time.render(
+            &mut out,
+            "fulfilld_job_cpu_seconds",
+            "CPU time of the component's own code per job (what FULFILLD_CPU_DEADLINE_MS limits).",
         );
         gauge(
             &mut out,
@@ -286,6 +324,27 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_series_are_bounded() {
+        let metrics = Metrics::default();
+        for n in 0..MAX_JOB_SERIES + 100 {
+            metrics.job_finished("failed", &format!("CODE_{n}"), "fulfillment@1.0.0");
+        }
+        metrics.job_finished("failed", &"X".repeat(1000), "fulfillment@1.0.0");
+        let text = metrics.render(&Gauges::default());
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("fulfilld_jobs_total{"))
+            .count();
+        assert!(series <= MAX_JOB_SERIES + 1, "{series}");
+        assert!(text.contains("code=\"other\""), "{text}");
+        assert!(!text.contains(&"X".repeat(100)));
+        assert_eq!(
+            metrics.jobs_with_outcome("failed"),
+            (MAX_JOB_SERIES + 101) as u64
+        );
+    }
 
     #[test]
     fn renders_counters_labels_and_cumulative_buckets() {

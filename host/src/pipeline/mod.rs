@@ -64,6 +64,9 @@ pub struct SubscriberStatus {
     /// The version the replicas share, when this replica refused to run it (e.g. under
     /// `FULFILLD_REQUIRE_SIGNED` its signature does not verify); cleared once it follows again.
     pub refused_shared: Option<RefusedVersion>,
+    /// Why this replica last stopped reading the channel, while no replica has taken the lease
+    /// since (cleared when this or another replica holds it again).
+    pub lease_lost: Option<String>,
 }
 
 /// A shared component version this replica would not run, and why.
@@ -127,6 +130,11 @@ impl Shared {
 
     fn set_role(&self, role: Role) {
         self.status_mut().role = role;
+    }
+
+    /// Records why this replica stopped reading the channel (`None` once a replica reads it).
+    fn set_lease_lost(&self, reason: Option<String>) {
+        self.status_mut().lease_lost = reason;
     }
 
     fn attach_subscription(&self, state: watch::Receiver<SubscriptionState>) {
@@ -363,6 +371,7 @@ impl Host {
                 cursor: None,
                 store_error: None,
                 refused_shared: None,
+                lease_lost: None,
             }),
             stopping: AtomicBool::new(false),
         });

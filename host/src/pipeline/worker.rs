@@ -26,6 +26,7 @@ pub(crate) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: watch::
         max_deliveries: shared.serve.max_deliveries,
     };
     let mut failing = false;
+    shared.metrics.progressed();
     loop {
         if *shutdown.borrow() {
             break;
@@ -53,17 +54,18 @@ pub(crate) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: watch::
             }
         };
         for job in jobs {
+            shared.metrics.progressed();
             process(&shared, &consumer, job).await;
         }
     }
 }
 
-/// Runs one job to its recorded end. Never gives up on writing the outcome while the host runs:
-/// an unrecorded job would be reclaimed and run again (harmless, the component is idempotent,
-/// but wasted work).
 /// How long a worker pauses after the host could not run a job (e.g. no free instance).
 const HOST_FAILURE_PAUSE: Duration = Duration::from_secs(1);
 
+/// Runs one job to its recorded end. Never gives up on writing the outcome while the host runs:
+/// an unrecorded job would be reclaimed and run again (harmless, the component is idempotent,
+/// but wasted work).
 async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
     let event: Event = match serde_json::from_slice(&job.payload) {
         Ok(event) => event,
@@ -129,13 +131,14 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
             }
         };
         shared.metrics.job_run_time.observe(report.elapsed);
+        shared.metrics.job_cpu_time.observe(report.cpu);
         let (outcome, code, message) = match &report.result {
             Ok(outcome) => {
                 let name = match outcome.disposition {
                     Disposition::Completed => "completed",
                     Disposition::Skipped => "skipped",
                 };
-                tracing::info!(outcome = name, detail = %outcome.message, elapsed_ms = report.elapsed.as_millis() as u64, "fulfillment finished");
+                tracing::info!(outcome = name, detail = %outcome.message, elapsed_ms = report.elapsed.as_millis() as u64, cpu_ms = report.cpu.as_millis() as u64, "fulfillment finished");
                 (name, None, outcome.message.clone())
             }
             Err(failure) if failure.source == FailureSource::Component => {
