@@ -141,3 +141,269 @@ async fn a_junk_cursor_makes_health_degraded_with_the_reason_and_the_fix() {
         .await
         .unwrap();
 }
+
+/// Junk entries in the Redis job stream (written by something other than the host) are
+/// dead-lettered as `damaged` with what is wrong; the jobs around them run, a junk dead-letter
+/// entry does not break `dead-letters list`, and a damaged one is refused by `requeue`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_queue_entries_are_dead_lettered_and_the_jobs_around_them_run() {
+    use fulfilld::store::DeadLetterKind;
+
+    let url = crate::pipeline::redis_url();
+    let rig = crate::pipeline::Rig::new().await.with_redis(&url);
+    let namespace = rig.env["FULFILLD_REDIS_NAMESPACE"].clone();
+    let base = format!("{namespace}:{{sf:pe:replay:{}}}", rig.channel);
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let xadd = |key: String, fields: Vec<(&'static str, Vec<u8>)>| {
+        let mut cmd = ::redis::cmd("XADD");
+        cmd.arg(key).arg("*");
+        for (k, v) in fields {
+            cmd.arg(k).arg(v);
+        }
+        cmd
+    };
+    let junk_jobs = [
+        vec![("hello", b"world".to_vec())],
+        vec![
+            ("uuid", b"6f1c1d2e-0000-4000-8000-000000000001".to_vec()),
+            ("replay", b"not-a-replay-id".to_vec()),
+            ("payload", b"{}".to_vec()),
+            ("enq", b"1".to_vec()),
+        ],
+        vec![
+            ("uuid", vec![0xff, 0xfe, 0x00]),
+            ("replay", b"42".to_vec()),
+            ("payload", b"{}".to_vec()),
+            ("enq", b"soon".to_vec()),
+        ],
+        // The host's fields, but a payload that is not an event: a job, dead-lettered by the
+        // worker (BAD_PAYLOAD) rather than by the store.
+        vec![
+            ("uuid", b"6f1c1d2e-0000-4000-8000-0000000000aa".to_vec()),
+            ("replay", b"7".to_vec()),
+            ("payload", b"not an event".to_vec()),
+            ("enq", b"1".to_vec()),
+        ],
+    ];
+    for fields in junk_jobs {
+        let _: String = xadd(format!("{base}:jobs"), fields)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let _: String = xadd(
+        format!("{base}:dead"),
+        vec![("kind", b"bogus".to_vec()), ("reason", vec![b'x'; 10_000])],
+    )
+    .query_async(&mut conn)
+    .await
+    .unwrap();
+
+    let orders = rig.orders(1, 3);
+    let host = rig.host(&[("FULFILLD_WORKERS", "2")]).await;
+    for order in &orders {
+        rig.publish(order);
+    }
+    rig.wait_activated(&orders, std::time::Duration::from_secs(60))
+        .await;
+    rig.assert_exactly_once(&orders);
+
+    let store = rig.store().await;
+    let letters = store.dead_letters(&rig.channel, 100).await.unwrap();
+    assert_eq!(letters.len(), 5, "{letters:#?}");
+    let damaged = letters
+        .iter()
+        .filter(|l| l.kind == DeadLetterKind::Damaged)
+        .count();
+    assert_eq!(damaged, 4, "{letters:#?}");
+    let not_event = letters
+        .iter()
+        .find(|l| l.kind == DeadLetterKind::Job)
+        .unwrap();
+    assert!(
+        not_event
+            .reason
+            .contains("the job's payload is not an event"),
+        "{not_event:?}"
+    );
+    let reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("no field \"uuid\"")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("not-a-replay-id")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("is not UTF-8")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("unknown kind \"bogus\"")),
+        "{reasons:?}"
+    );
+    // What the entry held is kept, bounded.
+    let junk = letters
+        .iter()
+        .find(|l| l.reason.contains("no field \"uuid\""))
+        .unwrap();
+    let held: serde_json::Value = serde_json::from_slice(&junk.payload).unwrap();
+    assert_eq!(held["raw:hello"], "world", "{held}");
+    let bogus = letters.iter().find(|l| l.reason.contains("bogus")).unwrap();
+    assert!(bogus.reason.len() < 5_000, "{}", bogus.reason.len());
+    host.shutdown().await;
+
+    // The operator's commands, as the binary.
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+            .args(args)
+            .envs(&rig.env)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["dead-letters", "list"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("5 dead letter(s)"), "{out}");
+    let damaged_lines = out
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some("damaged"))
+        .count();
+    assert_eq!(damaged_lines, 4, "{out}");
+    let (code, out, err) = run(&["dead-letters", "show", &junk.id]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("\"raw:hello\": \"world\""), "{out}");
+    let (code, out, err) = run(&["dead-letters", "requeue", &junk.id]);
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(out.contains("cannot be requeued"), "{out}{err}");
+    assert_eq!(
+        store.dead_letters(&rig.channel, 100).await.unwrap().len(),
+        5
+    );
+
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{namespace}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = ::redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// Text a component controls is bounded everywhere the host puts it: a component that logs
+/// 1 MiB messages, asks for a 1 MiB hold name and fails with a 10 KiB code (with a newline) and an
+/// 8 MiB message leaves a short log, a job record with a marked cut, a printable code and a
+/// small `/metrics`; the Order is Failed with a message Salesforce accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_text_is_bounded_in_logs_records_and_metrics() {
+    use crate::pipeline::{Rig, ServeProcess, redis_url, wait_record};
+
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let loud = crate::common::component("fixture-loud")
+        .display()
+        .to_string();
+    let serve = ServeProcess::start(
+        &rig,
+        "loud",
+        &[("FULFILLD_COMPONENT", &loud), ("FULFILLD_WORKERS", "1")],
+    );
+    serve
+        .wait_role("leader", std::time::Duration::from_secs(30))
+        .await;
+    let orders = rig.orders(1, 1);
+    let (uuid, _) = rig.publish(&orders[0]);
+    let store = rig.store().await;
+    let record = wait_record(&store, &uuid).await;
+
+    assert_eq!(record.outcome, "failed", "{record:?}");
+    let code = record.code.clone().unwrap();
+    assert!(code.starts_with("INVALID_CODE:LOUDCCC"), "{code}");
+    assert!(code.len() <= 64 && !code.contains('\n'), "{code}");
+    assert!(record.message.len() < 4200, "{}", record.message.len());
+    assert!(
+        record
+            .message
+            .ends_with(&format!("[cut: {} bytes in all]", 8 * (1 << 20) + 44)),
+        "{}",
+        &record.message[record.message.len() - 60..]
+    );
+    let (status, error_code) = rig.status(&orders[0]);
+    assert_eq!(status, "Failed", "{error_code}");
+
+    let metrics = reqwest::get(format!("{}/metrics", serve.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.len() < 64 * 1024, "{}", metrics.len());
+    assert!(metrics.contains("code=\"INVALID_CODE:LOUDCCC"), "{metrics}");
+    // The log holds the job's lines, each bounded: nowhere near the megabytes handed in.
+    let log = serve.log_text();
+    assert!(log.contains("fixture-loud"), "{log}");
+    assert!(log.len() < 256 * 1024, "{} bytes of log", log.len());
+}
+
+/// Jobs wait and no worker of this replica takes or ends one for `FULFILLD_QUEUE_STALL_MS`:
+/// `/health` is degraded and says so; once jobs move again it is ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_is_not_moving_makes_health_degraded() {
+    use std::time::{Duration, Instant};
+
+    let rig = crate::pipeline::Rig::new()
+        .await
+        .with_redis(&crate::pipeline::redis_url());
+    let orders = rig.orders(1, 3);
+    // WHMCS holds its first answer for 8 s: the one worker is stuck on it, two jobs wait.
+    rig.sandbox.whmcs().delay_next(1, Duration::from_secs(8));
+    let host = rig
+        .host(&[
+            ("FULFILLD_WORKERS", "1"),
+            ("FULFILLD_QUEUE_STALL_MS", "1000"),
+            ("FULFILLD_CALL_TIMEOUT_MS", "20000"),
+        ])
+        .await;
+    for order in &orders {
+        rig.publish(order);
+    }
+    let url = format!("http://{}/health", host.http_addr());
+    let start = Instant::now();
+    let body = loop {
+        let response = reqwest::get(&url).await.unwrap();
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap();
+        if body["problems"]
+            .to_string()
+            .contains("the queue is not moving")
+        {
+            assert_eq!(status, 503, "{body}");
+            break body;
+        }
+        assert!(start.elapsed() < Duration::from_secs(8), "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        body["problems"]
+            .to_string()
+            .contains("FULFILLD_QUEUE_STALL_MS = 1000 ms"),
+        "{body}"
+    );
+    rig.wait_activated(&orders, Duration::from_secs(60)).await;
+    let body: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    assert!(
+        !body["problems"].to_string().contains("not moving"),
+        "{body}"
+    );
+    host.shutdown().await;
+}

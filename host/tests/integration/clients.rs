@@ -979,3 +979,47 @@ async fn sf_describe_answers_the_schema() {
     );
     assert_eq!(describe("Order", None).await.unwrap().status(), 401);
 }
+
+/// An answer over 32 MiB is not read further, whether it says its length up front or streams
+/// without one: the call fails with `EBADRESPONSE` naming the limit.
+#[tokio::test]
+async fn answers_larger_than_32_mib_are_not_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    for declared in [true, false] {
+        let l = listener().await;
+        let url = Url::parse(&format!("http://{}/", l.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = l.accept().await {
+                let mut buf = [0u8; 8192];
+                let _ = socket.read(&mut buf).await;
+                let head = if declared {
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        40u64 << 20
+                    )
+                } else {
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n"
+                        .to_owned()
+                };
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    continue;
+                }
+                let chunk = vec![b' '; 1 << 20];
+                for _ in 0..40 {
+                    if socket.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let client = whmcs_client(url, Duration::from_secs(30));
+        let err = client.call("GetOrders", &Map::new()).await.unwrap_err();
+        assert_eq!(
+            (err.kind, err.code.as_str()),
+            (ErrorKind::BadResponse, "EBADRESPONSE"),
+            "declared={declared}: {err}"
+        );
+        assert!(err.message.contains("larger than 32 MiB"), "{err}");
+    }
+}

@@ -835,6 +835,8 @@ async fn two_hosts_one_subscriber_takeover_and_a_paused_leader_is_fenced() {
 pub(crate) struct OwnRedis {
     child: Child,
     pub(crate) url: String,
+    port: u16,
+    args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -847,23 +849,30 @@ impl OwnRedis {
     pub(crate) async fn start_with(extra: &[&str]) -> OwnRedis {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = ["--port", &port.to_string(), "--bind", "127.0.0.1"]
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect();
+        args.extend(["--save", "", "--appendonly", "no", "--dir"].map(str::to_owned));
+        args.push(dir.path().display().to_string());
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let child = OwnRedis::spawn(&args, port).await;
+        OwnRedis {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            args,
+            _dir: dir,
+        }
+    }
+
+    async fn spawn(args: &[String], port: u16) -> Child {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--dir"])
-            .arg(dir.path())
-            .args(extra)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (.ci/run installs it)");
-        let url = format!("redis://127.0.0.1:{port}");
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -872,11 +881,23 @@ impl OwnRedis {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        OwnRedis {
-            child,
-            url,
-            _dir: dir,
+        child
+    }
+
+    /// Stops the server (SIGTERM: it writes its append-only file, when it keeps one, and
+    /// exits), keeps it down for `down`, then starts it again on the same port and directory.
+    pub(crate) async fn restart_after(&mut self, down: Duration) {
+        self.signal("TERM");
+        let start = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "redis-server did not stop"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        tokio::time::sleep(down).await;
+        self.child = OwnRedis::spawn(&self.args, self.port).await;
     }
 
     fn signal(&self, signal: &str) {
@@ -924,16 +945,25 @@ async fn redis_stopped_for_ten_seconds_degrades_health_and_loses_nothing() {
     let stopped = Instant::now();
     let during: Vec<(String, ReplayId)> = orders[10..].iter().map(|o| rig.publish(o)).collect();
     let mut saw_503 = false;
+    let mut saw_stopped_ingestion = false;
     while stopped.elapsed() < Duration::from_secs(10) {
         let (status, body) = health(&host).await;
         if status == 503 {
             saw_503 = true;
             assert_eq!(body["status"], "degraded");
             assert_eq!(body["integrations"]["redis"]["status"], "unavailable");
+            // The lease runs out while Redis is down: /health says ingestion has stopped.
+            saw_stopped_ingestion |= body["problems"]
+                .to_string()
+                .contains("ingestion has stopped: this replica stopped reading the channel");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(saw_503, "/health must turn 503 while Redis is down");
+    assert!(
+        saw_stopped_ingestion,
+        "/health must say ingestion stopped once the lease ran out"
+    );
     // Nothing published during the outage was provisioned without being durably enqueued.
     let provisioned_during = orders[10..]
         .iter()
@@ -976,6 +1006,53 @@ async fn redis_stopped_for_ten_seconds_degrades_health_and_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     host.shutdown().await;
+}
+
+/// Issue 14's acceptance: two replicas on Redis, WHMCS answering in 800 ms, Redis stopped for
+/// 5 s mid-run and started again (it keeps an append-only file, as a production Redis does).
+/// A hold that cannot be taken while Redis is down is the host's fault, not the Order's: every
+/// Order ends Activated, none Failed, with one WHMCS order each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_restart_mid_run_fails_no_order_and_doubles_none() {
+    let mut redis = OwnRedis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).await;
+    let rig = Rig::new().await.with_redis(&redis.url);
+    let orders = rig.orders(1, 16);
+    rig.sandbox
+        .whmcs()
+        .delay_next(10_000, Duration::from_millis(800));
+    let a = ServeProcess::start(&rig, "a", &[]);
+    a.wait_role("leader", Duration::from_secs(30)).await;
+    let b = ServeProcess::start(&rig, "b", &[]);
+    for order in &orders {
+        rig.publish(order);
+    }
+    // Mid-run: some Orders are through, others are in WHMCS or waiting for the client's hold.
+    wait_for("three Orders Activated", Duration::from_secs(120), || {
+        orders
+            .iter()
+            .filter(|o| rig.status(o).0 == "Activated")
+            .count()
+            >= 3
+    })
+    .await;
+    redis.restart_after(Duration::from_secs(5)).await;
+    rig.wait_activated(&orders, Duration::from_secs(240)).await;
+    rig.assert_exactly_once(&orders);
+    let failed: Vec<String> = orders
+        .iter()
+        .filter(|o| rig.status(o).0 == "Failed")
+        .cloned()
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let logs = format!("{}{}", a.log_text(), b.log_text());
+    assert!(!logs.contains("ESTORE"), "{logs}");
+    // The outage met jobs at their hold (16 Orders in flight on 8 workers, each reaching the
+    // hold 1.6 s into its WHMCS calls): they waited for the store instead of failing.
+    assert!(
+        logs.contains("cannot reach the store to take a hold; the job waits for it")
+            && logs.contains("the store answers again; hold taken"),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -127,6 +127,7 @@ macro_rules! conformance {
             data_survives_reopen,
             holds_are_readers_writer_locks,
             holds_expire_and_a_holder_never_waits_for_itself,
+            holds_are_renewed_by_their_holder_only,
         );
     };
     (@tests $backend:ident, $harness:ident; $($test:ident),+ $(,)?) => {
@@ -1020,6 +1021,46 @@ mod suite {
         store.release_hold(&name, "job-nobody").await.unwrap();
         assert!(!hold("job-w", HoldMode::Exclusive).await);
         store.release_hold(&name, "job-w").await.unwrap();
+    }
+
+    /// A run renews its holds while it holds them, even while a writer waits for the name; a
+    /// holder that holds nothing there renews nothing. Without the renewal the reader's 300 ms
+    /// hold would have run out before the writer's second attempt.
+    pub async fn holds_are_renewed_by_their_holder_only(h: &Harness) {
+        let store = h.open().await;
+        let name = format!("whmcs-client:{}", h.tag);
+        let short = Duration::from_millis(300);
+        assert!(
+            store
+                .try_hold(&name, "run-a", HoldMode::Shared, short)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .try_hold(&name, "run-b", HoldMode::Exclusive, short)
+                .await
+                .unwrap()
+        );
+        assert!(store.renew_hold(&name, "run-a", LONG).await.unwrap());
+        assert!(!store.renew_hold(&name, "run-c", LONG).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            !store
+                .try_hold(&name, "run-b", HoldMode::Exclusive, short)
+                .await
+                .unwrap(),
+            "the renewed shared hold still stands"
+        );
+        store.release_hold(&name, "run-a").await.unwrap();
+        assert!(!store.renew_hold(&name, "run-a", LONG).await.unwrap());
+        assert!(
+            store
+                .try_hold(&name, "run-b", HoldMode::Exclusive, LONG)
+                .await
+                .unwrap()
+        );
+        store.release_hold(&name, "run-b").await.unwrap();
     }
 
     pub async fn holds_expire_and_a_holder_never_waits_for_itself(h: &Harness) {
