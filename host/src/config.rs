@@ -168,7 +168,7 @@ pub struct ServeConfig {
     /// `FULFILLD_MAX_DELIVERIES`: a job handed out more often than this is dead-lettered.
     pub max_deliveries: u32,
     /// `FULFILLD_QUEUE_STALL_MS`: `/health` is degraded when jobs wait and this replica's
-    /// workers have neither started nor finished one for this long.
+    /// workers have all been busy without taking or ending one for this long.
     pub queue_stall: Duration,
     /// `FULFILLD_SHUTDOWN_GRACE_MS`: how long shutdown waits for jobs in flight.
     pub shutdown_grace: Duration,
@@ -747,7 +747,13 @@ impl Reader<'_> {
             );
         }
         let max_deliveries = self.number("FULFILLD_MAX_DELIVERIES", 5);
-        let stall_ms = self.number("FULFILLD_QUEUE_STALL_MS", 600_000).max(1_000);
+        let stall_ms = self.number("FULFILLD_QUEUE_STALL_MS", 600_000);
+        if stall_ms < 1_000 {
+            self.fail(
+                "FULFILLD_QUEUE_STALL_MS",
+                format!("must be at least 1000, got {stall_ms}"),
+            );
+        }
         let grace_ms = self.number("FULFILLD_SHUTDOWN_GRACE_MS", 30_000);
         let component_max_bytes = self.number(
             "FULFILLD_COMPONENT_MAX_BYTES",
@@ -839,7 +845,19 @@ impl Reader<'_> {
             "FULFILLD_COMPONENT_TEXT_MAX_BYTES",
             defaults.text_max as u64,
         );
+        if text_max < 64 {
+            self.fail(
+                "FULFILLD_COMPONENT_TEXT_MAX_BYTES",
+                format!("must be at least 64, got {text_max}"),
+            );
+        }
         let result_max = self.number("FULFILLD_HOST_RESULT_MAX_BYTES", defaults.result_max as u64);
+        if result_max < 1024 {
+            self.fail(
+                "FULFILLD_HOST_RESULT_MAX_BYTES",
+                format!("must be at least 1024, got {result_max}"),
+            );
+        }
         let policy = match self.optional("FULFILLD_POLICY_FILE") {
             None => CapabilityPolicy::default(),
             Some(path) => CapabilityPolicy::load(Path::new(&path)).unwrap_or_else(|err| {
@@ -856,9 +874,8 @@ impl Reader<'_> {
             max_instances: u32::try_from(instances).unwrap_or(u32::MAX),
             hold_ttl: Duration::from_millis(hold_ttl.max(1)),
             policy,
-            // Room for at least the marker and a short message.
-            text_max: usize::try_from(text_max.max(64)).unwrap_or(usize::MAX),
-            result_max: usize::try_from(result_max.max(1024)).unwrap_or(usize::MAX),
+            text_max: usize::try_from(text_max).unwrap_or(usize::MAX),
+            result_max: usize::try_from(result_max).unwrap_or(usize::MAX),
         }
     }
 }
@@ -1135,6 +1152,9 @@ mod tests {
         env.insert("SF_PRIVATE_KEY_PATH", "/nonexistent/sf-private.key".into());
         env.insert("WHMCS_URL", "not a url".into());
         env.insert("SF_EVENTS_REPLAY", "SOMETIMES".into());
+        env.insert("FULFILLD_QUEUE_STALL_MS", "10".into());
+        env.insert("FULFILLD_COMPONENT_TEXT_MAX_BYTES", "8".into());
+        env.insert("FULFILLD_HOST_RESULT_MAX_BYTES", "100".into());
         env.remove("SF_USERNAME");
         let err = load(&env).unwrap_err().to_string();
         for setting in [
@@ -1142,6 +1162,9 @@ mod tests {
             "WHMCS_URL",
             "SF_EVENTS_REPLAY",
             "SF_USERNAME",
+            "FULFILLD_QUEUE_STALL_MS: must be at least 1000, got 10",
+            "FULFILLD_COMPONENT_TEXT_MAX_BYTES: must be at least 64, got 8",
+            "FULFILLD_HOST_RESULT_MAX_BYTES: must be at least 1024, got 100",
         ] {
             assert!(err.contains(setting), "{setting} missing from: {err}");
         }

@@ -104,19 +104,18 @@ pub async fn health_report(shared: &Shared) -> (bool, Value) {
             crate::domain::clip(reason, 300)
         ));
     }
-    if let Some(waiting) = depth.filter(|d| *d > 0)
+    // Every worker busy (none looking for work) and none taking or ending a job for the stall
+    // time, while jobs wait: the queue is not moving here.
+    if let (Some(waiting), Some(idle)) = (depth.filter(|d| *d > 0), shared.metrics.since_progress())
         && shared.serve.workers > 0
+        && idle > shared.serve.queue_stall
     {
-        let idle_ms = crate::domain::now_ms() - shared.metrics.last_progress_ms();
-        let stall = shared.serve.queue_stall;
-        if idle_ms > i64::try_from(stall.as_millis()).unwrap_or(i64::MAX) {
-            problems.push(format!(
-                "the queue is not moving: {waiting} job(s) wait and this replica's workers have \
-                 neither started nor finished one for {} s (FULFILLD_QUEUE_STALL_MS = {} ms)",
-                idle_ms / 1000,
-                stall.as_millis()
-            ));
-        }
+        problems.push(format!(
+            "the queue is not moving: {waiting} job(s) wait and this replica's workers have \
+             neither taken nor ended one for {} s (FULFILLD_QUEUE_STALL_MS = {} ms)",
+            idle.as_secs(),
+            shared.serve.queue_stall.as_millis()
+        ));
     }
     if let Some(err) = &status.store_error
         && store_ok

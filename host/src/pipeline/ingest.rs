@@ -55,8 +55,9 @@ impl Ingestor {
                 .await
             {
                 Ok(Some(lease)) => {
+                    // `lease_lost` stays until another replica is seen holding the lease: while
+                    // this one leads, /health reports the stream instead.
                     shared.store_ok();
-                    shared.set_lease_lost(None);
                     logged_follower = false;
                     shared
                         .metrics
@@ -72,7 +73,10 @@ impl Ingestor {
                     let ending = self.lead(lease, asked).await;
                     shared.set_role(Role::Follower);
                     match ending {
-                        Ending::Shutdown => break,
+                        Ending::Shutdown => {
+                            shared.set_lease_lost(None);
+                            break;
+                        }
                         Ending::Lost(reason) => {
                             shared.metrics.leases_lost.fetch_add(1, Ordering::Relaxed);
                             shared.set_lease_lost(Some(reason.clone()));

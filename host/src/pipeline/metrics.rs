@@ -93,9 +93,9 @@ pub struct Metrics {
     pub job_run_time: Histogram,
     /// CPU time of the component's own code per job (what the CPU deadline measures).
     pub job_cpu_time: Histogram,
-    /// When this replica's workers last started or finished a job (ms since the epoch); what
-    /// `/health` reads to tell a queue that is not moving.
-    last_progress_ms: std::sync::atomic::AtomicI64,
+    /// When a worker of this replica last took, ended or looked for a job in vain (a
+    /// monotonic clock); what `/health` reads to tell a queue that is not moving.
+    last_progress: Mutex<Option<std::time::Instant>>,
 }
 
 /// Values read at render time from elsewhere (the live subscription, the store).
@@ -142,15 +142,23 @@ impl Metrics {
         *jobs.entry(labels).or_default() += 1;
     }
 
-    /// Records that a worker of this replica got on with the queue (started, or finished a job).
+    /// Records that a worker of this replica got on with the queue: it took or ended a job, or
+    /// found none to take (an idle worker is not a stuck one).
     pub fn progressed(&self) {
-        self.last_progress_ms
-            .store(crate::domain::now_ms(), Ordering::Relaxed);
+        let mut last = match self.last_progress.lock() {
+            Ok(last) => last,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *last = Some(std::time::Instant::now());
     }
 
-    /// When a worker of this replica last got on with the queue (0: never).
-    pub fn last_progress_ms(&self) -> i64 {
-        self.last_progress_ms.load(Ordering::Relaxed)
+    /// How long ago a worker of this replica last got on with the queue (`None`: never).
+    pub fn since_progress(&self) -> Option<Duration> {
+        let last = match self.last_progress.lock() {
+            Ok(last) => last,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        last.map(|at| at.elapsed())
     }
 
     /// Jobs counted with `outcome`, any code and component.

@@ -135,6 +135,8 @@ pub(crate) struct Gate {
     pub(crate) order_scope: Option<String>,
     /// Largest answer handed to the component, in bytes ([`super::RuntimeConfig::result_max`]).
     pub(crate) result_max: usize,
+    /// Bytes of log entries this job has written (against [`super::host::LOG_BUDGET`]).
+    log_bytes: usize,
 }
 
 impl Gate {
@@ -158,6 +160,7 @@ impl Gate {
             rehearsal: false,
             order_scope: None,
             result_max: usize::MAX,
+            log_bytes: 0,
         }
     }
 
@@ -230,7 +233,7 @@ impl Gate {
             kind = %error.kind,
             code = %error.code,
             "host call refused: {}",
-            error.message
+            crate::domain::clip(&error.message, 300)
         );
         self.finish(op, target, request, Err(error.clone()));
         error
@@ -329,6 +332,26 @@ impl Gate {
             }
             other => other,
         }
+    }
+
+    /// Counts `bytes` of log entry against the job's log budget: `false` when the entry is over
+    /// it and must be dropped (the first time, a WARN says so).
+    pub(crate) fn spend_log(&mut self, bytes: usize) -> bool {
+        let budget = super::host::LOG_BUDGET;
+        let before = self.log_bytes;
+        self.log_bytes = before.saturating_add(bytes);
+        if self.log_bytes <= budget {
+            return true;
+        }
+        if before <= budget {
+            run_warn!(
+                self.rehearsal,
+                budget,
+                "the component's log entries for this job passed the budget; later entries are dropped"
+            );
+        }
+        self.counters.bump("log.emit", "dropped");
+        false
     }
 
     /// Records a log entry in the journal (the caller emits the tracing event).

@@ -80,6 +80,8 @@ pub struct RuntimeConfig {
 
 /// Longest failure code, in bytes: codes are short tokens (`409`, `COMPONENT_TIMEOUT`).
 pub const MAX_CODE_BYTES: usize = 64;
+/// Longest component name or version `info()` may return, in bytes.
+const MAX_INFO_BYTES: usize = 80;
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -602,6 +604,8 @@ impl Runtime {
             .call_info(&mut store)
             .await
             .map_err(|e| self.info_failed(&store, e))?;
+        check_info(&info.name, &info.version)
+            .map_err(|problem| LoadError::Info(wasmtime::Error::msg(problem)))?;
         Ok(ComponentInfo {
             name: info.name,
             version: info.version,
@@ -857,6 +861,24 @@ pub(crate) fn declared(wasm: &[u8]) -> Result<Declared, LoadError> {
     })
 }
 
+/// The name and version `info()` returned, as the host accepts them: they go into every job's
+/// log lines, records and metric labels.
+fn check_info(name: &str, version: &str) -> Result<(), String> {
+    for (what, value) in [("name", name), ("version", version)] {
+        let fine = !value.is_empty()
+            && value.len() <= MAX_INFO_BYTES
+            && value.bytes().all(|b| b.is_ascii_graphic());
+        if !fine {
+            return Err(format!(
+                "info() returned a {what} of {} bytes that is not 1 to {MAX_INFO_BYTES} \
+                 printable ASCII characters without spaces",
+                value.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A component's text cut to `max` bytes, the cut marked with how long it was.
 pub(crate) fn bounded_text(text: String, max: usize) -> String {
     if text.len() <= max {
@@ -963,4 +985,36 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         // No component-model async in this world: skip its per-call bookkeeping.
         .concurrency_support(false);
     wasm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_names_are_bounded() {
+        assert!(check_info("fulfillment", "0.1.0").is_ok());
+        assert!(check_info("fulfillment", "1.0.0-rc.1+build.7").is_ok());
+        let long = "n".repeat(81);
+        let err = check_info(&long, "1.0.0").unwrap_err();
+        assert!(err.contains("a name of 81 bytes"), "{err}");
+        assert!(check_info("", "1.0.0").is_err());
+        assert!(check_info("two words", "1.0.0").is_err());
+        assert!(check_info("ok", "1.0\n").is_err());
+    }
+
+    #[test]
+    fn component_text_is_cut_with_a_mark_and_codes_are_tokens() {
+        let text = bounded_text("é".repeat(3000), 4096);
+        assert!(text.ends_with("… [cut: 6000 bytes in all]"), "{text}");
+        assert!(text.len() <= 4096 + 40);
+        assert_eq!(bounded_text("short".into(), 4096), "short");
+        assert_eq!(failure_code("409".into()), "409");
+        assert_eq!(failure_code(String::new()), "INVALID_CODE");
+        let code = failure_code(format!("BAD\n{}", "C".repeat(100)));
+        assert!(
+            code.starts_with("INVALID_CODE:BADCCC") && code.len() <= MAX_CODE_BYTES,
+            "{code}"
+        );
+    }
 }

@@ -259,15 +259,51 @@ const MAX_SUBQUERY_DEPTH: usize = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TooDeep;
 
+/// Whether two Salesforce record ids name the same record: a 15-character id is
+/// case-sensitive; its 18-character form adds a checksum of the letters' case, which Salesforce
+/// reads without regard to case. Both are compared in their 18-character form, so an
+/// 18-character id with a wrong checksum names no record this matches.
+pub fn same_record_id(a: &str, b: &str) -> bool {
+    a == b || matches!((canonical_id(a), canonical_id(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// The 18-character form of a record id, `None` for anything that is not a record id.
+fn canonical_id(id: &str) -> Option<String> {
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    match id.len() {
+        15 => Some(format!("{id}{}", id_checksum(id))),
+        18 => {
+            let (head, tail) = id.split_at(15);
+            let sum = id_checksum(head);
+            tail.eq_ignore_ascii_case(&sum)
+                .then(|| format!("{head}{sum}"))
+        }
+        _ => None,
+    }
+}
+
+/// The three characters Salesforce appends to a 15-character id: for each group of five
+/// characters, which are upper-case letters, as one of 32 characters.
+fn id_checksum(id15: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ012345";
+    id15.as_bytes()
+        .chunks(5)
+        .map(|chunk| {
+            let bits = chunk
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.is_ascii_uppercase())
+                .fold(0usize, |n, (i, _)| n | (1 << i));
+            char::from(ALPHABET[bits & 31])
+        })
+        .collect()
+}
+
 /// The sObjects named in the `FROM` of `soql` and of its semi-join subqueries (child
 /// relationship subqueries in a field list name relationships, not sObjects: they are skipped,
 /// their own semi-joins are not).
-/// Salesforce record ids compare case-sensitively, and an 18-character id equals the
-/// 15-character id it extends.
-pub fn same_record_id(a: &str, b: &str) -> bool {
-    a == b
-        || (a.len().min(b.len()) == 15 && a.len().max(b.len()) == 18 && a.get(..15) == b.get(..15))
-}
 
 pub(crate) fn queried_objects(soql: &str) -> Result<Vec<String>, TooDeep> {
     let tokens = tokens(soql);
@@ -327,6 +363,18 @@ fn scan_query(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_ids_compare_in_their_18_character_form() {
+        // Salesforce's documented example pair: 001A0000006Vm9r and 001A0000006Vm9rIAC.
+        assert!(same_record_id("001A0000006Vm9r", "001A0000006Vm9rIAC"));
+        assert!(same_record_id("001A0000006Vm9rIAC", "001A0000006Vm9riac"));
+        assert!(!same_record_id("001A0000006Vm9r", "001A0000006Vm9rAAA"));
+        assert!(!same_record_id("001A0000006Vm9r", "001a0000006Vm9r"));
+        assert!(same_record_id("801000000000001", "801000000000001AAA"));
+        assert!(!same_record_id("801000000000001", "801000000000002AAA"));
+        assert!(!same_record_id("not an id", "not an id!"));
+    }
     use crate::error::ErrorKind;
 
     fn fields(names: &[&str]) -> Map<String, Value> {

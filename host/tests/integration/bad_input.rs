@@ -282,6 +282,10 @@ async fn junk_queue_entries_are_dead_lettered_and_the_jobs_around_them_run() {
     let (code, out, err) = run(&["dead-letters", "requeue", &junk.id]);
     assert_ne!(code, Some(0), "{out}{err}");
     assert!(out.contains("cannot be requeued"), "{out}{err}");
+    // The junk entry written straight into the dead letters is refused the same way.
+    let (code, out, err) = run(&["dead-letters", "requeue", &bogus.id]);
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(out.contains("cannot be requeued"), "{out}{err}");
     assert_eq!(
         store.dead_letters(&rig.channel, 100).await.unwrap().len(),
         5
@@ -352,6 +356,12 @@ async fn component_text_is_bounded_in_logs_records_and_metrics() {
     // The log holds the job's lines, each bounded: nowhere near the megabytes handed in.
     let log = serve.log_text();
     assert!(log.contains("fixture-loud"), "{log}");
+    // The 1 MiB hold name is refused, and named in the log by its first 200 bytes only.
+    assert!(
+        log.contains("hold refused: hold name must be 1 to 200 bytes, got 1048576"),
+        "{}",
+        &log[..log.len().min(4000)]
+    );
     assert!(log.len() < 256 * 1024, "{} bytes of log", log.len());
 }
 
@@ -400,10 +410,15 @@ async fn a_queue_that_is_not_moving_makes_health_degraded() {
         "{body}"
     );
     rig.wait_activated(&orders, Duration::from_secs(60)).await;
-    let body: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
-    assert!(
-        !body["problems"].to_string().contains("not moving"),
-        "{body}"
-    );
+    // Once the jobs are recorded and the worker looks for more, the queue moves again.
+    let start = Instant::now();
+    loop {
+        let body: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        if !body["problems"].to_string().contains("not moving") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     host.shutdown().await;
 }

@@ -418,8 +418,10 @@ async fn a_second_run_of_a_job_waits_for_the_first_runs_hold() {
     let component = load(&runtime, "fulfillment").await;
     let event = order_event("801000000000001AAA");
     let table = Arc::new(fulfilld::holds::HoldTable::new());
-    // The first run (delivery 1) holds the client's hold and is still going.
-    let first_run = format!("{}/1/0badc0de", event.event_uuid);
+    // Another run of the same job holds the client's hold and is still going. Its holder is
+    // the bare EventUuid, which was every run's holder before holds were per run: then this
+    // second run would have counted as the same holder and gone straight through.
+    let first_run = event.event_uuid.clone();
     assert!(
         table
             .try_hold_now(
@@ -455,7 +457,7 @@ async fn a_second_run_of_a_job_waits_for_the_first_runs_hold() {
 }
 
 /// The CPU deadline counts the component's own execution, not time it waits to be scheduled:
-/// with another task taking the (single) runtime thread for 20 ms at each of the guest's
+/// with another task taking the (single) runtime thread for 50 ms at each of the guest's
 /// yields, a spinning guest still gets its full 100 ms of CPU, over a much longer wall time, and
 /// both are reported apart.
 #[tokio::test(flavor = "current_thread")]
@@ -472,7 +474,7 @@ async fn time_the_job_is_not_scheduled_does_not_count_against_the_cpu_deadline()
         tokio::spawn(async move {
             while busy.load(std::sync::atomic::Ordering::Relaxed) {
                 let start = std::time::Instant::now();
-                while start.elapsed() < Duration::from_millis(20) {
+                while start.elapsed() < Duration::from_millis(50) {
                     std::hint::spin_loop();
                 }
                 tokio::task::yield_now().await;

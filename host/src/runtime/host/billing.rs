@@ -12,6 +12,7 @@ impl billing::Host for JobState {
     ) -> wasmtime::Result<Result<String, types::Error>> {
         const OP: &str = "billing.call";
         self.gate.admit(OP)?;
+        self.job.held.check()?;
         let params = match json_object("params", &params) {
             Ok(params) => params,
             Err(error) => return Ok(Err(self.gate.refuse(OP, action, None, error).into())),

@@ -23,16 +23,22 @@ const MAX_PAUSE: Duration = Duration::from_millis(100);
 const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(1);
 /// How much longer than the hold TTL a job waits, so a dead holder's hold runs out first.
 const WAIT_MARGIN: Duration = Duration::from_secs(1);
+/// A hold is never waited for past this long before the job's deadline: the run stops as the
+/// host's fault ([`HostFault`]) with time left to record it, rather than being cut off by the
+/// deadline (which would count against the component).
+const OUTAGE_MARGIN: Duration = Duration::from_secs(2);
 
 /// The names a run holds, renewed every third of the hold TTL by a task that lives as long as
 /// any is held. A run dropped before its end (its claim passed to another worker, the host
-/// shutting down) releases what it still holds when this is dropped.
+/// shutting down) releases nothing: a call it made may still land (an AddOrder in flight), so
+/// its holds run out after their TTL, not renewed any more.
 #[derive(Default)]
 pub(crate) struct Held {
     names: Arc<Mutex<Vec<String>>>,
     renewer: Option<tokio::task::JoinHandle<()>>,
-    /// Where the holds are and whose they are, once one is taken.
-    owner: Option<(SharedHolds, String)>,
+    /// Set by the renewal task when a hold ran out before it could be renewed: the run no
+    /// longer has what it took, so it stops at its next call to Salesforce or WHMCS.
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 impl Held {
@@ -63,23 +69,25 @@ impl Held {
             .map(|mut names| std::mem::take(&mut *names))
             .unwrap_or_default()
     }
+
+    /// Fails when a hold of this run ran out while held ([`HostFault`]): going on could let
+    /// two runs provision one Order.
+    pub(crate) fn check(&self) -> wasmtime::Result<()> {
+        let lost = self.lost.lock().ok().and_then(|lost| lost.clone());
+        match lost {
+            Some(name) => Err(wasmtime::Error::new(HostFault(format!(
+                "hold {name:?} ran out while this run held it (the store was unreachable for \
+                 longer than FULFILLD_HOLD_TTL_MS); the run stops here and the job runs again"
+            )))),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        let names = self.take_all();
-        let (Some((holds, holder)), false) = (self.owner.take(), names.is_empty()) else {
-            return;
-        };
-        // Dropped mid-run: release in the background (there is no await in a drop).
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                for name in names {
-                    if let Err(error) = holds.release_hold(&name, &holder).await {
-                        tracing::debug!(hold = %name, error = %error, "could not release the hold of a dropped run; it expires on its own");
-                    }
-                }
-            });
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
         }
     }
 }
@@ -90,15 +98,13 @@ impl JobContext {
         if let Ok(mut names) = self.held.names.lock() {
             names.push(name);
         }
-        if self.held.owner.is_none() {
-            self.held.owner = Some((Arc::clone(&self.holds), self.holder.clone()));
-        }
         if self.held.renewer.is_none() {
             let task = renew(
                 Arc::clone(&self.holds),
                 self.holder.clone(),
                 self.hold_ttl,
                 Arc::clone(&self.held.names),
+                Arc::clone(&self.held.lost),
                 self.rehearsal(),
             )
             .instrument(tracing::Span::current());
@@ -107,23 +113,36 @@ impl JobContext {
     }
 }
 
-/// Renews every name in `names` every third of `ttl`, for as long as it runs.
+/// Renews every name in `names` every third of `ttl`, for as long as it runs; a name that ran
+/// out (and is still held as far as the run knows) is recorded in `lost`.
 async fn renew(
     holds: SharedHolds,
     holder: String,
     ttl: Duration,
     names: Arc<Mutex<Vec<String>>>,
+    lost: Arc<Mutex<Option<String>>>,
     rehearsal: bool,
 ) {
     let every = (ttl / 3).max(Duration::from_millis(10));
+    let still_held = |name: &str| {
+        names
+            .lock()
+            .map(|n| n.iter().any(|held| held == name))
+            .unwrap_or(false)
+    };
     loop {
         tokio::time::sleep(every).await;
         let current = names.lock().map(|n| n.clone()).unwrap_or_default();
         for name in current {
             match holds.renew_hold(&name, &holder, ttl).await {
                 Ok(true) => tracing::trace!(hold = %name, "hold renewed"),
+                // Released meanwhile: nothing was lost.
+                Ok(false) if !still_held(&name) => {}
                 Ok(false) => {
-                    run_warn!(rehearsal, hold = %name, "a hold of this job ran out before it could be renewed (the store was unreachable for longer than the hold TTL); another job may hold it now");
+                    run_warn!(rehearsal, hold = %name, "a hold of this job ran out before it could be renewed (the store was unreachable for longer than the hold TTL); the run stops at its next call");
+                    if let Ok(mut lost) = lost.lock() {
+                        lost.get_or_insert(name);
+                    }
                 }
                 Err(error) => {
                     run_warn!(rehearsal, hold = %name, error = %crate::error::chain(&error), "cannot renew a hold; retrying");
@@ -169,7 +188,7 @@ impl holds::Host for JobState {
                 Ok(Err(error.into()))
             }
             Err(Taken::HostFault(fault)) => {
-                tracing::warn!(hold = %name, mode = %mode, "{fault}");
+                run_warn!(self.job.rehearsal(), hold = %name, mode = %mode, "{fault}");
                 self.gate.count(OP, "host_fault");
                 Err(wasmtime::Error::new(fault))
             }
@@ -197,47 +216,56 @@ enum Taken {
 
 /// Attempts the hold until it is granted or the wait (TTL + margin) is over; an attempt that
 /// gives up withdraws its exclusive request. While the store cannot be reached the attempts go
-/// on (the wait does not run meanwhile) until one second before the job's deadline.
+/// on (the wait does not run meanwhile) until [`OUTAGE_MARGIN`] before the job's deadline. No
+/// attempt and no wait runs past that point, so the job's deadline never cuts a hold short.
 async fn take(job: &JobContext, name: &str, mode: HoldMode) -> Result<(), Taken> {
     let wait = job.hold_ttl + WAIT_MARGIN;
-    let mut deadline = Instant::now() + wait;
     let patience = job
         .deadline
-        .checked_sub(WAIT_MARGIN)
-        .unwrap_or(job.deadline);
+        .checked_sub(OUTAGE_MARGIN)
+        .unwrap_or_else(Instant::now);
+    let mut deadline = (Instant::now() + wait).min(patience);
     let mut pause = FIRST_PAUSE;
-    let mut outage: Option<Instant> = None;
+    let mut outage: Option<(Instant, String)> = None;
     loop {
-        match job
-            .holds
-            .try_hold(name, &job.holder, mode, job.hold_ttl)
-            .await
-        {
+        let left = patience.saturating_duration_since(Instant::now());
+        let attempt = tokio::time::timeout(
+            left,
+            job.holds.try_hold(name, &job.holder, mode, job.hold_ttl),
+        )
+        .await;
+        let attempt = match attempt {
+            Ok(result) => result.map_err(|e| crate::error::chain(&e)),
+            Err(_) => Err(format!("no answer within {} ms", left.as_millis())),
+        };
+        match attempt {
             Ok(true) => {
-                if let Some(since) = outage {
+                if let Some((since, _)) = outage {
                     tracing::info!(hold = %name, waited_ms = since.elapsed().as_millis() as u64, "the store answers again; hold taken");
                 }
                 return Ok(());
             }
             Ok(false) => {
-                if let Some(since) = outage.take() {
-                    deadline += since.elapsed();
+                if let Some((since, _)) = outage.take() {
+                    deadline = (deadline + since.elapsed()).min(patience);
                     pause = FIRST_PAUSE;
                 }
             }
             Err(error) => {
                 let now = Instant::now();
-                let since = *outage.get_or_insert_with(|| {
-                    tracing::warn!(hold = %name, error = %crate::error::chain(&error), "cannot reach the store to take a hold; the job waits for it");
-                    now
+                let (since, _) = outage.get_or_insert_with(|| {
+                    run_warn!(job.rehearsal(), hold = %name, error = %error, "cannot reach the store to take a hold; the job waits for it");
+                    (now, error.clone())
                 });
+                let since = *since;
                 if now + pause >= patience {
-                    drop_hold(job, name).await;
+                    // No release: the store does not answer (a registration it may have kept
+                    // runs out with its TTL).
                     return Err(Taken::HostFault(HostFault(format!(
                         "hold {name:?}: the store was unreachable for {} ms, until the job's \
                          deadline: {}",
                         since.elapsed().as_millis(),
-                        crate::error::chain(&error)
+                        crate::domain::clip(&error, 300)
                     ))));
                 }
                 tokio::time::sleep(pause).await;

@@ -10,6 +10,9 @@ use super::super::gate::LogRecord;
 /// Longest message or field value kept; a component cannot flood the host's logs.
 const MAX_TEXT: usize = 2048;
 const MAX_FIELDS: usize = 32;
+/// The bytes of log entries (step, message, field names and values, as kept) one job may
+/// write; later entries are dropped, with one WARN saying so.
+pub(crate) const LOG_BUDGET: usize = 256 * 1024;
 
 impl log::Host for JobState {
     async fn emit(
@@ -27,6 +30,12 @@ impl log::Host for JobState {
             .take(MAX_FIELDS)
             .map(|(k, v)| (clip(k), clip(v)))
             .collect();
+        let size = step.len()
+            + message.len()
+            + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        if !self.gate.spend_log(size) {
+            return Ok(());
+        }
         // Rendered only if a subscriber records the event.
         let rendered = Fields(&fields);
         if self.job.rehearsal() {

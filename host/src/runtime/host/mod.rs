@@ -10,6 +10,7 @@ mod log;
 mod salesforce;
 
 pub(crate) use holds::{Held, release_all_holds};
+pub(crate) use log::LOG_BUDGET;
 
 use super::JobState;
 use super::bindings::types;

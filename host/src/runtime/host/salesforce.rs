@@ -25,6 +25,7 @@ impl salesforce::Host for JobState {
     async fn query(&mut self, soql: String) -> wasmtime::Result<Result<String, types::Error>> {
         const OP: &str = "salesforce.query";
         self.gate.admit(OP)?;
+        self.job.held.check()?;
         if let Err(error) = check_size(&soql) {
             let target = crate::domain::clip(&soql, 200);
             return Ok(Err(self.gate.refuse(OP, target, None, error).into()));
@@ -50,6 +51,7 @@ impl salesforce::Host for JobState {
     ) -> wasmtime::Result<Result<(), types::Error>> {
         const OP: &str = "salesforce.update";
         self.gate.admit(OP)?;
+        self.job.held.check()?;
         let target = format!("{sobject}/{id}");
         let fields = match json_object("fields", &fields) {
             Ok(fields) => fields,

@@ -159,8 +159,15 @@ fn damaged_dead_letter(
     fields: &HashMap<String, Vec<u8>>,
     problem: &StoreError,
 ) -> DeadLetter {
-    let get = |name: &str| fields.get(name).map(|v| bounded(v)).unwrap_or_default();
+    // A damaged queue entry's own fields are kept as `raw:<name>` (its uuid, its replay id).
+    let field = |name: &str| {
+        fields
+            .get(name)
+            .or_else(|| fields.get(&format!("raw:{name}")))
+    };
+    let get = |name: &str| field(name).map(|v| bounded(v)).unwrap_or_default();
     let kept_reason = get("reason");
+    let problem = crate::domain::clip(&problem.to_string(), 512);
     let reason = if get("kind") == "damaged" && !kept_reason.is_empty() {
         kept_reason
     } else if kept_reason.is_empty() {
@@ -177,8 +184,7 @@ fn damaged_dead_letter(
     DeadLetter {
         channel: channel.to_owned(),
         event_uuid: get("uuid"),
-        replay_id: fields
-            .get("replay")
+        replay_id: field("replay")
             .and_then(|r| ReplayId::parse(&String::from_utf8_lossy(r)).ok())
             .unwrap_or_else(|| ReplayId::from_bytes(Vec::new())),
         payload: serde_json::Value::Object(found).to_string().into_bytes(),

@@ -74,8 +74,10 @@ impl RedisStore {
             Ok(job) => return Ok(Some(job)),
             Err(e) => e,
         };
+        // The problem quotes what it could not read: bounded, the entry keeps the rest.
         let reason = format!(
-            "damaged queue entry {id}: {problem}; kept as found, it cannot run or be requeued"
+            "damaged queue entry {id}: {}; kept as found, it cannot run or be requeued",
+            crate::domain::clip(&problem.to_string(), 512)
         );
         let _: i64 = self
             .invoke(
