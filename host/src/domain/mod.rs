@@ -26,6 +26,24 @@ pub fn clip(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
+/// The three characters Salesforce appends to a 15-character record id to make its
+/// case-insensitive 18-character form: for each group of five characters, which of them are
+/// upper-case letters, as one of 32 characters (`001A0000006Vm9r` → `IAC`).
+pub fn record_id_checksum(id15: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ012345";
+    id15.as_bytes()
+        .chunks(5)
+        .map(|chunk| {
+            let bits = chunk
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.is_ascii_uppercase())
+                .fold(0usize, |acc, (i, _)| acc | (1 << i));
+            char::from(ALPHABET[bits & 31])
+        })
+        .collect()
+}
+
 /// Milliseconds since the Unix epoch from the system clock.
 pub fn now_ms() -> i64 {
     SystemTime::now()

@@ -846,18 +846,7 @@ fn id_eq(a: &str, b: &str) -> bool {
 
 /// The 3-character suffix that turns a 15-character id into the case-insensitive 18-character id.
 fn id_suffix(id15: &str) -> String {
-    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ012345";
-    id15.as_bytes()
-        .chunks(5)
-        .map(|chunk| {
-            let bits = chunk
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.is_ascii_uppercase())
-                .fold(0usize, |acc, (i, _)| acc | (1 << i));
-            char::from(ALPHABET[bits & 31])
-        })
-        .collect()
+    crate::domain::record_id_checksum(id15)
 }
 
 /// SOQL `=`: text compares case-insensitively (ids by their 15-character form), `= null`

@@ -118,6 +118,10 @@ pub(crate) struct Grant {
     pub(crate) manifest: Option<Arc<Manifest>>,
 }
 
+/// The bytes of log entries (step, message, field names and values, as kept) one job may
+/// write; later entries are dropped, with one WARN saying so.
+pub(crate) const LOG_BUDGET: usize = 256 * 1024;
+
 /// Per-job state of the gate.
 pub(crate) struct Gate {
     services: Arc<dyn Services>,
@@ -135,7 +139,7 @@ pub(crate) struct Gate {
     pub(crate) order_scope: Option<String>,
     /// Largest answer handed to the component, in bytes ([`super::RuntimeConfig::result_max`]).
     pub(crate) result_max: usize,
-    /// Bytes of log entries this job has written (against [`super::host::LOG_BUDGET`]).
+    /// Bytes of log entries this job has written (against [`LOG_BUDGET`]).
     log_bytes: usize,
 }
 
@@ -337,7 +341,7 @@ impl Gate {
     /// Counts `bytes` of log entry against the job's log budget: `false` when the entry is over
     /// it and must be dropped (the first time, a WARN says so).
     pub(crate) fn spend_log(&mut self, bytes: usize) -> bool {
-        let budget = super::host::LOG_BUDGET;
+        let budget = LOG_BUDGET;
         let before = self.log_bytes;
         self.log_bytes = before.saturating_add(bytes);
         if self.log_bytes <= budget {

@@ -273,10 +273,10 @@ fn canonical_id(id: &str) -> Option<String> {
         return None;
     }
     match id.len() {
-        15 => Some(format!("{id}{}", id_checksum(id))),
+        15 => Some(format!("{id}{}", crate::domain::record_id_checksum(id))),
         18 => {
             let (head, tail) = id.split_at(15);
-            let sum = id_checksum(head);
+            let sum = crate::domain::record_id_checksum(head);
             tail.eq_ignore_ascii_case(&sum)
                 .then(|| format!("{head}{sum}"))
         }
@@ -284,27 +284,9 @@ fn canonical_id(id: &str) -> Option<String> {
     }
 }
 
-/// The three characters Salesforce appends to a 15-character id: for each group of five
-/// characters, which are upper-case letters, as one of 32 characters.
-fn id_checksum(id15: &str) -> String {
-    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ012345";
-    id15.as_bytes()
-        .chunks(5)
-        .map(|chunk| {
-            let bits = chunk
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.is_ascii_uppercase())
-                .fold(0usize, |n, (i, _)| n | (1 << i));
-            char::from(ALPHABET[bits & 31])
-        })
-        .collect()
-}
-
 /// The sObjects named in the `FROM` of `soql` and of its semi-join subqueries (child
 /// relationship subqueries in a field list name relationships, not sObjects: they are skipped,
 /// their own semi-joins are not).
-
 pub(crate) fn queried_objects(soql: &str) -> Result<Vec<String>, TooDeep> {
     let tokens = tokens(soql);
     let mut objects = Vec::new();

@@ -10,9 +10,6 @@ use super::super::gate::LogRecord;
 /// Longest message or field value kept; a component cannot flood the host's logs.
 const MAX_TEXT: usize = 2048;
 const MAX_FIELDS: usize = 32;
-/// The bytes of log entries (step, message, field names and values, as kept) one job may
-/// write; later entries are dropped, with one WARN saying so.
-pub(crate) const LOG_BUDGET: usize = 256 * 1024;
 
 impl log::Host for JobState {
     async fn emit(

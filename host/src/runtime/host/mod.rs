@@ -10,7 +10,6 @@ mod log;
 mod salesforce;
 
 pub(crate) use holds::{Held, release_all_holds};
-pub(crate) use log::LOG_BUDGET;
 
 use super::JobState;
 use super::bindings::types;

@@ -6,6 +6,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use super::RedisStore;
+use super::codec::ttl_ms;
 use crate::holds::{HoldBackend, HoldError, HoldMode};
 
 impl HoldBackend for RedisStore {
@@ -26,7 +27,7 @@ impl HoldBackend for RedisStore {
                         .key(&exclusive)
                         .arg(holder)
                         .arg(mode.as_str())
-                        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)),
+                        .arg(ttl_ms(ttl)),
                     "take a hold",
                 )
                 .await
@@ -51,7 +52,7 @@ impl HoldBackend for RedisStore {
                         .key(&shared)
                         .key(&exclusive)
                         .arg(holder)
-                        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)),
+                        .arg(ttl_ms(ttl)),
                     "renew a hold",
                 )
                 .await
