@@ -8,7 +8,7 @@ COMPONENT_PACKAGES := -p fulfillment $(foreach f,$(FIXTURES),-p fixture-$(f))
 
 export FULFILLD_COMPONENT_DIR := $(COMPONENT_DIR)
 
-.PHONY: all components thirdparty-client redis-server-installed test lint fmt bench run demo check-component clean
+.PHONY: all components thirdparty-client redis-server-installed test lint fmt bench run demo check-component fuzz fuzz-smoke clean
 
 all: lint test
 
@@ -73,6 +73,18 @@ demo:
 
 check-component: components
 	$(CARGO) run -q -p fulfilld -- component check $(COMPONENT_DIR)/fulfillment.wasm
+
+## Fuzzing (docs/fuzzing.md), not part of `make test`: every cargo-fuzz target in fuzz/, one
+## after the other, each for FUZZ_SECONDS (default 300) from the committed seeds, on the nightly
+## toolchain (cargo-fuzz is installed when missing). FUZZ_TARGETS picks some: make fuzz FUZZ_TARGETS=soql
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS ?=
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh $(FUZZ_TARGETS)
+
+## The same, 20 seconds per target.
+fuzz-smoke:
+	FUZZ_SECONDS=20 fuzz/run.sh $(FUZZ_TARGETS)
 
 clean:
 	$(CARGO) clean

@@ -14,6 +14,11 @@
 //!
 //! Keywords are case-insensitive. Errors are Salesforce's `MALFORMED_QUERY` naming the token
 //! that was not expected.
+//!
+//! The parser, the evaluator and dropping a parsed query recurse once per level of nesting
+//! (subqueries, parentheses, `NOT`) and once per `AND`/`OR` operand, so both are bounded
+//! (`MAX_NESTING`, `MAX_CONDITIONS`): a query past them is `MALFORMED_QUERY`, not a stack
+//! overflow (docs/fuzzing.md, "Findings").
 
 use crate::error::CallError;
 
@@ -119,6 +124,13 @@ impl Tok {
         matches!(self, Tok::Ident(s) if s.eq_ignore_ascii_case(keyword))
     }
 }
+
+/// Subqueries, parentheses and `NOT`s nested in each other, at most.
+const MAX_NESTING: usize = 32;
+
+/// Conditions in one query, at most. Salesforce limits a `WHERE` clause to 4,000 characters,
+/// which holds far fewer.
+const MAX_CONDITIONS: usize = 1_000;
 
 fn malformed(message: impl Into<String>) -> CallError {
     CallError::rejected("MALFORMED_QUERY", message)
@@ -234,7 +246,12 @@ fn tokenize(soql: &str) -> Result<Vec<Tok>, CallError> {
 /// Parses one SOQL statement.
 pub(crate) fn parse(soql: &str) -> Result<Query, CallError> {
     let tokens = tokenize(soql)?;
-    let mut parser = Parser { tokens, at: 0 };
+    let mut parser = Parser {
+        tokens,
+        at: 0,
+        depth: 0,
+        conditions: 0,
+    };
     let query = parser.query()?;
     match parser.peek() {
         None => Ok(query),
@@ -249,6 +266,10 @@ fn unexpected(tok: &Tok) -> CallError {
 struct Parser {
     tokens: Vec<Tok>,
     at: usize,
+    /// Levels of nesting open at `at`.
+    depth: usize,
+    /// Conditions read so far.
+    conditions: usize,
 }
 
 impl Parser {
@@ -294,6 +315,22 @@ impl Parser {
         } else {
             Err(unexpected(&tok))
         }
+    }
+
+    /// Runs `parse` one level of nesting deeper, refused past [`MAX_NESTING`].
+    fn nested<T>(
+        &mut self,
+        parse: impl FnOnce(&mut Self) -> Result<T, CallError>,
+    ) -> Result<T, CallError> {
+        if self.depth >= MAX_NESTING {
+            return Err(malformed(format!(
+                "the query nests subqueries, parentheses or NOT deeper than {MAX_NESTING} levels"
+            )));
+        }
+        self.depth += 1;
+        let parsed = parse(self);
+        self.depth -= 1;
+        parsed
     }
 
     fn query(&mut self) -> Result<Query, CallError> {
@@ -344,7 +381,7 @@ impl Parser {
     fn item(&mut self) -> Result<SelectItem, CallError> {
         if self.peek() == Some(&Tok::LParen) {
             self.at += 1;
-            let sub = self.query()?;
+            let sub = self.nested(Self::query)?;
             self.expect(&Tok::RParen)?;
             return Ok(SelectItem::Child(sub));
         }
@@ -427,11 +464,11 @@ impl Parser {
 
     fn unary(&mut self) -> Result<Expr, CallError> {
         if self.eat_keyword("NOT") {
-            return Ok(Expr::Not(Box::new(self.unary()?)));
+            return Ok(Expr::Not(Box::new(self.nested(Self::unary)?)));
         }
         if self.peek() == Some(&Tok::LParen) {
             self.at += 1;
-            let inner = self.or_expr()?;
+            let inner = self.nested(Self::or_expr)?;
             self.expect(&Tok::RParen)?;
             return Ok(inner);
         }
@@ -439,6 +476,12 @@ impl Parser {
     }
 
     fn condition(&mut self) -> Result<Expr, CallError> {
+        self.conditions += 1;
+        if self.conditions > MAX_CONDITIONS {
+            return Err(malformed(format!(
+                "the query has more than {MAX_CONDITIONS} conditions"
+            )));
+        }
         let path = self.path()?;
         let tok = self.next()?;
         match tok {
@@ -549,6 +592,54 @@ pub(crate) fn like_matches(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each of these overflowed the stack (a crash, not an error) before nesting and conditions
+    /// were bounded; found with the `soql` fuzz target's binary (docs/fuzzing.md, "Findings").
+    #[test]
+    fn deep_nesting_and_long_condition_chains_are_malformed_not_a_stack_overflow() {
+        let deep_not = format!(
+            "SELECT Id FROM Order WHERE {}Id = '1'",
+            "NOT ".repeat(100_000)
+        );
+        let deep_parens = format!(
+            "SELECT Id FROM Order WHERE {}Id = '1'{}",
+            "(".repeat(100_000),
+            ")".repeat(100_000)
+        );
+        let deep_subqueries = format!(
+            "SELECT {}Id FROM OrderItems{} FROM Order",
+            "(SELECT ".repeat(30_000),
+            ")".repeat(30_000)
+        );
+        let long_and = format!(
+            "SELECT Id FROM Order WHERE {}Id = '1'",
+            "Id = '1' AND ".repeat(400_000)
+        );
+        for (what, soql) in [
+            ("NOT", deep_not),
+            ("parentheses", deep_parens),
+            ("subqueries", deep_subqueries),
+            ("AND", long_and),
+        ] {
+            let err = parse(&soql).expect_err(what);
+            assert_eq!(err.code, "MALFORMED_QUERY", "{what}: {err:?}");
+            assert!(
+                err.message.contains("deeper than") || err.message.contains("conditions"),
+                "{what}: {}",
+                err.message
+            );
+        }
+        // At the limits, still a query.
+        let not_32 = format!("SELECT Id FROM Order WHERE {}Id = '1'", "NOT ".repeat(32));
+        assert!(parse(&not_32).is_ok());
+        let not_33 = format!("SELECT Id FROM Order WHERE {}Id = '1'", "NOT ".repeat(33));
+        assert!(parse(&not_33).is_err());
+        let and_1000 = format!(
+            "SELECT Id FROM Order WHERE {}Id = '1'",
+            "Id = '1' AND ".repeat(999)
+        );
+        assert!(parse(&and_1000).is_ok());
+    }
 
     fn path(p: &str) -> Vec<String> {
         p.split('.').map(str::to_owned).collect()

@@ -303,6 +303,24 @@ async fn read_parts(multipart: &mut Multipart, submission: &mut Submission) -> R
     Ok(())
 }
 
+/// The parts of a `multipart/form-data` deploy body with content type `content_type`, read the
+/// way `POST /admin/components` reads them (`Multipart` and `read_parts`), into a submission with
+/// nothing else set. The entry point of the `admin_upload` fuzz target (fuzz/, docs/fuzzing.md);
+/// not an API.
+#[doc(hidden)]
+pub async fn read_upload(content_type: &str, body: Vec<u8>) -> Result<Submission, String> {
+    let request = Request::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .body(axum::body::Body::from(body))
+        .map_err(|e| format!("not a request: {e}"))?;
+    let mut multipart = Multipart::from_request(request, &())
+        .await
+        .map_err(|e| e.body_text())?;
+    let mut submission = Submission::default();
+    read_parts(&mut multipart, &mut submission).await?;
+    Ok(submission)
+}
+
 async fn activate(State(shared): State<Arc<Shared>>, Path(sha256): Path<String>) -> Response {
     match deploy::activate(&shared, &sha256).await {
         Ok(meta) => axum::Json(json!({ "active": meta })).into_response(),

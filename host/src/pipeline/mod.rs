@@ -38,6 +38,8 @@ use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 use crate::store::{SharedStore, StoreError};
 
+#[doc(hidden)]
+pub use admin::read_upload;
 pub use ingest::OptionsFor;
 pub use metrics::Metrics;
 

@@ -72,14 +72,52 @@ pub enum SchemaError {
     Parse(#[source] apache_avro::Error),
     #[error("invalid Avro schema: the schema is not a record")]
     NotARecord,
+    /// A record that refers to itself, directly or through other types.
+    #[error(
+        "invalid Avro schema: record {0} refers to itself (recursive schemas are not supported)"
+    )]
+    Recursive(String),
 }
 
 /// Parses a schema as GetSchema returns it (`schema_json`).
 pub fn parse_schema(json: &str) -> Result<Schema, SchemaError> {
     let schema = Schema::parse_str(json).map_err(SchemaError::Parse)?;
+    if !matches!(schema, Schema::Record(_)) {
+        return Err(SchemaError::NotARecord);
+    }
+    match recursive_record(&schema, &mut Vec::new()) {
+        Some(name) => Err(SchemaError::Recursive(name)),
+        None => Ok(schema),
+    }
+}
+
+/// The full name of a record that refers to itself, directly or through other types. The
+/// decoder follows a schema by recursion, and a record that must contain itself (a field of
+/// type `R` inside `R`) never ends: it overflowed the stack (found by the `avro_schema` fuzz
+/// target, docs/fuzzing.md). Platform event schemas are flat, so every recursive schema is
+/// refused. `open` holds the records being walked.
+fn recursive_record(schema: &Schema, open: &mut Vec<String>) -> Option<String> {
     match schema {
-        Schema::Record(_) => Ok(schema),
-        _ => Err(SchemaError::NotARecord),
+        Schema::Ref { name } => {
+            let name = name.fullname(None);
+            open.contains(&name).then_some(name)
+        }
+        Schema::Record(record) => {
+            open.push(record.name.fullname(None));
+            let found = record
+                .fields
+                .iter()
+                .find_map(|field| recursive_record(&field.schema, open));
+            open.pop();
+            found
+        }
+        Schema::Array(array) => recursive_record(&array.items, open),
+        Schema::Map(map) => recursive_record(&map.types, open),
+        Schema::Union(union) => union
+            .variants()
+            .iter()
+            .find_map(|branch| recursive_record(branch, open)),
+        _ => None,
     }
 }
 
@@ -346,6 +384,37 @@ mod tests {
                 .starts_with("the Avro payload does not match its writer schema: "),
             "{err:?}"
         );
+    }
+
+    /// Found by the `avro_schema` fuzz target: decoding with a record that must contain itself
+    /// recursed until the stack overflowed (SIGSEGV), on any payload.
+    #[test]
+    fn recursive_schemas_are_refused() {
+        for (schema, record) in [
+            (
+                r#"{"type":"record","name":"R","fields":[{"name":"a","type":"R"}]}"#,
+                "R",
+            ),
+            (
+                r#"{"type":"record","name":"R","namespace":"n","fields":[{"name":"a","type":["null","R"]}]}"#,
+                "n.R",
+            ),
+            (
+                r#"{"type":"record","name":"R","fields":[{"name":"a","type":{"type":"record","name":"S","fields":[{"name":"r","type":{"type":"array","items":"R"}}]}}]}"#,
+                "R",
+            ),
+        ] {
+            match parse_schema(schema) {
+                Err(SchemaError::Recursive(name)) => assert_eq!(name, record, "{schema}"),
+                other => panic!("{schema}: {other:?}"),
+            }
+        }
+        // A named type used twice is not recursion.
+        let twice = r#"{"type":"record","name":"R","fields":[
+            {"name":"a","type":{"type":"record","name":"S","fields":[{"name":"x","type":"long"}]}},
+            {"name":"b","type":"S"}]}"#;
+        assert!(parse_schema(twice).is_ok());
+        assert!(parse_schema(V1).is_ok());
     }
 
     #[test]

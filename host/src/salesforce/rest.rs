@@ -281,8 +281,10 @@ fn sf_error(body: &[u8]) -> Option<(String, String)> {
     Some((truncate(code), truncate(message)))
 }
 
-/// Classifies a non-2xx answer (other than the 401 handled by `send`).
-fn classify_error(status: u16, body: &[u8]) -> CallError {
+/// Classifies a non-2xx answer (other than the 401 handled by `send`). Public only for the
+/// `salesforce_classify` fuzz target (fuzz/, docs/fuzzing.md); not an API.
+#[doc(hidden)]
+pub fn classify_error(status: u16, body: &[u8]) -> CallError {
     let parsed = sf_error(body);
     if status == 429 || status >= 500 {
         let message = parsed
