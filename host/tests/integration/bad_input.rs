@@ -422,3 +422,43 @@ async fn a_queue_that_is_not_moving_makes_health_degraded() {
     }
     host.shutdown().await;
 }
+
+/// An operator command on an embedded store another process has open (a running `serve`) stops
+/// at once, naming the setting and why, and changes nothing.
+#[test]
+fn a_store_another_process_has_open_is_refused_naming_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (code, err) = on_store(&state, &["cursor", "reset", "42"]);
+    assert_eq!(code, Some(0), "{err}");
+    let path = state.join("fulfilld.redb");
+    // This test process holds it open, as `serve` would.
+    let held = fulfilld::store::embedded::EmbeddedStore::open(&path).unwrap();
+    let (code, err) = on_store(&state, &["cursor", "reset", "7"]);
+    assert_eq!(code, Some(2), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("fulfilld: "))
+        .unwrap_or_else(|| panic!("no error line in {err}"));
+    assert!(
+        line.contains("FULFILLD_STATE_DIR: cannot open the embedded store")
+            && line.contains("Database already open"),
+        "{line}"
+    );
+    drop(held);
+    // The refused command changed nothing: the cursor is still the one stored before.
+    let output = Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+        .args(["cursor", "show"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FULFILLD_STATE_DIR", &state)
+        .env(
+            "SF_PROVISION_EVENT_CHANNEL",
+            "/event/OrderProvisionRequested__e",
+        )
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{shown}");
+    assert!(shown.contains("42") && !shown.contains(" 7"), "{shown}");
+}
