@@ -660,6 +660,16 @@ impl Reader<'_> {
     }
 
     /// A positive whole number no larger than `max`; `default` when unset.
+    /// A whole number of at least `min`; below it, the setting is named with the bound.
+    fn at_least(&mut self, setting: &'static str, default: u64, min: u64) -> u64 {
+        let value = self.number(setting, default);
+        if value < min {
+            self.fail(setting, format!("must be at least {min}, got {value}"));
+            return default;
+        }
+        value
+    }
+
     fn bounded(&mut self, setting: &'static str, default: u64, max: u64) -> u64 {
         let value = self.number(setting, default);
         if value > max {
@@ -732,28 +742,10 @@ impl Reader<'_> {
                 4
             }),
         };
-        let lease_ms = self.number("FULFILLD_LEASE_TTL_MS", 15_000);
-        if lease_ms < 1_000 {
-            self.fail(
-                "FULFILLD_LEASE_TTL_MS",
-                format!("must be at least 1000, got {lease_ms}"),
-            );
-        }
-        let reclaim_ms = self.number("FULFILLD_JOB_RECLAIM_MS", 60_000);
-        if reclaim_ms < 300 {
-            self.fail(
-                "FULFILLD_JOB_RECLAIM_MS",
-                format!("must be at least 300, got {reclaim_ms}"),
-            );
-        }
+        let lease_ms = self.at_least("FULFILLD_LEASE_TTL_MS", 15_000, 1_000);
+        let reclaim_ms = self.at_least("FULFILLD_JOB_RECLAIM_MS", 60_000, 300);
         let max_deliveries = self.number("FULFILLD_MAX_DELIVERIES", 5);
-        let stall_ms = self.number("FULFILLD_QUEUE_STALL_MS", 600_000);
-        if stall_ms < 1_000 {
-            self.fail(
-                "FULFILLD_QUEUE_STALL_MS",
-                format!("must be at least 1000, got {stall_ms}"),
-            );
-        }
+        let stall_ms = self.at_least("FULFILLD_QUEUE_STALL_MS", 600_000, 1_000);
         let grace_ms = self.number("FULFILLD_SHUTDOWN_GRACE_MS", 30_000);
         let component_max_bytes = self.number(
             "FULFILLD_COMPONENT_MAX_BYTES",
@@ -841,23 +833,16 @@ impl Reader<'_> {
         let timeout = self.number("FULFILLD_CALL_TIMEOUT_MS", millis(defaults.call_timeout));
         let instances = self.number("FULFILLD_MAX_INSTANCES", u64::from(defaults.max_instances));
         let hold_ttl = self.number("FULFILLD_HOLD_TTL_MS", millis(defaults.hold_ttl));
-        let text_max = self.number(
+        let text_max = self.at_least(
             "FULFILLD_COMPONENT_TEXT_MAX_BYTES",
             defaults.text_max as u64,
+            64,
         );
-        if text_max < 64 {
-            self.fail(
-                "FULFILLD_COMPONENT_TEXT_MAX_BYTES",
-                format!("must be at least 64, got {text_max}"),
-            );
-        }
-        let result_max = self.number("FULFILLD_HOST_RESULT_MAX_BYTES", defaults.result_max as u64);
-        if result_max < 1024 {
-            self.fail(
-                "FULFILLD_HOST_RESULT_MAX_BYTES",
-                format!("must be at least 1024, got {result_max}"),
-            );
-        }
+        let result_max = self.at_least(
+            "FULFILLD_HOST_RESULT_MAX_BYTES",
+            defaults.result_max as u64,
+            1024,
+        );
         let policy = match self.optional("FULFILLD_POLICY_FILE") {
             None => CapabilityPolicy::default(),
             Some(path) => CapabilityPolicy::load(Path::new(&path)).unwrap_or_else(|err| {

@@ -26,6 +26,15 @@ pub fn clip(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
+/// [`clip`], saying how long the text was when it was cut: `…[cut: N bytes in all]`. For text
+/// kept from outside where a reader must see that it is not whole (records, dead letters).
+pub fn clip_marked(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    format!("{} [cut: {} bytes in all]", clip(text, max), text.len())
+}
+
 /// The three characters Salesforce appends to a 15-character record id to make its
 /// case-insensitive 18-character form: for each group of five characters, which of them are
 /// upper-case letters, as one of 32 characters (`001A0000006Vm9r` → `IAC`).

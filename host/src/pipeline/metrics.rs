@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Histogram bucket bounds, seconds.
@@ -54,6 +54,15 @@ impl Histogram {
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// The metric's data behind `mutex`, also after a panic elsewhere poisoned it (counts stay
+/// usable: a half-done increment is still a count).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 
@@ -132,10 +141,7 @@ impl Metrics {
             },
             component: crate::domain::clip(component, 200),
         };
-        let mut jobs = match self.jobs.lock() {
-            Ok(jobs) => jobs,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut jobs = lock(&self.jobs);
         if jobs.len() >= MAX_JOB_SERIES && !jobs.contains_key(&labels) {
             labels.code = OTHER_CODE.to_owned();
         }
@@ -145,28 +151,19 @@ impl Metrics {
     /// Records that a worker of this replica got on with the queue: it took or ended a job, or
     /// found none to take (an idle worker is not a stuck one).
     pub fn progressed(&self) {
-        let mut last = match self.last_progress.lock() {
-            Ok(last) => last,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut last = lock(&self.last_progress);
         *last = Some(std::time::Instant::now());
     }
 
     /// How long ago a worker of this replica last got on with the queue (`None`: never).
     pub fn since_progress(&self) -> Option<Duration> {
-        let last = match self.last_progress.lock() {
-            Ok(last) => last,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let last = lock(&self.last_progress);
         last.map(|at| at.elapsed())
     }
 
     /// Jobs counted with `outcome`, any code and component.
     pub fn jobs_with_outcome(&self, outcome: &str) -> u64 {
-        let jobs = match self.jobs.lock() {
-            Ok(jobs) => jobs,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let jobs = lock(&self.jobs);
         jobs.iter()
             .filter(|(labels, _)| labels.outcome == outcome)
             .map(|(_, n)| n)
@@ -262,10 +259,7 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE fulfilld_jobs_total counter");
         {
-            let jobs = match self.jobs.lock() {
-                Ok(jobs) => jobs,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let jobs = lock(&self.jobs);
             for (labels, value) in jobs.iter() {
                 let _ = writeln!(
                     out,

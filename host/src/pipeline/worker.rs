@@ -53,10 +53,10 @@ pub(crate) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: watch::
                 continue;
             }
         };
-        // Taking a job, or finding none (an idle worker is not a stuck one), is progress.
+        // Taking a job (one per claim), or finding none (an idle worker is not a stuck one), is
+        // progress.
         shared.metrics.progressed();
         for job in jobs {
-            shared.metrics.progressed();
             process(&shared, &consumer, job).await;
         }
     }

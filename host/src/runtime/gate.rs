@@ -138,7 +138,7 @@ pub(crate) struct Gate {
     /// that ([`CapabilityPolicy::check_record`]).
     pub(crate) order_scope: Option<String>,
     /// Largest answer handed to the component, in bytes ([`super::RuntimeConfig::result_max`]).
-    pub(crate) result_max: usize,
+    result_max: usize,
     /// Bytes of log entries this job has written (against [`LOG_BUDGET`]).
     log_bytes: usize,
 }
@@ -150,6 +150,7 @@ impl Gate {
         counters: Arc<CallCounters>,
         call_timeout: Duration,
         max_host_calls: u32,
+        result_max: usize,
         record: bool,
     ) -> Self {
         Gate {
@@ -163,7 +164,7 @@ impl Gate {
             journal: record.then(Journal::default),
             rehearsal: false,
             order_scope: None,
-            result_max: usize::MAX,
+            result_max,
             log_bytes: 0,
         }
     }

@@ -644,6 +644,7 @@ impl Runtime {
                 counters,
                 config.call_timeout,
                 config.max_host_calls,
+                config.result_max,
                 options.record,
             )
             .rehearsing(rehearsal),
@@ -666,7 +667,6 @@ impl Runtime {
             ctx.data_mut().cpu.cross(hook);
             Ok(())
         });
-        store.data_mut().gate.result_max = config.result_max;
         store.limiter(|state| &mut state.limiter);
         let budget = config.cpu_deadline;
         store.set_epoch_deadline(1);
@@ -758,12 +758,12 @@ impl Runtime {
                     bindings::types::Disposition::Completed => Disposition::Completed,
                     bindings::types::Disposition::Skipped => Disposition::Skipped,
                 },
-                message: bounded_text(outcome.message, self.inner.config.text_max),
+                message: crate::domain::clip_marked(&outcome.message, self.inner.config.text_max),
             }),
             Ok(Ok(Err(failure))) => Err(JobFailure {
                 source: FailureSource::Component,
                 code: failure_code(failure.code),
-                message: bounded_text(failure.message, self.inner.config.text_max),
+                message: crate::domain::clip_marked(&failure.message, self.inner.config.text_max),
             }),
             Ok(Err(error)) => Err(self.describe_error(&store, &error)),
             Err(_) => Err(JobFailure {
@@ -877,17 +877,6 @@ fn check_info(name: &str, version: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// A component's text cut to `max` bytes, the cut marked with how long it was.
-pub(crate) fn bounded_text(text: String, max: usize) -> String {
-    if text.len() <= max {
-        return text;
-    }
-    let total = text.len();
-    let mut cut = crate::domain::clip(&text, max);
-    cut.push_str(&format!(" [cut: {total} bytes in all]"));
-    cut
 }
 
 /// A component's failure code as the host records it: printable ASCII without spaces, at most
@@ -1005,10 +994,10 @@ mod tests {
 
     #[test]
     fn component_text_is_cut_with_a_mark_and_codes_are_tokens() {
-        let text = bounded_text("é".repeat(3000), 4096);
+        let text = crate::domain::clip_marked(&"é".repeat(3000), 4096);
         assert!(text.ends_with("… [cut: 6000 bytes in all]"), "{text}");
         assert!(text.len() <= 4096 + 40);
-        assert_eq!(bounded_text("short".into(), 4096), "short");
+        assert_eq!(crate::domain::clip_marked("short", 4096), "short");
         assert_eq!(failure_code("409".into()), "409");
         assert_eq!(failure_code(String::new()), "INVALID_CODE");
         let code = failure_code(format!("BAD\n{}", "C".repeat(100)));

@@ -37,6 +37,36 @@ fn seeded_host() -> Arc<fulfilld::testkit::FakeHost> {
         .unwrap()
 }
 
+/// Runs one job of `component` for `order_id` on the seeded fake host.
+async fn run_seeded(
+    runtime: &Runtime,
+    component: &LoadedComponent,
+    order_id: &str,
+    options: RunOptions,
+) -> fulfilld::runtime::JobReport {
+    runtime
+        .run_with(
+            component,
+            seeded_host() as Arc<dyn Services>,
+            &order_event(order_id),
+            options,
+        )
+        .await
+}
+
+/// [`run_seeded`] with the job's journal.
+async fn run_recorded(
+    runtime: &Runtime,
+    component: &LoadedComponent,
+    order_id: &str,
+) -> fulfilld::runtime::JobReport {
+    let options = RunOptions {
+        record: true,
+        ..RunOptions::default()
+    };
+    run_seeded(runtime, component, order_id, options).await
+}
+
 /// Runs `fixture`, checks its failure code, then checks a good job still runs on `runtime`.
 async fn stopped_with(fixture: &str, code: &str) -> String {
     let runtime = runtime();
@@ -161,14 +191,7 @@ async fn the_policy_can_let_a_job_update_other_orders() {
     })
     .unwrap();
     let component = load(&runtime, "fixture-forbidden-write").await;
-    let report = runtime
-        .run(
-            &component,
-            seeded_host() as Arc<dyn Services>,
-            &order_event("801000000000001"),
-            true,
-        )
-        .await;
+    let report = run_recorded(&runtime, &component, "801000000000001").await;
     let failure = report.result.unwrap_err();
     assert_eq!(failure.code, "FORBIDDEN_NOT_ENFORCED", "{failure:?}");
     let journal = report.journal.unwrap();
@@ -296,14 +319,7 @@ async fn an_answer_over_the_result_limit_is_not_handed_to_the_component() {
     })
     .unwrap();
     let component = load(&runtime, "fulfillment").await;
-    let report = runtime
-        .run(
-            &component,
-            seeded_host() as Arc<dyn Services>,
-            &order_event("801000000000001AAA"),
-            true,
-        )
-        .await;
+    let report = run_recorded(&runtime, &component, "801000000000001AAA").await;
     let journal = report.journal.unwrap();
     let query = journal
         .calls
@@ -367,20 +383,12 @@ async fn a_hold_the_store_cannot_give_is_a_host_fault() {
     })
     .unwrap();
     let component = load(&runtime, "fulfillment").await;
-    let host = seeded_host();
     let options = RunOptions {
         record: true,
         holds: Some(Arc::new(UnreachableHolds)),
         ..RunOptions::default()
     };
-    let report = runtime
-        .run_with(
-            &component,
-            host.clone() as Arc<dyn Services>,
-            &order_event("801000000000001AAA"),
-            options,
-        )
-        .await;
+    let report = run_seeded(&runtime, &component, "801000000000001AAA", options).await;
     let failure = report.result.unwrap_err();
     assert_eq!(
         (failure.source, failure.code.as_str()),
@@ -481,14 +489,7 @@ async fn time_the_job_is_not_scheduled_does_not_count_against_the_cpu_deadline()
             }
         })
     };
-    let report = runtime
-        .run(
-            &spin,
-            seeded_host() as Arc<dyn Services>,
-            &order_event("801000000000001AAA"),
-            false,
-        )
-        .await;
+    let report = run_recorded(&runtime, &spin, "801000000000001AAA").await;
     busy.store(false, std::sync::atomic::Ordering::Relaxed);
     hog.await.unwrap();
     let failure = report.result.unwrap_err();

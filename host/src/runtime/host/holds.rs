@@ -41,12 +41,17 @@ pub(crate) struct Held {
     lost: Arc<Mutex<Option<String>>>,
 }
 
+/// Whether `name` is among `names`.
+fn holds_name(names: &Mutex<Vec<String>>, name: &str) -> bool {
+    names
+        .lock()
+        .map(|names| names.iter().any(|n| n == name))
+        .unwrap_or(false)
+}
+
 impl Held {
     fn contains(&self, name: &str) -> bool {
-        self.names
-            .lock()
-            .map(|names| names.iter().any(|n| n == name))
-            .unwrap_or(false)
+        holds_name(&self.names, name)
     }
 
     fn remove(&mut self, name: &str) -> bool {
@@ -124,12 +129,6 @@ async fn renew(
     rehearsal: bool,
 ) {
     let every = (ttl / 3).max(Duration::from_millis(10));
-    let still_held = |name: &str| {
-        names
-            .lock()
-            .map(|n| n.iter().any(|held| held == name))
-            .unwrap_or(false)
-    };
     loop {
         tokio::time::sleep(every).await;
         let current = names.lock().map(|n| n.clone()).unwrap_or_default();
@@ -137,7 +136,7 @@ async fn renew(
             match holds.renew_hold(&name, &holder, ttl).await {
                 Ok(true) => tracing::trace!(hold = %name, "hold renewed"),
                 // Released meanwhile: nothing was lost.
-                Ok(false) if !still_held(&name) => {}
+                Ok(false) if !holds_name(&names, &name) => {}
                 Ok(false) => {
                     run_warn!(rehearsal, hold = %name, "a hold of this job ran out before it could be renewed (the store was unreachable for longer than the hold TTL); the run stops at its next call");
                     if let Ok(mut lost) = lost.lock() {
@@ -226,7 +225,8 @@ async fn take(job: &JobContext, name: &str, mode: HoldMode) -> Result<(), Taken>
         .unwrap_or_else(Instant::now);
     let mut deadline = (Instant::now() + wait).min(patience);
     let mut pause = FIRST_PAUSE;
-    let mut outage: Option<(Instant, String)> = None;
+    // Since when the store has not answered, while it does not.
+    let mut outage: Option<Instant> = None;
     loop {
         let left = patience.saturating_duration_since(Instant::now());
         let attempt = tokio::time::timeout(
@@ -240,24 +240,23 @@ async fn take(job: &JobContext, name: &str, mode: HoldMode) -> Result<(), Taken>
         };
         match attempt {
             Ok(true) => {
-                if let Some((since, _)) = outage {
+                if let Some(since) = outage {
                     tracing::info!(hold = %name, waited_ms = since.elapsed().as_millis() as u64, "the store answers again; hold taken");
                 }
                 return Ok(());
             }
             Ok(false) => {
-                if let Some((since, _)) = outage.take() {
+                if let Some(since) = outage.take() {
                     deadline = (deadline + since.elapsed()).min(patience);
                     pause = FIRST_PAUSE;
                 }
             }
             Err(error) => {
                 let now = Instant::now();
-                let (since, _) = outage.get_or_insert_with(|| {
+                let since = *outage.get_or_insert_with(|| {
                     run_warn!(job.rehearsal(), hold = %name, error = %error, "cannot reach the store to take a hold; the job waits for it");
-                    (now, error.clone())
+                    now
                 });
-                let since = *since;
                 if now + pause >= patience {
                     // No release: the store does not answer (a registration it may have kept
                     // runs out with its TTL).

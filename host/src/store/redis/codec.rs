@@ -166,6 +166,12 @@ fn damaged_dead_letter(
             .or_else(|| fields.get(&format!("raw:{name}")))
     };
     let get = |name: &str| field(name).map(|v| bounded(v)).unwrap_or_default();
+    let number = |name: &str| -> i64 {
+        fields
+            .get(name)
+            .and_then(|d| std::str::from_utf8(d).ok()?.parse().ok())
+            .unwrap_or(0)
+    };
     let kept_reason = get("reason");
     let problem = crate::domain::clip(&problem.to_string(), 512);
     let reason = if get("kind") == "damaged" && !kept_reason.is_empty() {
@@ -190,29 +196,15 @@ fn damaged_dead_letter(
         payload: serde_json::Value::Object(found).to_string().into_bytes(),
         kind: DeadLetterKind::Damaged,
         reason,
-        deliveries: fields
-            .get("deliveries")
-            .and_then(|d| std::str::from_utf8(d).ok()?.parse().ok())
-            .unwrap_or(0),
-        dead_at_ms: fields
-            .get("dead")
-            .and_then(|d| std::str::from_utf8(d).ok()?.parse().ok())
-            .unwrap_or(0),
+        deliveries: u32::try_from(number("deliveries")).unwrap_or(0),
+        dead_at_ms: number("dead"),
         id,
     }
 }
 
 /// Text of a store value as shown to operators: lossy UTF-8, at most [`SHOWN_BYTES`] bytes.
 fn bounded(raw: &[u8]) -> String {
-    if raw.len() <= SHOWN_BYTES {
-        String::from_utf8_lossy(raw).into_owned()
-    } else {
-        format!(
-            "{}… ({} bytes in all)",
-            String::from_utf8_lossy(&raw[..SHOWN_BYTES]),
-            raw.len()
-        )
-    }
+    crate::domain::clip_marked(&String::from_utf8_lossy(raw), SHOWN_BYTES)
 }
 
 /// How much of one damaged field is shown.

@@ -4,10 +4,34 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use redis::Script;
 
 use super::RedisStore;
 use super::codec::ttl_ms;
 use crate::holds::{HoldBackend, HoldError, HoldMode};
+
+impl RedisStore {
+    /// Runs one of the hold scripts on `name`'s two keys, with `holder` and then `args` as its
+    /// ARGV; its reply (1: held, for `hold` and `rehold`).
+    async fn hold_script(
+        &self,
+        script: &Script,
+        name: &str,
+        holder: &str,
+        args: &[String],
+        what: &str,
+    ) -> Result<i64, HoldError> {
+        let (shared, exclusive) = self.hold_keys(name);
+        let mut invocation = script.key(&shared);
+        invocation.key(&exclusive).arg(holder);
+        for arg in args {
+            invocation.arg(arg);
+        }
+        self.invoke(&invocation, what)
+            .await
+            .map_err(HoldError::from)
+    }
+}
 
 impl HoldBackend for RedisStore {
     fn try_hold<'a>(
@@ -18,20 +42,10 @@ impl HoldBackend for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, HoldError>> {
         async move {
-            let (shared, exclusive) = self.hold_keys(name);
-            let held: i64 = self
-                .invoke(
-                    self.scripts
-                        .hold
-                        .key(&shared)
-                        .key(&exclusive)
-                        .arg(holder)
-                        .arg(mode.as_str())
-                        .arg(ttl_ms(ttl)),
-                    "take a hold",
-                )
-                .await
-                .map_err(HoldError::from)?;
+            let args = [mode.as_str().to_owned(), ttl_ms(ttl).to_string()];
+            let held = self
+                .hold_script(&self.scripts.hold, name, holder, &args, "take a hold")
+                .await?;
             Ok(held == 1)
         }
         .boxed()
@@ -44,19 +58,10 @@ impl HoldBackend for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, HoldError>> {
         async move {
-            let (shared, exclusive) = self.hold_keys(name);
-            let held: i64 = self
-                .invoke(
-                    self.scripts
-                        .rehold
-                        .key(&shared)
-                        .key(&exclusive)
-                        .arg(holder)
-                        .arg(ttl_ms(ttl)),
-                    "renew a hold",
-                )
-                .await
-                .map_err(HoldError::from)?;
+            let args = [ttl_ms(ttl).to_string()];
+            let held = self
+                .hold_script(&self.scripts.rehold, name, holder, &args, "renew a hold")
+                .await?;
             Ok(held == 1)
         }
         .boxed()
@@ -68,14 +73,8 @@ impl HoldBackend for RedisStore {
         holder: &'a str,
     ) -> BoxFuture<'a, Result<(), HoldError>> {
         async move {
-            let (shared, exclusive) = self.hold_keys(name);
-            let _: i64 = self
-                .invoke(
-                    self.scripts.unhold.key(&shared).key(&exclusive).arg(holder),
-                    "release a hold",
-                )
-                .await
-                .map_err(HoldError::from)?;
+            self.hold_script(&self.scripts.unhold, name, holder, &[], "release a hold")
+                .await?;
             Ok(())
         }
         .boxed()
