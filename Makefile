@@ -8,7 +8,7 @@ COMPONENT_PACKAGES := -p fulfillment $(foreach f,$(FIXTURES),-p fixture-$(f))
 
 export FULFILLD_COMPONENT_DIR := $(COMPONENT_DIR)
 
-.PHONY: all components thirdparty-client redis-server-installed test lint fmt bench run demo check-component fuzz fuzz-smoke clean
+.PHONY: all components thirdparty-client browser-client redis-server-installed test lint fmt bench run demo check-component fuzz fuzz-smoke clean
 
 all: lint test
 
@@ -32,10 +32,20 @@ $(THIRDPARTY)/node_modules/.package-lock.json: $(THIRDPARTY)/package.json $(THIR
 	cd $(THIRDPARTY) && npm ci --no-audit --no-fund
 	@touch $@
 
+## The console's headless-browser test (puppeteer-core, pinned in tests/browser/package-lock.json;
+## it drives the system chromium and downloads no browser): npm ci when node_modules is missing or
+## older than the lock.
+BROWSER_CLIENT := tests/browser
+browser-client: $(BROWSER_CLIENT)/node_modules/.package-lock.json
+
+$(BROWSER_CLIENT)/node_modules/.package-lock.json: $(BROWSER_CLIENT)/package.json $(BROWSER_CLIENT)/package-lock.json
+	cd $(BROWSER_CLIENT) && npm ci --no-audit --no-fund
+	@touch $@
+
 ## Every test: unit, integration (real HTTP on loopback, the built components, the third-party
 ## client), and the scenario suite through the CLI. tests/with-redis.sh gives the tests a Redis:
 ## FULFILLD_TEST_REDIS_URL, else the one at 127.0.0.1:6379, else one of its own, stopped afterwards.
-test: redis-server-installed components thirdparty-client
+test: redis-server-installed components thirdparty-client browser-client
 	tests/with-redis.sh $(CARGO) test --workspace
 	$(CARGO) run -q -p fulfilld -- test $(COMPONENT_DIR)/fulfillment.wasm tests/scenarios
 

@@ -421,6 +421,9 @@ pub async fn cursor(
     Ok(true)
 }
 
+/// Who the job journal says did what an operator command did.
+const OPERATOR: &str = "operator (fulfilld CLI)";
+
 /// `fulfilld dead-letters ...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeadLetterAction {
@@ -434,6 +437,7 @@ pub async fn dead_letters(
     store: &dyn crate::store::Store,
     channel: &str,
     action: DeadLetterAction,
+    journal_retention: std::time::Duration,
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
     match action {
@@ -492,7 +496,15 @@ pub async fn dead_letters(
             });
             writeln!(out, "{}", serde_json::to_string_pretty(&shown)?)?;
         }
-        DeadLetterAction::Requeue { id } => match store.requeue(channel, &id).await {
+        DeadLetterAction::Requeue { id } => match crate::pipeline::journal::requeue(
+            store,
+            OPERATOR,
+            channel,
+            &id,
+            journal_retention,
+        )
+        .await
+        {
             Ok(job) => writeln!(out, "requeued dead letter {id} as job {job}")?,
             Err(crate::store::StoreError::Invalid(why)) => {
                 writeln!(out, "cannot requeue {id}: {why}")?;
@@ -683,4 +695,200 @@ pub async fn admin(
         writeln!(out, "refused ({status}): {message}")?;
         Ok(false)
     }
+}
+
+/// `fulfilld orders show <Order Id | EventUuid>`: every job of the Order, newest first, each with
+/// its journal. `false` (exit 1) when nothing is known about `id`.
+pub async fn orders_show(
+    store: &dyn crate::store::Store,
+    id: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let Some(view) = crate::pipeline::journal::order_view(store, id).await? else {
+        writeln!(
+            out,
+            "no job is known for Order or EventUuid '{}' (the journal keeps jobs for \
+             FULFILLD_JOURNAL_RETENTION_HOURS after their last step)",
+            crate::domain::clip(id, 128)
+        )?;
+        return Ok(false);
+    };
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
+        return Ok(true);
+    }
+    match &view.order_id {
+        Some(order) => writeln!(
+            out,
+            "Order {order}: {} job(s), newest first",
+            view.jobs.len()
+        )?,
+        None => writeln!(out, "EventUuid {}: {} job(s)", view.query, view.jobs.len())?,
+    }
+    for job in &view.jobs {
+        writeln!(out)?;
+        let mut head = format!(
+            "job {}  replay {}  {}",
+            job.event_uuid,
+            if job.replay_id.is_empty() {
+                "-"
+            } else {
+                &job.replay_id
+            },
+            job.state.to_uppercase()
+        );
+        if let Some(record) = &job.record {
+            if let Some(code) = &record.code {
+                head.push_str(&format!(" {code}"));
+            }
+            head.push_str(&format!(
+                " on {} after {} deliver{}",
+                record.component,
+                record.deliveries,
+                if record.deliveries == 1 { "y" } else { "ies" }
+            ));
+        }
+        writeln!(out, "{head}")?;
+        if let Some(record) = &job.record
+            && !record.message.is_empty()
+        {
+            writeln!(out, "  {}", crate::domain::clip(&record.message, 300))?;
+        }
+        for entry in &job.journal {
+            writeln!(
+                out,
+                "  {}  {:<14} {}",
+                crate::pipeline::rfc3339_ms(entry.at_ms),
+                crate::domain::clip(&entry.replica, 40),
+                describe_entry(&entry.event)
+            )?;
+        }
+        if job.journal.is_empty() {
+            writeln!(out, "  (no journal kept for this job)")?;
+        }
+    }
+    Ok(true)
+}
+
+/// One journal entry on one line.
+fn describe_entry(event: &crate::store::JournalEvent) -> String {
+    use crate::store::JournalEvent;
+    match event {
+        JournalEvent::Enqueued { replay_id } => format!("enqueued       replay {replay_id}"),
+        JournalEvent::Claimed { worker, delivery } => {
+            format!("claimed        by {worker}, delivery {delivery}")
+        }
+        JournalEvent::Call {
+            interface,
+            action,
+            target,
+            duration_ms,
+            outcome,
+            code,
+            request,
+            answer,
+        } => {
+            let what = if interface == "billing" {
+                format!("billing {action}")
+            } else {
+                format!(
+                    "{interface} {action} {}",
+                    crate::domain::clip(&target.replace('\n', " "), 120)
+                )
+            };
+            let result = match code {
+                Some(code) => format!("{outcome} {code}"),
+                None => outcome.clone(),
+            };
+            let captured = if request.is_some() || answer.is_some() {
+                "  (captured)"
+            } else {
+                ""
+            };
+            format!("call           {what}  {duration_ms} ms  {result}{captured}")
+        }
+        JournalEvent::Finished {
+            delivery,
+            outcome,
+            code,
+            message,
+            component,
+            elapsed_ms,
+        } => {
+            let code = code.as_deref().map(|c| format!(" {c}")).unwrap_or_default();
+            let message = if message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", crate::domain::clip(message, 200))
+            };
+            format!(
+                "finished       {outcome}{code}{message} (delivery {delivery}, {component}, {elapsed_ms} ms)"
+            )
+        }
+        JournalEvent::DeadLettered { reason } => {
+            format!("dead-lettered  {}", crate::domain::clip(reason, 300))
+        }
+        JournalEvent::Requeued { dead_letter_id } => {
+            format!("requeued       from dead letter {dead_letter_id}")
+        }
+    }
+}
+
+/// `fulfilld jobs list --state queued|running|failed|dead`.
+pub async fn jobs_list(
+    store: &dyn crate::store::Store,
+    channel: &str,
+    state: crate::store::JobState,
+    limit: usize,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let jobs = crate::store::list_jobs(store, channel, state, limit).await?;
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "state": state, "jobs": jobs }))?
+        )?;
+        return Ok(true);
+    }
+    writeln!(
+        out,
+        "{} {} job(s) on {channel}",
+        jobs.len(),
+        serde_json::to_value(state)?.as_str().unwrap_or("")
+    )?;
+    for job in &jobs {
+        let mut line = format!(
+            "{}  order={}  replay={}  deliveries={}",
+            job.event_uuid,
+            job.order_id.as_deref().unwrap_or("-"),
+            job.replay_id,
+            job.deliveries
+        );
+        if let Some(worker) = &job.worker {
+            line.push_str(&format!("  worker={worker}"));
+        }
+        if let Some(idle) = job.idle_ms {
+            line.push_str(&format!("  idle={idle}ms"));
+        }
+        if let Some(at) = job.enqueued_at_ms {
+            line.push_str(&format!("  enqueued={}", crate::pipeline::rfc3339_ms(at)));
+        }
+        if let Some(at) = job.finished_at_ms {
+            line.push_str(&format!("  at={}", crate::pipeline::rfc3339_ms(at)));
+        }
+        if let Some(id) = &job.dead_letter_id {
+            line.push_str(&format!("  dead_letter={id}"));
+        }
+        if let Some(code) = &job.code {
+            line.push_str(&format!("  code={code}"));
+        }
+        if let Some(message) = &job.message {
+            line.push_str(&format!("  {}", crate::domain::clip(message, 200)));
+        }
+        writeln!(out, "{line}")?;
+    }
+    Ok(true)
 }

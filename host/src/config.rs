@@ -172,6 +172,11 @@ pub struct ServeConfig {
     pub queue_stall: Duration,
     /// `FULFILLD_SHUTDOWN_GRACE_MS`: how long shutdown waits for jobs in flight.
     pub shutdown_grace: Duration,
+    /// `FULFILLD_JOURNAL_RETENTION_HOURS`: how long a job's journal is kept after its last entry.
+    pub journal_retention: Duration,
+    /// `FULFILLD_JOURNAL_CAPTURE`: whether the journal keeps each call's request and answer
+    /// (redacted), which `fulfilld orders export` needs. Off by default.
+    pub journal_capture: bool,
     /// `FULFILLD_REPLICA_ID`: this process's name in leases and consumer groups.
     pub replica_id: String,
     /// `FULFILLD_REGISTRY_DIR`: the component registry (deployed versions, the active one, the
@@ -223,6 +228,8 @@ pub struct OperatorConfig {
     pub store: StoreConfig,
     /// `SF_PROVISION_EVENT_CHANNEL`.
     pub channel: String,
+    /// `FULFILLD_JOURNAL_RETENTION_HOURS`, for the journal entry a requeue writes.
+    pub journal_retention: Duration,
 }
 
 impl OperatorConfig {
@@ -245,6 +252,7 @@ impl OperatorConfig {
             Ok(OperatorConfig {
                 store: serve.store,
                 channel,
+                journal_retention: serve.journal_retention,
             })
         } else {
             Err(ConfigError(env.errors))
@@ -747,6 +755,8 @@ impl Reader<'_> {
         let max_deliveries = self.number("FULFILLD_MAX_DELIVERIES", 5);
         let stall_ms = self.at_least("FULFILLD_QUEUE_STALL_MS", 600_000, 1_000);
         let grace_ms = self.number("FULFILLD_SHUTDOWN_GRACE_MS", 30_000);
+        let journal_hours = self.at_least("FULFILLD_JOURNAL_RETENTION_HOURS", 168, 1);
+        let journal_capture = self.boolean("FULFILLD_JOURNAL_CAPTURE", false);
         let component_max_bytes = self.number(
             "FULFILLD_COMPONENT_MAX_BYTES",
             crate::registry::gates::DEFAULT_MAX_SIZE as u64,
@@ -807,6 +817,8 @@ impl Reader<'_> {
             max_deliveries: u32::try_from(max_deliveries).unwrap_or(u32::MAX),
             queue_stall: Duration::from_millis(stall_ms),
             shutdown_grace: Duration::from_millis(grace_ms),
+            journal_retention: Duration::from_secs(journal_hours.min(24 * 365) * 3600),
+            journal_capture,
             replica_id,
             registry_dir: self.optional("FULFILLD_REGISTRY_DIR").map(PathBuf::from),
             admin_token,

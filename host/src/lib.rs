@@ -17,6 +17,7 @@ pub mod salesforce;
 pub mod sandbox;
 pub mod secret;
 pub mod services;
+pub mod settings;
 pub mod store;
 pub mod testkit;
 pub mod whmcs;

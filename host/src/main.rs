@@ -72,6 +72,21 @@ enum Command {
         #[command(subcommand)]
         command: DeadLetterCommand,
     },
+    /// Where an Order is and why: its jobs and their journals (from the store `serve` uses).
+    Orders {
+        #[command(subcommand)]
+        command: OrdersCommand,
+    },
+    /// Jobs by state: queued, running, failed or dead.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Print a shell completion script: `fulfilld completions bash > /etc/bash_completion.d/fulfilld`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Preflight with the production settings: the JWT grant, the org's schema for the
     /// component, the event topic, WHMCS credentials, version and products, the store, the
     /// component. PASS or FAIL with the fix per check; exit status 1 when any fails.
@@ -115,6 +130,33 @@ enum DeadLetterCommand {
     Show { id: String },
     /// Put a dead-lettered job back on the queue.
     Requeue { id: String },
+}
+
+#[derive(Subcommand)]
+enum OrdersCommand {
+    /// Every job of an Order (by Order Id, 15 or 18 characters) or of one EventUuid, newest
+    /// first, each with its journal: enqueued, claimed, each host call, how it ended.
+    Show {
+        /// A Salesforce Order Id or an EventUuid.
+        id: String,
+        /// Print JSON (the admin API's `GET /admin/orders/<id>`).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Jobs in one state: queued and running oldest first, failed and dead newest first.
+    List {
+        #[arg(long, value_parser = ["queued", "running", "failed", "dead"])]
+        state: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON (the admin API's `GET /admin/jobs`).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -404,8 +446,8 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                 CursorCommand::Clear => fulfilld::cli::CursorAction::Clear,
                 CursorCommand::Backfill => fulfilld::cli::CursorAction::Backfill,
             };
-            let (store, channel) = operator_store().await?;
-            fulfilld::cli::cursor(store.as_ref(), &channel, action, force, &mut out).await
+            let (store, config) = operator_store().await?;
+            fulfilld::cli::cursor(store.as_ref(), &config.channel, action, force, &mut out).await
         }
         Command::DeadLetters { command } => {
             let action = match command {
@@ -417,9 +459,42 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                     fulfilld::cli::DeadLetterAction::Requeue { id }
                 }
             };
-            let (store, channel) = operator_store().await?;
-            fulfilld::cli::dead_letters(store.as_ref(), &channel, action, &mut out).await
+            let (store, config) = operator_store().await?;
+            fulfilld::cli::dead_letters(
+                store.as_ref(),
+                &config.channel,
+                action,
+                config.journal_retention,
+                &mut out,
+            )
+            .await
         }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "fulfilld", &mut out);
+            Ok(true)
+        }
+        Command::Orders { command } => match command {
+            OrdersCommand::Show { id, json } => {
+                let (store, _) = operator_store().await?;
+                fulfilld::cli::orders_show(store.as_ref(), &id, json, &mut out).await
+            }
+        },
+        Command::Jobs { command } => match command {
+            JobsCommand::List { state, limit, json } => {
+                let state = state.parse().map_err(anyhow::Error::msg)?;
+                let (store, config) = operator_store().await?;
+                fulfilld::cli::jobs_list(
+                    store.as_ref(),
+                    &config.channel,
+                    state,
+                    limit,
+                    json,
+                    &mut out,
+                )
+                .await
+            }
+        },
         Command::Doctor { component } => {
             fulfilld::doctor::run(
                 fulfilld::config::Config::from_env(),
@@ -441,10 +516,13 @@ async fn run(command: Command) -> anyhow::Result<bool> {
 }
 
 /// The store and channel the operator commands work on (`config::OperatorConfig`).
-async fn operator_store() -> anyhow::Result<(fulfilld::store::SharedStore, String)> {
+async fn operator_store() -> anyhow::Result<(
+    fulfilld::store::SharedStore,
+    fulfilld::config::OperatorConfig,
+)> {
     let config = fulfilld::config::OperatorConfig::from_env()?;
     let store = fulfilld::pipeline::open_store(&config.store).await?;
-    Ok((store, config.channel))
+    Ok((store, config))
 }
 
 async fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
@@ -511,7 +589,14 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `serve --help` lists every setting with its default and meaning.
+    let command = <Cli as clap::CommandFactory>::command().mut_subcommand("serve", |serve| {
+        serve.after_help(fulfilld::settings::help_text())
+    });
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     // Before any subcommand runs: reqwest and tonic panic when they build TLS without a
     // process-wide rustls provider. The HTTP builder and the Pub/Sub paths install it too, but
     // one install here covers every subcommand, including ones added later (`component list`
@@ -530,7 +615,12 @@ async fn main() -> ExitCode {
         // (enqueued, orchestration started and finished). FULFILLD_LOG=info adds every step.
         Command::Demo { .. } => "warn,fulfilld::pipeline=info",
         // The doctor's report is its output; a WARN from a client it builds still shows.
-        Command::Cursor { .. } | Command::DeadLetters { .. } | Command::Doctor { .. } => "warn",
+        Command::Cursor { .. }
+        | Command::DeadLetters { .. }
+        | Command::Orders { .. }
+        | Command::Jobs { .. }
+        | Command::Completions { .. }
+        | Command::Doctor { .. } => "warn",
         _ => "warn,fulfilld=info,component=info",
     };
     if let Err(error) = init_tracing(default_filter, log_file.as_deref()) {

@@ -35,6 +35,25 @@ pub fn clip_marked(text: &str, max: usize) -> String {
     format!("{} [cut: {} bytes in all]", clip(text, max), text.len())
 }
 
+/// The 18-character form of a Salesforce record id (a 15-character one gains its checksum, an
+/// 18-character one gets its checksum's canonical case), `None` for anything that is not a record
+/// id or an 18-character id with a wrong checksum. Ids are compared and indexed in this form.
+pub fn record_id_18(id: &str) -> Option<String> {
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    match id.len() {
+        15 => Some(format!("{id}{}", record_id_checksum(id))),
+        18 => {
+            let (head, tail) = id.split_at(15);
+            let sum = record_id_checksum(head);
+            tail.eq_ignore_ascii_case(&sum)
+                .then(|| format!("{head}{sum}"))
+        }
+        _ => None,
+    }
+}
+
 /// The three characters Salesforce appends to a 15-character record id to make its
 /// case-insensitive 18-character form: for each group of five characters, which of them are
 /// upper-case letters, as one of 32 characters (`001A0000006Vm9r` → `IAC`).

@@ -695,6 +695,8 @@ struct WhState {
 #[derive(Default)]
 struct WhControl {
     fail: VecDeque<Canned>,
+    /// Failures for the next requests of one action (e.g. the next `AcceptOrder`).
+    fail_actions: Vec<(String, Canned)>,
     delays: VecDeque<Duration>,
     requests: Vec<Vec<(String, String)>>,
 }
@@ -764,6 +766,17 @@ impl FakeWhmcsServer {
             .extend(std::iter::repeat_n(Canned { status, body }, n));
     }
 
+    /// Answers the next `n` requests of `action` (e.g. `AcceptOrder`) with `status` and `body`,
+    /// whatever comes between them.
+    pub fn fail_action(&self, action: &str, n: usize, status: u16, body: String) {
+        lock(&self.state.control)
+            .fail_actions
+            .extend(std::iter::repeat_n(
+                (action.to_owned(), Canned { status, body }),
+                n,
+            ));
+    }
+
     /// Holds the next `n` requests for `delay`. The request is still handled afterwards even if
     /// the client gave up, as a real server would: a timed-out AddOrder may have created an order.
     pub fn delay_next(&self, n: usize, delay: Duration) {
@@ -806,7 +819,20 @@ async fn whmcs_api(State(state): State<Arc<WhState>>, body: Bytes) -> Response {
                 })
                 .collect(),
         );
-        (control.delays.pop_front(), control.fail.pop_front())
+        let action = form
+            .iter()
+            .find(|(k, _)| k == "action")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("");
+        let for_action = control
+            .fail_actions
+            .iter()
+            .position(|(a, _)| a.eq_ignore_ascii_case(action))
+            .map(|at| control.fail_actions.remove(at).1);
+        (
+            control.delays.pop_front(),
+            control.fail.pop_front().or(for_action),
+        )
     };
     // Handled in its own task so the work completes even when the client stops waiting.
     let work = tokio::spawn(async move {

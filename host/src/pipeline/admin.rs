@@ -1,6 +1,7 @@
 //! The admin API (`/admin/...`): deploy, list, show, activate and roll back component versions
-//! in a running host. On only when both `FULFILLD_ADMIN_TOKEN` and `FULFILLD_REGISTRY_DIR` are
-//! set; every call needs `Authorization: Bearer <FULFILLD_ADMIN_TOKEN>`.
+//! in a running host (with `FULFILLD_REGISTRY_DIR`), requeue dead letters, and the console's
+//! reads ([`super::console`]). On when `FULFILLD_ADMIN_TOKEN` is set; every call but a read
+//! (`GET`) needs `Authorization: Bearer <FULFILLD_ADMIN_TOKEN>`.
 //!
 //! It listens on its own address (`FULFILLD_ADMIN_ADDR`, loopback by default), apart from
 //! `/health` and `/metrics`, which load balancers and scrapers reach: what can change the live
@@ -18,16 +19,16 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest as _, Multipart, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::Shared;
 use super::deploy::{self, Submission, SubmitError};
 use super::listener::Limits;
+use super::{Shared, console};
 use crate::error::chain;
 use crate::registry::RegistryError;
 use crate::secret::Secret;
@@ -86,13 +87,22 @@ async fn bounded(
     }
 }
 
-/// The admin routes, or `None` when the admin API is off.
+/// The admin routes (and the console), or `None` when the admin API is off (no
+/// `FULFILLD_ADMIN_TOKEN`). Reads (`GET`) need no token; every other method does.
 pub(crate) fn routes(shared: &Arc<Shared>) -> Option<Router<Arc<Shared>>> {
     let token = shared.serve.admin_token.clone()?;
-    shared.registry.as_ref()?;
     let token = Arc::new(token);
     Some(
         Router::new()
+            .route("/", get(console::root))
+            .route("/console", get(console::index))
+            .route("/console/app.js", get(console::app_js))
+            .route("/console/app.css", get(console::app_css))
+            .route("/admin/overview", get(console::overview))
+            .route("/admin/orders/{id}", get(console::order))
+            .route("/admin/jobs", get(console::jobs))
+            .route("/admin/dead-letters", get(console::dead_letters))
+            .route("/admin/dead-letters/{id}/requeue", post(console::requeue))
             .route("/admin/components", get(list).post(deploy))
             .route("/admin/components/{sha256}", get(show))
             .route("/admin/components/{sha256}/activate", post(activate))
@@ -113,6 +123,9 @@ pub(crate) fn routes(shared: &Arc<Shared>) -> Option<Router<Arc<Shared>>> {
 }
 
 async fn authorize(token: &Secret, request: Request, next: Next) -> Response {
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        return next.run(request).await;
+    }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)

@@ -1,5 +1,6 @@
-//! The host's own HTTP endpoint: `GET /health` (JSON; 200 healthy, 503 degraded) and
-//! `GET /metrics` (Prometheus text).
+//! The host's own HTTP endpoint: `GET /health` (JSON; 200 healthy, 503 degraded), the probes
+//! `GET /livez` (the process answers) and `GET /readyz` (it can take work: the store answers, a
+//! component is loaded, it is not shutting down), and `GET /metrics` (Prometheus text).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub(crate) async fn serve(
 ) {
     let app = Router::new()
         .route("/health", get(health))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(Arc::clone(&shared));
     let limits = Limits {
@@ -202,6 +205,61 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// `GET /livez`: the process answers (its HTTP task runs). Nothing else is checked, so an
+/// outage of Redis or Salesforce never gets a replica restarted.
+async fn livez() -> Response {
+    axum::Json(json!({"status": "alive"})).into_response()
+}
+
+/// Whether this replica can take work now, and why not: the store answers, a component is
+/// loaded, and it is not shutting down.
+pub async fn readiness(shared: &Shared) -> (bool, Value) {
+    let mut problems = Vec::new();
+    let store = match tokio::time::timeout(PROBE_TIMEOUT, shared.store.ping()).await {
+        Ok(Ok(_)) => "reachable".to_owned(),
+        Ok(Err(err)) => {
+            problems.push(format!(
+                "the {} store is unavailable",
+                shared.store.backend()
+            ));
+            format!("unavailable: {}", chain(&err))
+        }
+        Err(_) => {
+            problems.push(format!(
+                "the {} store is unavailable",
+                shared.store.backend()
+            ));
+            format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())
+        }
+    };
+    if shared.stopping() {
+        problems.push("this replica is shutting down".to_owned());
+    }
+    let component = shared.component.load();
+    let info = component.info();
+    let ready = problems.is_empty();
+    let body = json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "replica": shared.serve.replica_id,
+        "store": store,
+        "component": format!("{}@{}", info.name, info.version),
+        "workers": shared.serve.workers,
+        "problems": problems,
+    });
+    (ready, body)
+}
+
+/// `GET /readyz`: 200 when [`readiness`] holds, else 503 with the reasons.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let (ready, body) = readiness(&shared).await;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let status = shared.status();
     let state = status.subscription.as_ref().map(|s| s.borrow().clone());
@@ -220,11 +278,18 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         connected: state.as_ref().is_some_and(|s| s.connected),
         queue_depth: depth,
         dead_letters: dead,
+        host_calls: shared
+            .runtime
+            .call_counters()
+            .snapshot()
+            .into_iter()
+            .map(|((op, outcome), n)| (op, outcome, n))
+            .collect(),
     };
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         shared.metrics.render(&gauges),
     )

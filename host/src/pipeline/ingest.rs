@@ -16,7 +16,9 @@ use crate::error::chain;
 use crate::pubsub::{
     Delivery, Fallback, ReplayFrom, SessionSource, SubscriberOptions, Subscription, subscribe,
 };
-use crate::store::{IngestBatch, Lease, NewDeadLetter, NewJob, StoreError};
+use crate::store::{
+    IngestBatch, JournalEntry, JournalEvent, Lease, NewDeadLetter, NewJob, StoreError,
+};
 
 /// At most this many stream items go into one store write.
 const MAX_INGEST_BATCH: usize = 100;
@@ -333,6 +335,8 @@ impl Ingestor {
         let cursor = batch.cursor.clone();
         let mut delay = Duration::from_millis(100);
         loop {
+            // Before the write: no job of the batch can be claimed before this time.
+            let enqueued_at = crate::domain::now_ms();
             match shared.store.ingest(lease, batch.clone()).await {
                 Ok(report) => {
                     shared.store_ok();
@@ -368,6 +372,36 @@ impl Ingestor {
                             replay_id,
                             "duplicate Platform Event ignored (EventUuid already enqueued)"
                         );
+                    }
+                    // The journal is written beside the stream, not in its way.
+                    if !report.enqueued.is_empty() {
+                        let journaled: Vec<(String, String, JournalEntry)> = report
+                            .enqueued
+                            .iter()
+                            .map(|uuid| {
+                                let (order_id, replay_id) =
+                                    orders.get(uuid).cloned().unwrap_or_default();
+                                let entry = JournalEntry {
+                                    at_ms: enqueued_at,
+                                    replica: shared.serve.replica_id.clone(),
+                                    event: JournalEvent::Enqueued { replay_id },
+                                };
+                                (uuid.clone(), order_id, entry)
+                            })
+                            .collect();
+                        let journal_shared = Arc::clone(&shared);
+                        tokio::spawn(async move {
+                            for (uuid, order_id, entry) in journaled {
+                                super::journal::append_entries(
+                                    journal_shared.store.as_ref(),
+                                    &uuid,
+                                    Some(order_id.as_str()),
+                                    vec![entry],
+                                    journal_shared.serve.journal_retention,
+                                )
+                                .await;
+                            }
+                        });
                     }
                     if let Some(cursor) = &cursor {
                         shared.set_cursor(cursor.clone());

@@ -1,7 +1,7 @@
-//! The host's counters and histograms, rendered in the Prometheus text format by `/metrics`.
+//! The host's counters and histograms, exported by `/metrics` in the OpenMetrics text format
+//! through the `prometheus-client` crate.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -37,23 +37,6 @@ impl Histogram {
 
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                count.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count();
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {count}");
     }
 }
 
@@ -105,7 +88,16 @@ pub struct Metrics {
     /// When a worker of this replica last took, ended or looked for a job in vain (a
     /// monotonic clock); what `/health` reads to tell a queue that is not moving.
     last_progress: Mutex<Option<std::time::Instant>>,
+    /// When this replica's jobs of the last [`RATE_WINDOW`] ended (at most [`MAX_RECENT`]), for
+    /// the console's rates.
+    recent_finishes: Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
+
+/// How far back [`Metrics::finished_within`] can look.
+pub const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Job ends [`Metrics`] remembers for the rates.
+const MAX_RECENT: usize = 100_000;
 
 /// Values read at render time from elsewhere (the live subscription, the store).
 #[derive(Debug, Clone, Default)]
@@ -115,13 +107,8 @@ pub struct Gauges {
     pub connected: bool,
     pub queue_depth: Option<u64>,
     pub dead_letters: Option<u64>,
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    /// The runtime's host-call counters: operation, outcome, count.
+    pub host_calls: Vec<(&'static str, &'static str, u64)>,
 }
 
 impl Metrics {
@@ -146,6 +133,27 @@ impl Metrics {
             labels.code = OTHER_CODE.to_owned();
         }
         *jobs.entry(labels).or_default() += 1;
+        drop(jobs);
+        let now = std::time::Instant::now();
+        let mut recent = lock(&self.recent_finishes);
+        while recent
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > RATE_WINDOW)
+            || recent.len() >= MAX_RECENT
+        {
+            recent.pop_front();
+        }
+        recent.push_back(now);
+    }
+
+    /// Jobs this replica ended within `window` (at most [`RATE_WINDOW`] back).
+    pub fn finished_within(&self, window: std::time::Duration) -> usize {
+        let now = std::time::Instant::now();
+        lock(&self.recent_finishes)
+            .iter()
+            .rev()
+            .take_while(|at| now.duration_since(**at) <= window)
+            .count()
     }
 
     /// Records that a worker of this replica got on with the queue: it took or ended a job, or
@@ -170,156 +178,248 @@ impl Metrics {
             .sum()
     }
 
-    /// The Prometheus text exposition.
+    /// The exposition `/metrics` serves (OpenMetrics text, written by the `prometheus-client`
+    /// crate from a snapshot of the counters).
     pub fn render(&self, gauges: &Gauges) -> String {
-        let mut out = String::with_capacity(4096);
-        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {value}");
-        };
-        let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            let _ = writeln!(out, "{name} {value}");
-        };
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        counter(
-            &mut out,
-            "fulfilld_events_received_total",
-            "Platform events received from the Pub/Sub stream (decoded or not).",
-            load(&self.events_received),
-        );
-        counter(
-            &mut out,
-            "fulfilld_events_enqueued_total",
-            "Events enqueued as new jobs.",
-            load(&self.events_enqueued),
-        );
-        counter(
-            &mut out,
-            "fulfilld_events_duplicate_total",
-            "Events whose EventUuid was already enqueued (not enqueued again).",
-            load(&self.events_duplicate),
-        );
-        counter(
-            &mut out,
-            "fulfilld_events_dead_lettered_total",
-            "Undecodable events written to the dead letters.",
-            load(&self.events_dead_lettered),
-        );
-        counter(
-            &mut out,
-            "fulfilld_jobs_dead_lettered_total",
-            "Jobs this replica moved to the dead letters (stopped by the sandbox).",
-            load(&self.jobs_dead_lettered),
-        );
-        counter(
-            &mut out,
-            "fulfilld_replay_id_rejections_total",
-            "Stored replay ids Salesforce refused (the subscription fell back per SF_EVENTS_REPLAY).",
-            load(&self.replay_id_rejections),
-        );
-        counter(
-            &mut out,
-            "fulfilld_cursor_commits_total",
-            "Cursor writes (after the events before them were durably enqueued).",
-            load(&self.cursor_commits),
-        );
-        counter(
-            &mut out,
-            "fulfilld_ingest_retries_total",
-            "Enqueue attempts retried because the store was unavailable.",
-            load(&self.ingest_retries),
-        );
-        counter(
-            &mut out,
-            "fulfilld_subscription_reconnects_total",
-            "Pub/Sub streams reopened after a failure.",
-            load(&self.reconnects_closed) + gauges.live_reconnects,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP fulfilld_lease_changes_total Subscriber lease changes on this replica."
-        );
-        let _ = writeln!(out, "# TYPE fulfilld_lease_changes_total counter");
-        let _ = writeln!(
-            out,
-            "fulfilld_lease_changes_total{{change=\"acquired\"}} {}",
-            load(&self.leases_acquired)
-        );
-        let _ = writeln!(
-            out,
-            "fulfilld_lease_changes_total{{change=\"lost\"}} {}",
-            load(&self.leases_lost)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP fulfilld_jobs_total Finished jobs by outcome, failure code and component version."
-        );
-        let _ = writeln!(out, "# TYPE fulfilld_jobs_total counter");
-        {
-            let jobs = lock(&self.jobs);
-            for (labels, value) in jobs.iter() {
-                let _ = writeln!(
-                    out,
-                    "fulfilld_jobs_total{{outcome=\"{}\",code=\"{}\",component=\"{}\"}} {value}",
-                    labels.outcome,
-                    escape(&labels.code),
-                    escape(&labels.component)
-                );
-            }
-        }
-        counter(
-            &mut out,
-            "fulfilld_jobs_abandoned_total",
-            "Jobs left unacknowledged (host failure or shutdown) for another worker to reclaim.",
-            load(&self.jobs_abandoned),
-        );
-        self.job_latency.render(
-            &mut out,
-            "fulfilld_job_latency_seconds",
-            "From enqueue to the job's outcome being recorded.",
-        );
-        self.job_run_time.render(
-            &mut out,
-            "fulfilld_job_run_seconds",
-            "The component's run time per job (wall clock, host calls included).",
-        );
-        self.job_cpu_time.render(
-            &mut out,
-            "fulfilld_job_cpu_seconds",
-            "CPU time of the component's own code per job (what FULFILLD_CPU_DEADLINE_MS limits).",
-        );
-        gauge(
-            &mut out,
-            "fulfilld_subscription_leader",
-            "1 when this replica holds the subscriber lease.",
-            u64::from(gauges.leader),
-        );
-        gauge(
-            &mut out,
-            "fulfilld_subscription_connected",
-            "1 when this replica's Pub/Sub stream is open.",
-            u64::from(gauges.connected),
-        );
+        let counters = vec![
+            (
+                "fulfilld_events_received",
+                "Platform events received from the Pub/Sub stream (decoded or not).",
+                load(&self.events_received),
+            ),
+            (
+                "fulfilld_events_enqueued",
+                "Events enqueued as new jobs.",
+                load(&self.events_enqueued),
+            ),
+            (
+                "fulfilld_events_duplicate",
+                "Events whose EventUuid was already enqueued (not enqueued again).",
+                load(&self.events_duplicate),
+            ),
+            (
+                "fulfilld_events_dead_lettered",
+                "Undecodable events written to the dead letters.",
+                load(&self.events_dead_lettered),
+            ),
+            (
+                "fulfilld_jobs_dead_lettered",
+                "Jobs this replica moved to the dead letters (stopped by the sandbox).",
+                load(&self.jobs_dead_lettered),
+            ),
+            (
+                "fulfilld_replay_id_rejections",
+                "Stored replay ids Salesforce refused (the subscription fell back per SF_EVENTS_REPLAY).",
+                load(&self.replay_id_rejections),
+            ),
+            (
+                "fulfilld_cursor_commits",
+                "Cursor writes (after the events before them were durably enqueued).",
+                load(&self.cursor_commits),
+            ),
+            (
+                "fulfilld_ingest_retries",
+                "Enqueue attempts retried because the store was unavailable.",
+                load(&self.ingest_retries),
+            ),
+            (
+                "fulfilld_subscription_reconnects",
+                "Pub/Sub streams reopened after a failure.",
+                load(&self.reconnects_closed) + gauges.live_reconnects,
+            ),
+            (
+                "fulfilld_jobs_abandoned",
+                "Jobs left unacknowledged (host failure or shutdown) for another worker to reclaim.",
+                load(&self.jobs_abandoned),
+            ),
+        ];
+        let mut gauge_values = vec![
+            (
+                "fulfilld_subscription_leader",
+                "1 when this replica holds the subscriber lease.",
+                i64::from(gauges.leader),
+            ),
+            (
+                "fulfilld_subscription_connected",
+                "1 when this replica's Pub/Sub stream is open.",
+                i64::from(gauges.connected),
+            ),
+        ];
         if let Some(depth) = gauges.queue_depth {
-            gauge(
-                &mut out,
+            gauge_values.push((
                 "fulfilld_queue_depth",
                 "Jobs enqueued and not finished.",
-                depth,
-            );
+                i64::try_from(depth).unwrap_or(i64::MAX),
+            ));
         }
         if let Some(dead) = gauges.dead_letters {
-            gauge(
-                &mut out,
+            gauge_values.push((
                 "fulfilld_dead_letters",
                 "Entries in the dead-letter set.",
-                dead,
-            );
+                i64::try_from(dead).unwrap_or(i64::MAX),
+            ));
+        }
+        let snapshot = Snapshot {
+            counters,
+            lease_changes: [
+                ("acquired", load(&self.leases_acquired)),
+                ("lost", load(&self.leases_lost)),
+            ],
+            // prometheus-client writes label values as given: escape them (OpenMetrics' rules).
+            jobs: lock(&self.jobs)
+                .iter()
+                .map(|(l, n)| {
+                    let labels = JobLabels {
+                        outcome: l.outcome,
+                        code: escape(&l.code),
+                        component: escape(&l.component),
+                    };
+                    (labels, *n)
+                })
+                .collect(),
+            host_calls: gauges.host_calls.clone(),
+            histograms: vec![
+                (
+                    "fulfilld_job_latency_seconds",
+                    "From enqueue to the job's outcome being recorded.",
+                    self.job_latency.snapshot(),
+                ),
+                (
+                    "fulfilld_job_run_seconds",
+                    "The component's run time per job (wall clock, host calls included).",
+                    self.job_run_time.snapshot(),
+                ),
+                (
+                    "fulfilld_job_cpu_seconds",
+                    "CPU time of the component's own code per job (what FULFILLD_CPU_DEADLINE_MS limits).",
+                    self.job_cpu_time.snapshot(),
+                ),
+            ],
+            gauges: gauge_values,
+        };
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(snapshot));
+        let mut out = String::with_capacity(8192);
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::warn!(error = %err, "cannot encode the metrics");
         }
         out
+    }
+}
+
+/// A label value escaped as OpenMetrics text requires (`\\`, `\"`, `\n`).
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// A histogram's buckets (non-cumulative, the last one up to +Inf), sum and count.
+#[derive(Debug, Clone)]
+struct HistogramSnapshot {
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn snapshot(&self) -> HistogramSnapshot {
+        let count = self.count();
+        let mut buckets = Vec::with_capacity(BUCKETS.len() + 1);
+        let mut below = 0;
+        for (bound, cumulative) in BUCKETS.iter().zip(&self.counts) {
+            let cumulative = cumulative.load(Ordering::Relaxed);
+            buckets.push((*bound, cumulative.saturating_sub(below)));
+            below = cumulative;
+        }
+        // prometheus-client writes the bucket bounded by f64::MAX as `+Inf`.
+        buckets.push((f64::MAX, count.saturating_sub(below)));
+        HistogramSnapshot {
+            buckets,
+            sum: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            count,
+        }
+    }
+}
+
+/// Everything `/metrics` shows, read at one moment, as a `prometheus-client` collector.
+#[derive(Debug)]
+struct Snapshot {
+    counters: Vec<(&'static str, &'static str, u64)>,
+    lease_changes: [(&'static str, u64); 2],
+    jobs: Vec<(JobLabels, u64)>,
+    host_calls: Vec<(&'static str, &'static str, u64)>,
+    histograms: Vec<(&'static str, &'static str, HistogramSnapshot)>,
+    gauges: Vec<(&'static str, &'static str, i64)>,
+}
+
+impl prometheus_client::collector::Collector for Snapshot {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::{EncodeMetric as _, NoLabelSet};
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        for (name, help, value) in &self.counters {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(*value).encode(metric)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "fulfilld_lease_changes",
+            "Subscriber lease changes on this replica.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (change, value) in &self.lease_changes {
+            let set = [("change", *change)];
+            let metric = family.encode_family(&set)?;
+            ConstCounter::new(*value).encode(metric)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "fulfilld_jobs",
+            "Finished jobs by outcome, failure code and component version.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (labels, value) in &self.jobs {
+            let set = [
+                ("outcome", labels.outcome),
+                ("code", labels.code.as_str()),
+                ("component", labels.component.as_str()),
+            ];
+            let metric = family.encode_family(&set)?;
+            ConstCounter::new(*value).encode(metric)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "fulfilld_host_calls",
+            "Calls components made through the host, by operation and outcome (ok, or the error kind the component got).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (op, outcome, value) in &self.host_calls {
+            let set = [("op", *op), ("outcome", *outcome)];
+            let metric = family.encode_family(&set)?;
+            ConstCounter::new(*value).encode(metric)?;
+        }
+        for (name, help, histogram) in &self.histograms {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            metric.encode_histogram::<NoLabelSet>(
+                histogram.sum,
+                histogram.count,
+                &histogram.buckets,
+                None,
+            )?;
+        }
+        for (name, help, value) in &self.gauges {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(*value).encode(metric)?;
+        }
+        Ok(())
     }
 }
 

@@ -8,10 +8,12 @@
 //! ```
 
 mod admin;
+mod console;
 pub mod deploy;
 pub mod failed;
 pub mod http;
 mod ingest;
+pub mod journal;
 mod listener;
 pub mod metrics;
 mod worker;
@@ -161,7 +163,7 @@ impl Shared {
         }
     }
 
-    fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
     }
 }

@@ -10,8 +10,8 @@ use tracing::Instrument as _;
 use super::Shared;
 use crate::domain::Event;
 use crate::error::chain;
-use crate::runtime::{Disposition, FailureSource, LoadedComponent, RunKind, RunOptions};
-use crate::store::{ClaimOptions, Job, JobRecord, StoreError};
+use crate::runtime::{Disposition, FailureSource, LoadedComponent, Recording, RunKind, RunOptions};
+use crate::store::{ClaimOptions, Job, JobRecord, JournalEvent, StoreError};
 
 /// How long a claim waits for work before checking for shutdown.
 const CLAIM_BLOCK: Duration = Duration::from_millis(500);
@@ -75,6 +75,13 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
             let reason = format!("the job's payload is not an event: {}", chain(&err));
             tracing::error!(event_uuid = %job.event_uuid, replay_id = %job.replay_id, reason = %reason, "job dead-lettered");
             dead_letter(shared, &job, &reason, "BAD_PAYLOAD", "").await;
+            shared
+                .journal(
+                    &job.event_uuid,
+                    None,
+                    vec![JournalEvent::DeadLettered { reason }],
+                )
+                .await;
             return;
         }
     };
@@ -91,14 +98,29 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
         delivery = job.deliveries,
     );
     let run_span = span.clone();
+    let order = (!order_id.is_empty()).then_some(order_id.as_str());
     async {
+        shared
+            .journal(
+                &job.event_uuid,
+                order,
+                vec![JournalEvent::Claimed {
+                    worker: consumer.to_owned(),
+                    delivery: job.deliveries,
+                }],
+            )
+            .await;
         tracing::info!("Starting fulfillment orchestration");
         // Keep the claim fresh while the component runs so the job is not reclaimed. The
         // heartbeat lives in this future, so a worker that dies takes its heartbeat with it.
         let every = (shared.serve.reclaim_after / 3).max(Duration::from_millis(100));
         let options = RunOptions {
             kind: RunKind::Job,
-            record: false,
+            record: if shared.serve.journal_capture {
+                Recording::Full
+            } else {
+                Recording::Calls
+            },
             delivery: job.deliveries,
             holds: Some(Arc::clone(&shared.holds)),
             span: Some(run_span.clone()),
@@ -122,6 +144,15 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
                         Err(StoreError::NotFound(detail)) => {
                             tracing::warn!(detail = %detail, "the job was handed to another worker while this one could not reach the store; run stopped here, the other worker carries on");
                             shared.metrics.jobs_abandoned.fetch_add(1, Ordering::Relaxed);
+                            let finished = JournalEvent::Finished {
+                                delivery: job.deliveries,
+                                outcome: "abandoned".into(),
+                                code: None,
+                                message: "the job was handed to another worker while this one could not reach the store; run stopped".into(),
+                                component: version.clone(),
+                                elapsed_ms: 0,
+                            };
+                            shared.journal(&job.event_uuid, order, vec![finished]).await;
                             return;
                         }
                         Err(err) => {
@@ -134,6 +165,24 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
         };
         shared.metrics.job_run_time.observe(report.elapsed);
         shared.metrics.job_cpu_time.observe(report.cpu);
+        let policy = component.policy();
+        let mut entries: Vec<JournalEvent> = report
+            .journal
+            .iter()
+            .flat_map(|journal| &journal.calls)
+            .map(|call| super::journal::call_event(call, shared.serve.journal_capture, policy))
+            .collect();
+        let elapsed_ms = u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX);
+        let mut finished = |outcome: &str, code: Option<&str>, message: &str| {
+            entries.push(JournalEvent::Finished {
+                delivery: job.deliveries,
+                outcome: outcome.to_owned(),
+                code: code.map(str::to_owned),
+                message: message.to_owned(),
+                component: version.clone(),
+                elapsed_ms,
+            });
+        };
         let (outcome, code, message) = match &report.result {
             Ok(outcome) => {
                 let name = match outcome.disposition {
@@ -153,8 +202,11 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
             Err(failure) if failure.source == FailureSource::Sandbox => {
                 let reason = format!("{}: {}", failure.code, failure.message);
                 tracing::error!(code = %failure.code, detail = %failure.message, "the component was stopped by the sandbox; job dead-lettered");
+                finished("failed", Some(&failure.code), &failure.message);
                 mark_failed(shared, &order_id, failure).await;
                 dead_letter(shared, &job, &reason, &failure.code, &version).await;
+                entries.push(JournalEvent::DeadLettered { reason });
+                shared.journal(&job.event_uuid, order, entries).await;
                 return;
             }
             Err(failure) => {
@@ -162,6 +214,8 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
                 // is handed out again after the reclaim time.
                 tracing::warn!(code = %failure.code, detail = %failure.message, "job not run; it will be retried after the reclaim time");
                 shared.metrics.jobs_abandoned.fetch_add(1, Ordering::Relaxed);
+                finished("abandoned", Some(&failure.code), &failure.message);
+                shared.journal(&job.event_uuid, order, entries).await;
                 // Do not race through the queue while the host cannot run jobs: each job taken
                 // now would only use up one of its deliveries.
                 let pause = HOST_FAILURE_PAUSE.min(shared.serve.reclaim_after);
@@ -181,6 +235,8 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
             deliveries: job.deliveries,
             finished_at_ms: crate::domain::now_ms(),
         };
+        finished(outcome, code.as_deref(), &record.message);
+        shared.journal(&job.event_uuid, order, entries).await;
         if write_with_retry(shared, "record the job's outcome", || {
             shared.store.complete(&job, record.clone())
         })

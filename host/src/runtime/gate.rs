@@ -73,6 +73,8 @@ pub struct CallRecord {
     pub request: Option<Value>,
     /// The answer, or the error the component received.
     pub result: Result<Value, CallError>,
+    /// How long the call took (0 for a call refused before it was sent).
+    pub duration_ms: u64,
 }
 
 /// One `log.emit` entry as the journal records it.
@@ -82,6 +84,19 @@ pub struct LogRecord {
     pub step: String,
     pub message: String,
     pub fields: Vec<(String, String)>,
+}
+
+/// What a run keeps of its calls and logs ([`super::RunOptions::record`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Recording {
+    /// Nothing (counters and spans only).
+    #[default]
+    Off,
+    /// Each call's operation, target, outcome and duration, and the logs; no request or answer
+    /// bodies (the pipeline's job journal when capture is off).
+    Calls,
+    /// Everything, bodies included (the test kit; the job journal with capture on).
+    Full,
 }
 
 /// Calls and logs of one job, recorded when the job asks for it (the test kit does).
@@ -132,6 +147,8 @@ pub(crate) struct Gate {
     calls: u32,
     pub(crate) violation: Option<Violation>,
     journal: Option<Journal>,
+    /// Whether the journal keeps request and answer bodies ([`Recording::Full`]).
+    bodies: bool,
     /// A rehearsal's refusals are logged at DEBUG (see [`super::RunKind::Rehearsal`]).
     rehearsal: bool,
     /// The Order the job's event names: the only one it may update, unless the policy widens
@@ -151,7 +168,7 @@ impl Gate {
         call_timeout: Duration,
         max_host_calls: u32,
         result_max: usize,
-        record: bool,
+        record: Recording,
     ) -> Self {
         Gate {
             services,
@@ -161,7 +178,8 @@ impl Gate {
             max_host_calls,
             calls: 0,
             violation: None,
-            journal: record.then(Journal::default),
+            journal: (record != Recording::Off).then(Journal::default),
+            bodies: record == Recording::Full,
             rehearsal: false,
             order_scope: None,
             result_max,
@@ -240,7 +258,7 @@ impl Gate {
             "host call refused: {}",
             crate::domain::clip(&error.message, 300)
         );
-        self.finish(op, target, request, Err(error.clone()));
+        self.finish(op, target, request, Err(error.clone()), Duration::ZERO);
         error
     }
 
@@ -259,6 +277,7 @@ impl Gate {
     {
         let span = tracing::debug_span!("host_call", op, target = %target);
         let timeout = self.call_timeout;
+        let started = std::time::Instant::now();
         let result = async {
             match tokio::time::timeout(timeout, call(Arc::clone(&self.services))).await {
                 Ok(result) => result,
@@ -274,13 +293,13 @@ impl Gate {
             tracing::debug!(op, target = %target, kind = %error.kind, code = %error.code, "host call failed: {}", error.message);
         }
         let recorded = match &result {
-            Ok(value) if self.journal.is_some() => {
+            Ok(value) if self.journal.is_some() && self.bodies => {
                 Ok(serde_json::to_value(value).unwrap_or(Value::Null))
             }
             Ok(_) => Ok(Value::Null),
             Err(error) => Err(error.clone()),
         };
-        self.finish(op, target, request, recorded);
+        self.finish(op, target, request, recorded, started.elapsed());
         result
     }
 
@@ -290,6 +309,7 @@ impl Gate {
         target: String,
         request: Option<Value>,
         result: Result<Value, CallError>,
+        duration: Duration,
     ) {
         let outcome = match &result {
             Ok(_) => "ok",
@@ -300,8 +320,9 @@ impl Gate {
             journal.calls.push(CallRecord {
                 op,
                 target,
-                request,
+                request: if self.bodies { request } else { None },
                 result,
+                duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
             });
         }
     }

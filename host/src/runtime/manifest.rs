@@ -270,6 +270,7 @@ impl Manifest {
             billing_actions: caps.billing.clone(),
             query: Some(caps.query.clone()),
             update_other_orders: false,
+            redact: Default::default(),
         }
     }
 

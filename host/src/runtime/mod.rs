@@ -45,7 +45,7 @@ use crate::services::Services;
 use bindings::{Fulfillment, FulfillmentPre};
 pub use cache::CacheUse;
 use gate::Grant;
-pub use gate::{CallCounters, CallRecord, Journal, LogRecord, Violation};
+pub use gate::{CallCounters, CallRecord, Journal, LogRecord, Recording, Violation};
 use manifest::{Manifest, ManifestError};
 use policy::CapabilityPolicy;
 
@@ -289,8 +289,9 @@ pub enum RunKind {
 pub struct RunOptions {
     /// A job or a rehearsal.
     pub kind: RunKind,
-    /// Keep a journal of the job's calls and logs (the test kit does).
-    pub record: bool,
+    /// What to keep of the job's calls and logs: everything (the test kit), the calls without
+    /// their bodies (the pipeline's job journal), or nothing.
+    pub record: Recording,
     /// How many times the job has been handed out, this run included (the `job.delivery`
     /// import).
     pub delivery: u32,
@@ -306,7 +307,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             kind: RunKind::Job,
-            record: false,
+            record: Recording::Off,
             delivery: 1,
             holds: None,
             span: None,
@@ -547,6 +548,7 @@ impl Runtime {
                 let mut policy = manifest.policy();
                 // The Order scope is the operator's to widen, not the component's to ask for.
                 policy.update_other_orders = self.inner.policy.update_other_orders;
+                policy.redact = self.inner.policy.redact.clone();
                 Grant {
                     policy: Arc::new(policy),
                     manifest: Some(Arc::new(manifest)),
@@ -694,7 +696,11 @@ impl Runtime {
         record: bool,
     ) -> JobReport {
         let options = RunOptions {
-            record,
+            record: if record {
+                Recording::Full
+            } else {
+                Recording::Off
+            },
             ..RunOptions::default()
         };
         self.run_with(component, services, event, options).await

@@ -50,6 +50,53 @@ pub struct CapabilityPolicy {
     /// the host's policy file; it applies to every component version, manifest or not.
     #[serde(default)]
     pub update_other_orders: bool,
+    /// Field names (any case, at any depth) whose values the job journal never keeps when it
+    /// captures requests and answers (`FULFILLD_JOURNAL_CAPTURE`), beyond the ones it always
+    /// hides ([`ALWAYS_REDACTED`]). Set by the operator; it applies to every component version.
+    #[serde(default)]
+    pub redact: BTreeSet<String>,
+}
+
+/// Field names the job journal never keeps the values of: credentials and card data.
+pub const ALWAYS_REDACTED: &[&str] = &[
+    "password",
+    "password2",
+    "secret",
+    "accesskey",
+    "identifier",
+    "api_key",
+    "apikey",
+    "token",
+    "access_token",
+    "refresh_token",
+    "cardnum",
+    "cardnumber",
+    "cardcvv",
+    "cvv",
+    "cccvv",
+];
+
+impl CapabilityPolicy {
+    /// Replaces the values of redacted fields in `value` (see [`CapabilityPolicy::redact`]) with
+    /// `"[redacted]"`, at any depth.
+    pub fn redact_value(&self, value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (key, item) in map.iter_mut() {
+                    let lower = key.to_ascii_lowercase();
+                    if ALWAYS_REDACTED.contains(&lower.as_str())
+                        || self.redact.iter().any(|r| r.eq_ignore_ascii_case(key))
+                    {
+                        *item = Value::String("[redacted]".into());
+                    } else {
+                        self.redact_value(item);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|item| self.redact_value(item)),
+            _ => {}
+        }
+    }
 }
 
 impl Default for CapabilityPolicy {
@@ -76,6 +123,7 @@ impl Default for CapabilityPolicy {
             billing_actions: actions.iter().map(|a| (*a).to_owned()).collect(),
             query: None,
             update_other_orders: false,
+            redact: BTreeSet::new(),
         }
     }
 }
@@ -264,24 +312,8 @@ pub(crate) struct TooDeep;
 /// reads without regard to case. Both are compared in their 18-character form, so an
 /// 18-character id with a wrong checksum names no record this matches.
 pub fn same_record_id(a: &str, b: &str) -> bool {
-    a == b || matches!((canonical_id(a), canonical_id(b)), (Some(x), Some(y)) if x == y)
-}
-
-/// The 18-character form of a record id, `None` for anything that is not a record id.
-fn canonical_id(id: &str) -> Option<String> {
-    if !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return None;
-    }
-    match id.len() {
-        15 => Some(format!("{id}{}", crate::domain::record_id_checksum(id))),
-        18 => {
-            let (head, tail) = id.split_at(15);
-            let sum = crate::domain::record_id_checksum(head);
-            tail.eq_ignore_ascii_case(&sum)
-                .then(|| format!("{head}{sum}"))
-        }
-        _ => None,
-    }
+    a == b
+        || matches!((crate::domain::record_id_18(a), crate::domain::record_id_18(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// The sObjects named in the `FROM` of `soql` and of its semi-join subqueries (child
@@ -467,5 +499,26 @@ mod tests {
         .unwrap();
         assert!(policy.check_billing("GetOrders").is_ok());
         assert!(policy.check_billing("AddOrder").is_err());
+    }
+
+    #[test]
+    fn redaction_hides_credentials_and_the_policys_fields_at_any_depth() {
+        let policy = CapabilityPolicy::from_toml("redact = [\"Phone\", \"email\"]").unwrap();
+        let mut value = serde_json::json!({
+            "clientid": 42,
+            "Password2": "hunter2",
+            "records": [{"Id": "801", "Phone": "+1 555", "Contact": {"Email": "a@b.c"}}],
+            "paymethods": [{"card_last_four": "4242", "cardnum": "4111111111111111"}],
+        });
+        policy.redact_value(&mut value);
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "clientid": 42,
+                "Password2": "[redacted]",
+                "records": [{"Id": "801", "Phone": "[redacted]", "Contact": {"Email": "[redacted]"}}],
+                "paymethods": [{"card_last_four": "4242", "cardnum": "[redacted]"}],
+            })
+        );
     }
 }

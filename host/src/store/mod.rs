@@ -8,6 +8,8 @@
 //! - [`CursorLease`] (`cursor_lease`): the channel's cursor, backfill request, lease and ingest;
 //! - [`JobQueue`] (`queue`): claiming, touching and completing jobs, and their records;
 //! - [`DeadLetters`] (`dead_letters`): listing, showing, counting and requeueing dead letters;
+//! - [`Journal`] (`journal`): each job's journal, found by EventUuid or Order, and the listings
+//!   of queued, running and failed jobs;
 //! - [`HoldBackend`] (`crate::holds`): the components' named holds;
 //! - [`ComponentShare`] (`components`): component versions shared between replicas, offered only
 //!   by a store replicas share ([`Store::component_share`]).
@@ -29,6 +31,7 @@ mod cursor_lease;
 mod dead_letters;
 pub mod embedded;
 mod error;
+pub mod journal;
 mod queue;
 pub mod redis;
 
@@ -46,6 +49,7 @@ pub use self::cursor_lease::{
 };
 pub use self::dead_letters::{DeadLetter, DeadLetterKind, DeadLetters};
 pub use self::error::{Detail, StoreError};
+pub use self::journal::{JobState, Journal, JournalEntry, JournalEvent, ListedJob, list_jobs};
 pub use self::queue::{ClaimOptions, Job, JobQueue, JobRecord};
 use crate::holds::HoldBackend;
 
@@ -73,7 +77,7 @@ impl fmt::Display for Backend {
 ///
 /// The methods of the traits it is made of can be called on a `dyn Store` without importing them.
 pub trait Store:
-    CursorLease + JobQueue + DeadLetters + HoldBackend + Send + Sync + 'static
+    CursorLease + JobQueue + DeadLetters + Journal + HoldBackend + Send + Sync + 'static
 {
     fn backend(&self) -> Backend;
 

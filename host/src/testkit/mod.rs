@@ -415,7 +415,7 @@ impl TestKit {
         // Scenario runs are rehearsals: their logs and counts stay out of the host's job traffic.
         let options = crate::runtime::RunOptions {
             kind: crate::runtime::RunKind::Rehearsal,
-            record: true,
+            record: crate::runtime::Recording::Full,
             delivery,
             ..crate::runtime::RunOptions::default()
         };

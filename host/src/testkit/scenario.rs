@@ -1031,6 +1031,7 @@ mod tests {
             target: action.to_owned(),
             request: Some(params),
             result: Ok(Value::Null),
+            duration_ms: 0,
         }
     }
 
@@ -1040,6 +1041,7 @@ mod tests {
             target: target.to_owned(),
             request: Some(fields),
             result: Ok(Value::Null),
+            duration_ms: 0,
         }
     }
 

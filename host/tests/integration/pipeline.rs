@@ -483,6 +483,7 @@ async fn malformed_avro_is_dead_lettered_with_its_bytes_and_the_next_events_run(
         fulfilld::cli::DeadLetterAction::Requeue {
             id: letters[0].id.clone(),
         },
+        Duration::from_secs(3600),
         &mut out,
     )
     .await
@@ -887,6 +888,13 @@ impl OwnRedis {
     /// Stops the server (SIGTERM: it writes its append-only file, when it keeps one, and
     /// exits), keeps it down for `down`, then starts it again on the same port and directory.
     pub(crate) async fn restart_after(&mut self, down: Duration) {
+        self.stop().await;
+        tokio::time::sleep(down).await;
+        self.start_again().await;
+    }
+
+    /// Stops the server (SIGTERM) and waits until it has exited.
+    pub(crate) async fn stop(&mut self) {
         self.signal("TERM");
         let start = Instant::now();
         while self.child.try_wait().unwrap().is_none() {
@@ -896,7 +904,10 @@ impl OwnRedis {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(down).await;
+    }
+
+    /// Starts a stopped server again on the same port and directory.
+    pub(crate) async fn start_again(&mut self) {
         self.child = OwnRedis::spawn(&self.args, self.port).await;
     }
 
@@ -915,6 +926,47 @@ impl Drop for OwnRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits until `GET url` answers `status`, returning its body.
+async fn wait_status(url: &str, status: u16, limit: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let (got, body) = get(url).await;
+        if got == status {
+            return body;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{url} still answers {got} after {limit:?} (waiting for {status}): {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readyz_follows_the_store_and_livez_only_the_process() {
+    let mut redis = OwnRedis::start().await;
+    let rig = Rig::new().await.with_redis(&redis.url);
+    let host = rig.host(&[]).await;
+    let base = format!("http://{}", host.http_addr());
+    let ready = wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(10)).await;
+    assert!(ready.contains("\"status\":\"ready\""), "{ready}");
+    assert_eq!(get(&format!("{base}/livez")).await.0, 200);
+
+    redis.stop().await;
+    let not_ready = wait_status(&format!("{base}/readyz"), 503, Duration::from_secs(20)).await;
+    assert!(
+        not_ready.contains("the redis store is unavailable"),
+        "{not_ready}"
+    );
+    // The process answers: a liveness probe must not get it restarted for Redis's outage.
+    assert_eq!(get(&format!("{base}/livez")).await.0, 200);
+
+    redis.start_again().await;
+    wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(30)).await;
+    assert_eq!(get(&format!("{base}/livez")).await.0, 200);
+    host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1114,6 +1166,7 @@ async fn a_job_that_keeps_killing_its_worker_ends_in_the_dead_letters() {
             fulfilld::cli::DeadLetterAction::Requeue {
                 id: letters[0].id.clone()
             },
+            Duration::from_secs(3600),
             &mut out,
         )
         .await

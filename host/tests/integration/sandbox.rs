@@ -61,7 +61,7 @@ async fn run_recorded(
     order_id: &str,
 ) -> fulfilld::runtime::JobReport {
     let options = RunOptions {
-        record: true,
+        record: fulfilld::runtime::Recording::Full,
         ..RunOptions::default()
     };
     run_seeded(runtime, component, order_id, options).await
@@ -384,7 +384,7 @@ async fn a_hold_the_store_cannot_give_is_a_host_fault() {
     .unwrap();
     let component = load(&runtime, "fulfillment").await;
     let options = RunOptions {
-        record: true,
+        record: fulfilld::runtime::Recording::Full,
         holds: Some(Arc::new(UnreachableHolds)),
         ..RunOptions::default()
     };
@@ -441,7 +441,7 @@ async fn a_second_run_of_a_job_waits_for_the_first_runs_hold() {
             .unwrap()
     );
     let options = RunOptions {
-        record: true,
+        record: fulfilld::runtime::Recording::Full,
         delivery: 2,
         holds: Some(table.clone()),
         ..RunOptions::default()

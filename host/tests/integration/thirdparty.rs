@@ -38,7 +38,7 @@ impl Drop for Running {
 }
 
 /// Runs `command` with stdout and stderr in files under `dir`, for at most `limit`.
-fn run_bounded(
+pub(crate) fn run_bounded(
     mut command: Command,
     dir: &Path,
     name: &str,

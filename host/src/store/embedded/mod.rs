@@ -14,6 +14,10 @@
 //! - `dedupe`: (channel, EventUuid) -> when it was enqueued; `dedupe_by_time`: the same entries
 //!   ordered by time, so expired ones are purged a few at a time by `ingest`.
 //! - `job_records`: EventUuid -> [`JobRecord`]; `dead_letters`: (channel, id) -> the dead letter.
+//! - `journal`: (EventUuid, n) -> the job's n-th journal entry; `journal_jobs`: EventUuid -> its
+//!   Order, entry numbers and expiry; `journal_expiry`: (expiry, EventUuid), purged a few at a
+//!   time by each append; `order_jobs`: (Order id, EventUuid) -> when the job's journal began;
+//!   `failed_jobs`: (finish time, EventUuid) of the jobs completed as failed.
 //!
 //! Files: `tables` defines the tables and the redb plumbing, `rows` the stored forms of jobs and
 //! dead letters; one file per concern of the [`Store`] (`cursor_lease`, `queue`, `dead_letters`,
@@ -25,6 +29,7 @@
 mod cursor_lease;
 mod dead_letters;
 mod holds;
+mod journal;
 mod queue;
 mod rows;
 mod tables;

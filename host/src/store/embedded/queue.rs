@@ -13,7 +13,9 @@ use super::tables::{
     open_r, open_w, parse_id,
 };
 use crate::domain::now_ms;
-use crate::store::{ClaimOptions, DeadLetterKind, Job, JobQueue, JobRecord, StoreError};
+use crate::store::{
+    ClaimOptions, DEDUPE_TTL, DeadLetterKind, Job, JobQueue, JobRecord, StoreError,
+};
 
 impl EmbeddedStore {
     /// One claim attempt: the jobs handed out, and how long until a claimed job could be
@@ -206,6 +208,9 @@ impl JobQueue for EmbeddedStore {
             open_w(txn, RECORDS)?
                 .insert(uuid.as_str(), bytes.as_slice())
                 .context(|| format!("write the record of {uuid}"))?;
+            if record.outcome == "failed" {
+                super::journal::index_failed(txn, &uuid, record.finished_at_ms, DEDUPE_TTL)?;
+            }
             if let Some(id) = parse_id(&job_id) {
                 remove_job(txn, &channel, id)?;
             }

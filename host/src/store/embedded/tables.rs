@@ -28,6 +28,13 @@ pub(super) const DEDUPE_BY_TIME: TableDefinition<(i64, &str, &str), ()> =
     TableDefinition::new("dedupe_by_time");
 pub(super) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("job_records");
 pub(super) const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead_letters");
+pub(super) const JOURNAL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("journal");
+pub(super) const JOURNAL_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("journal_jobs");
+pub(super) const JOURNAL_EXPIRY: TableDefinition<(i64, &str), ()> =
+    TableDefinition::new("journal_expiry");
+pub(super) const ORDER_JOBS: TableDefinition<(&str, &str), i64> =
+    TableDefinition::new("order_jobs");
+pub(super) const FAILED: TableDefinition<(i64, &str), ()> = TableDefinition::new("failed_jobs");
 
 pub(super) const JOB_SEQ: &str = "job_seq";
 pub(super) const DEAD_SEQ: &str = "dead_seq";
@@ -69,6 +76,11 @@ pub(super) fn init(db: &Database) -> Result<(), StoreError> {
         open_w(&txn, DEDUPE_BY_TIME)?;
         open_w(&txn, RECORDS)?;
         open_w(&txn, DEAD)?;
+        open_w(&txn, JOURNAL)?;
+        open_w(&txn, JOURNAL_JOBS)?;
+        open_w(&txn, JOURNAL_EXPIRY)?;
+        open_w(&txn, ORDER_JOBS)?;
+        open_w(&txn, FAILED)?;
     }
     txn.commit()
         .map_err(|err| unavailable("commit the initial tables", err))

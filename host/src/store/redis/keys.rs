@@ -55,6 +55,21 @@ impl RedisStore {
         (format!("{base}:shared"), format!("{base}:exclusive"))
     }
 
+    /// The journal of a job (a list of JSON entries).
+    pub(super) fn journal_key(&self, event_uuid: &str) -> String {
+        format!("{}:journal:{event_uuid}", self.namespace)
+    }
+
+    /// The jobs of an Order (a sorted set of EventUuids scored by their first entry's time).
+    pub(super) fn order_key(&self, order_id: &str) -> String {
+        format!("{}:order:{order_id}", self.namespace)
+    }
+
+    /// The failed jobs (a sorted set of EventUuids scored by when they finished).
+    pub(super) fn failed_key(&self) -> String {
+        format!("{}:failed", self.namespace)
+    }
+
     pub(super) fn record_key(&self, event_uuid: &str) -> String {
         format!("{}:record:{event_uuid}", self.namespace)
     }

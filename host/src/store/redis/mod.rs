@@ -14,6 +14,9 @@
 //! | `<ns>:{sf:pe:replay:<ch>}:dedupe:<u>` | string | EventUuid `<u>` seen; expires after 7 days    |
 //! | `<ns>:{sf:pe:replay:<ch>}:dead`       | stream | dead letters                                  |
 //! | `<ns>:record:<u>`                     | string | JSON [`JobRecord`] of EventUuid `<u>`         |
+//! | `<ns>:journal:<u>`                    | list   | the job journal of `<u>` (JSON entries)       |
+//! | `<ns>:order:<o>`                      | zset   | EventUuids of Order `<o>` (18 chars) by time  |
+//! | `<ns>:failed`                         | zset   | EventUuids of failed jobs by finish time      |
 //!
 //! Outside the channels: `<ns>:component:<sha256>` (hash: `meta`, `wasm`, `signature`) is a
 //! component version shared between replicas, `<ns>:component:active` (JSON) the version every
@@ -34,6 +37,7 @@ mod components;
 mod cursor_lease;
 mod dead_letters;
 mod holds;
+mod journal;
 mod keys;
 mod queue;
 mod scripts;
@@ -172,6 +176,19 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         let mut conn = self.conn();
         cmd.query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(what, e))
+    }
+
+    /// Runs a pipeline (`MULTI`/`EXEC` when atomic); a failure is [`StoreError::Unavailable`]
+    /// naming `what`.
+    async fn query_pipe<T: FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+        what: &str,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        pipe.query_async(&mut conn)
             .await
             .map_err(|e| unavailable(what, e))
     }

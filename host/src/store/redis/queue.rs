@@ -252,6 +252,10 @@ impl JobQueue for RedisStore {
                     "SET job record",
                 )
                 .await?;
+            if record.outcome == "failed" {
+                self.index_failed(&record.event_uuid, record.finished_at_ms, DEDUPE_TTL)
+                    .await?;
+            }
             let _: i64 = self
                 .invoke(
                     self.scripts.finish.key(&keys.jobs).arg(&job.id).arg(GROUP),
