@@ -17,8 +17,9 @@ components:
 	@command -v rustup >/dev/null && rustup target add $(WASM_TARGET) >/dev/null 2>&1 || true
 	$(CARGO) build --profile component --target $(WASM_TARGET) $(COMPONENT_PACKAGES)
 	$(CARGO) build --profile component --target $(WASM_TARGET) -p fixture-rules-v2 \
-		--target-dir $(CURDIR)/target/rules-v2
-	cp $(CURDIR)/target/rules-v2/$(WASM_TARGET)/component/fixture_rules_v2.wasm $(COMPONENT_DIR)/
+		-p fixture-rules-buggy --target-dir $(CURDIR)/target/rules-v2
+	cp $(CURDIR)/target/rules-v2/$(WASM_TARGET)/component/fixture_rules_v2.wasm \
+		$(CURDIR)/target/rules-v2/$(WASM_TARGET)/component/fixture_rules_buggy.wasm $(COMPONENT_DIR)/
 	$(CARGO) run -q -p fulfilld -- component pack $(COMPONENT_DIR)/fulfillment.wasm \
 		--manifest components/fulfillment/component.toml
 	@ls -1 $(COMPONENT_DIR)/*.wasm

@@ -26,6 +26,25 @@ pub const DEFAULT_API_VERSION: &str = "v66.0";
 /// The prefix of a host setting that overrides a component config value.
 pub const COMPONENT_CONFIG_PREFIX: &str = "FULFILLD_CONFIG_";
 
+/// The settings a component reads, from the environment alone (no Salesforce or WHMCS settings
+/// needed): `PORTAL_PRICEBOOK_ID`, `SF_PROVISION_EVENT_CHANNEL` and every `FULFILLD_CONFIG_<KEY>`,
+/// as `serve` exposes them. `fulfilld orders export` writes them into the scenario.
+pub fn exposed_from_env() -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut exposed = BTreeMap::new();
+    if let Ok(id) = std::env::var("PORTAL_PRICEBOOK_ID")
+        && !id.trim().is_empty()
+    {
+        exposed.insert("PORTAL_PRICEBOOK_ID".to_owned(), id);
+    }
+    let channel = std::env::var("SF_PROVISION_EVENT_CHANNEL")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_CHANNEL.to_owned());
+    exposed.insert("SF_PROVISION_EVENT_CHANNEL".to_owned(), channel);
+    exposed.extend(component_overrides(std::env::vars())?);
+    Ok(exposed)
+}
+
 /// The `FULFILLD_CONFIG_<KEY>` settings among `vars`, by key. A key a manifest could not list or
 /// a value over 4096 bytes is an error naming the setting (never its value).
 pub fn component_overrides(

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod doctor;
 pub mod domain;
 pub mod error;
+pub mod export;
 pub mod fake;
 pub mod holds;
 pub mod http;

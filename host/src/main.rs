@@ -143,6 +143,28 @@ enum OrdersCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write the last run of an Order's newest job (or of `--event-uuid`'s) as a scenario file:
+    /// seeded from the answers it got, failures injected, its outcome and calls expected, so
+    /// `fulfilld test` replays it against any component version. Needs the run to have been
+    /// journaled with FULFILLD_JOURNAL_CAPTURE on.
+    Export {
+        /// A Salesforce Order Id or an EventUuid.
+        id: String,
+        /// The scenario file to write.
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Which of the Order's jobs (default: the newest).
+        #[arg(long)]
+        event_uuid: Option<String>,
+        /// What the scenario expects: `completed` (the Order provisioned; the default for a
+        /// failed job: the scenario fails until a version handles it) or `recorded` (the result,
+        /// code and calls of the run; the default otherwise).
+        #[arg(long, value_parser = ["completed", "recorded"])]
+        expect: Option<String>,
+        /// Replace the scenario file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -478,6 +500,29 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             OrdersCommand::Show { id, json } => {
                 let (store, _) = operator_store().await?;
                 fulfilld::cli::orders_show(store.as_ref(), &id, json, &mut out).await
+            }
+            OrdersCommand::Export {
+                id,
+                scenario,
+                event_uuid,
+                expect,
+                force,
+            } => {
+                let expect = expect.map(|e| match e.as_str() {
+                    "recorded" => fulfilld::export::Expectation::Recorded,
+                    _ => fulfilld::export::Expectation::Completed,
+                });
+                let (store, _) = operator_store().await?;
+                fulfilld::export::run(
+                    store.as_ref(),
+                    &id,
+                    event_uuid.as_deref(),
+                    &scenario,
+                    expect,
+                    force,
+                    &mut out,
+                )
+                .await
             }
         },
         Command::Jobs { command } => match command {

@@ -104,3 +104,11 @@ pub fn assert_no_job_lines(text: &str) {
         );
     }
 }
+
+/// The first `n` words of `text` (to find a message that a report may cut or wrap).
+pub fn first_words(text: &str, n: usize) -> String {
+    text.split_whitespace()
+        .take(n)
+        .collect::<Vec<_>>()
+        .join(" ")
+}

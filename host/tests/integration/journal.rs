@@ -312,3 +312,188 @@ async fn orders_show_tells_each_jobs_story_from_redis() {
 async fn orders_show_tells_each_jobs_story_from_the_embedded_store() {
     orders_show_tells_each_jobs_story(Rig::new().await).await;
 }
+
+/// `fulfilld serve --help`, as the binary prints it, names every setting with its default.
+#[test]
+fn serve_help_lists_every_setting_with_its_default_and_meaning() {
+    let output = crate::common::fulfilld(&["serve".as_ref(), "--help".as_ref()]);
+    let text = stdout(&output);
+    assert!(output.status.success(), "{}", crate::common::text(&output));
+    for (_, settings) in fulfilld::settings::SETTINGS {
+        for setting in *settings {
+            assert!(
+                text.contains(setting.name),
+                "{} missing:\n{text}",
+                setting.name
+            );
+            assert!(
+                text.contains(&format!("[default: {}]", setting.default)),
+                "{}'s default missing",
+                setting.name
+            );
+        }
+    }
+    assert!(text.contains("FULFILLD_LEASE_TTL_MS\n      how long the subscriber lease lasts unless renewed [default: 15000]"), "{text}");
+}
+
+/// `fulfilld completions <shell>` prints a script naming the subcommands; an unknown shell is
+/// refused with the choices.
+#[test]
+fn completions_name_the_subcommands_for_each_shell() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let output = crate::common::fulfilld(&["completions".as_ref(), shell.as_ref()]);
+        let text = stdout(&output);
+        assert!(
+            output.status.success(),
+            "{shell}: {}",
+            crate::common::text(&output)
+        );
+        for word in ["orders", "dead-letters", "serve", "jobs"] {
+            assert!(text.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let output = crate::common::fulfilld(&["completions".as_ref(), "tcsh".as_ref()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        crate::common::text(&output).contains("possible values"),
+        "{}",
+        crate::common::text(&output)
+    );
+}
+
+/// A failed production job, exported with `fulfilld orders export` (capture on), replays under
+/// `fulfilld test`: it fails the same way on the version that failed in production and passes on
+/// the fixed one; `--expect recorded` pins what the run did instead. Without capture the command
+/// says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exported_failed_job_fails_the_same_way_and_passes_once_fixed() {
+    let rig = Rig::new().await;
+    let buggy = crate::common::component("fixture_rules_buggy");
+    let fixed = crate::common::component("fulfillment");
+    let order = rig.orders(70, 1).remove(0);
+    let uncaptured = rig.orders(71, 1).remove(0);
+    // Production: version 1.0.1 (a billing-cycle bug) with capture on.
+    let host = rig
+        .host(&[
+            ("FULFILLD_COMPONENT", buggy.to_str().unwrap()),
+            ("FULFILLD_JOURNAL_CAPTURE", "true"),
+        ])
+        .await;
+    rig.publish(&order);
+    wait_for("the Order to fail", Duration::from_secs(60), || {
+        rig.status(&order).0 == "Failed"
+    })
+    .await;
+    host.shutdown().await;
+    let view = show_json(&rig, &order);
+    let record = &view["jobs"][0]["record"];
+    assert_eq!(record["outcome"], "failed", "{view:#}");
+    assert_eq!(record["component"], "fulfillment@1.0.1");
+    let code = record["code"].as_str().unwrap().to_owned();
+    let message = record["message"].as_str().unwrap().to_owned();
+
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("production-failure.toml");
+    let scenario_arg = scenario.to_str().unwrap();
+    let output = fulfilld_with(
+        &rig,
+        &[],
+        &["orders", "export", &order, "--scenario", scenario_arg],
+    );
+    assert!(output.status.success(), "{}", crate::common::text(&output));
+    assert!(stdout(&output).contains("wrote"), "{}", stdout(&output));
+    let text = std::fs::read_to_string(&scenario).unwrap();
+    assert!(text.contains(&order), "{text}");
+
+    // The version that failed in production fails the scenario, the same way.
+    let output = crate::common::fulfilld(&[
+        "test".as_ref(),
+        buggy.as_os_str(),
+        scenario.as_os_str(),
+        "--verbose".as_ref(),
+    ]);
+    let report = crate::common::text(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains(&code),
+        "the replay fails with {code}:\n{report}"
+    );
+    assert!(
+        report.contains(&crate::common::first_words(&message, 6)),
+        "the replay fails with the production message ({message}):\n{report}"
+    );
+    // The fixed version provisions the Order.
+    let output =
+        crate::common::fulfilld(&["test".as_ref(), fixed.as_os_str(), scenario.as_os_str()]);
+    assert!(output.status.success(), "{}", crate::common::text(&output));
+
+    // --expect recorded pins the run: the failing version passes it, the fixed one does not.
+    let pinned = dir.path().join("pinned.toml");
+    let output = fulfilld_with(
+        &rig,
+        &[],
+        &[
+            "orders",
+            "export",
+            &order,
+            "--scenario",
+            pinned.to_str().unwrap(),
+            "--expect",
+            "recorded",
+        ],
+    );
+    assert!(output.status.success(), "{}", crate::common::text(&output));
+    let output = crate::common::fulfilld(&["test".as_ref(), buggy.as_os_str(), pinned.as_os_str()]);
+    assert!(output.status.success(), "{}", crate::common::text(&output));
+    let output = crate::common::fulfilld(&["test".as_ref(), fixed.as_os_str(), pinned.as_os_str()]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        crate::common::text(&output)
+    );
+
+    // An existing file is not replaced without --force.
+    let output = fulfilld_with(
+        &rig,
+        &[],
+        &["orders", "export", &order, "--scenario", scenario_arg],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout(&output).contains("--force"), "{}", stdout(&output));
+
+    // Without capture there is nothing to seed a scenario from, and the command says so.
+    let host = rig
+        .host(&[("FULFILLD_COMPONENT", buggy.to_str().unwrap())])
+        .await;
+    rig.publish(&uncaptured);
+    wait_for("the second Order to fail", Duration::from_secs(60), || {
+        rig.status(&uncaptured).0 == "Failed"
+    })
+    .await;
+    host.shutdown().await;
+    let other = dir.path().join("uncaptured.toml");
+    let output = fulfilld_with(
+        &rig,
+        &[],
+        &[
+            "orders",
+            "export",
+            &uncaptured,
+            "--scenario",
+            other.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        crate::common::text(&output)
+    );
+    assert!(
+        stdout(&output).contains("FULFILLD_JOURNAL_CAPTURE"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(!other.exists());
+}

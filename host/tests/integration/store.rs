@@ -128,6 +128,9 @@ macro_rules! conformance {
             holds_are_readers_writer_locks,
             holds_expire_and_a_holder_never_waits_for_itself,
             holds_are_renewed_by_their_holder_only,
+            journal_keeps_order_and_finds_jobs_by_order,
+            journal_is_bounded_and_expires,
+            listings_by_state,
         );
     };
     (@tests $backend:ident, $harness:ident; $($test:ident),+ $(,)?) => {
@@ -1248,6 +1251,209 @@ mod suite {
             .unwrap();
         assert!(c.epoch > b.epoch, "epoch after release and reopen");
         assert_eq!(store.queue_depth(&ch).await.unwrap(), 3);
+    }
+
+    fn entry(at_ms: i64, event: fulfilld::store::JournalEvent) -> fulfilld::store::JournalEntry {
+        fulfilld::store::JournalEntry {
+            at_ms,
+            replica: "r1".into(),
+            event,
+        }
+    }
+
+    fn claimed(delivery: u32) -> fulfilld::store::JournalEvent {
+        fulfilld::store::JournalEvent::Claimed {
+            worker: "r1-w0".into(),
+            delivery,
+        }
+    }
+
+    pub async fn journal_keeps_order_and_finds_jobs_by_order(h: &Harness) {
+        use fulfilld::store::JournalEvent;
+        let store = h.open().await;
+        let order = format!("801{}AAA", &random_uuid().replace('-', "")[..12]);
+        let (first, second) = (random_uuid(), random_uuid());
+        let hour = Duration::from_secs(3600);
+        let enqueued = entry(
+            1_000,
+            JournalEvent::Enqueued {
+                replay_id: "7".into(),
+            },
+        );
+        store
+            .append_journal(&first, Some(&order), std::slice::from_ref(&enqueued), hour)
+            .await
+            .unwrap();
+        store
+            .append_journal(
+                &first,
+                Some(&order),
+                &[entry(1_001, claimed(1)), entry(1_002, claimed(2))],
+                hour,
+            )
+            .await
+            .unwrap();
+        store
+            .append_journal(&second, Some(&order), &[entry(5_000, claimed(1))], hour)
+            .await
+            .unwrap();
+        let journal = store.journal(&first).await.unwrap();
+        assert_eq!(journal.len(), 3);
+        assert_eq!(journal[0], enqueued);
+        assert_eq!(journal[2].event, claimed(2));
+        // Newest job first (by each job's first entry).
+        assert_eq!(
+            store.jobs_of_order(&order).await.unwrap(),
+            vec![second.clone(), first.clone()]
+        );
+        assert!(store.journal(&random_uuid()).await.unwrap().is_empty());
+        assert!(
+            store
+                .jobs_of_order("801000000000000XYZ")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Kept across a reopen.
+        drop(store);
+        let store = h.open().await;
+        assert_eq!(store.journal(&second).await.unwrap().len(), 1);
+    }
+
+    pub async fn journal_is_bounded_and_expires(h: &Harness) {
+        use fulfilld::store::journal::{MAX_ENTRIES_PER_JOB, MAX_JOBS_PER_ORDER};
+        let store = h.open().await;
+        let hour = Duration::from_secs(3600);
+        // Entries per job: the newest are kept.
+        let uuid = random_uuid();
+        let many: Vec<_> = (0..MAX_ENTRIES_PER_JOB as u32 + 5)
+            .map(|n| entry(i64::from(n), claimed(n)))
+            .collect();
+        store
+            .append_journal(&uuid, None, &many, hour)
+            .await
+            .unwrap();
+        let kept = store.journal(&uuid).await.unwrap();
+        assert_eq!(kept.len(), MAX_ENTRIES_PER_JOB);
+        assert_eq!(
+            kept.last().unwrap().event,
+            claimed(MAX_ENTRIES_PER_JOB as u32 + 4)
+        );
+        // Jobs per Order: the newest are kept.
+        let order = format!("801{}AAA", &random_uuid().replace('-', "")[..12]);
+        let mut jobs = Vec::new();
+        for n in 0..MAX_JOBS_PER_ORDER + 3 {
+            let job = random_uuid();
+            store
+                .append_journal(
+                    &job,
+                    Some(&order),
+                    &[entry(10_000 + n as i64, claimed(1))],
+                    hour,
+                )
+                .await
+                .unwrap();
+            jobs.push(job);
+        }
+        let listed = store.jobs_of_order(&order).await.unwrap();
+        assert_eq!(listed.len(), MAX_JOBS_PER_ORDER);
+        assert_eq!(listed[0], *jobs.last().unwrap());
+        assert!(!listed.contains(&jobs[0]));
+        // Retention: a journal whose retention passed is gone (Redis by key expiry; the
+        // embedded store purges at the next write).
+        let short = random_uuid();
+        let order2 = format!("801{}AAA", &random_uuid().replace('-', "")[..12]);
+        store
+            .append_journal(&short, Some(&order2), &[entry(1, claimed(1))], ms(50))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            tokio::time::sleep(ms(100)).await;
+            // Another write gives the embedded store its chance to purge.
+            store
+                .append_journal(&random_uuid(), None, &[entry(2, claimed(1))], hour)
+                .await
+                .unwrap();
+            if store.journal(&short).await.unwrap().is_empty()
+                && store.jobs_of_order(&order2).await.unwrap().is_empty()
+            {
+                break;
+            }
+            assert!(start.elapsed() < LONG, "the expired journal is still there");
+        }
+    }
+
+    pub async fn listings_by_state(h: &Harness) {
+        use fulfilld::store::{JobState, list_jobs};
+        let store = h.open().await;
+        let channel = h.channel("");
+        let lease = leader(&store, &channel).await;
+        let ids = uuids(4);
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        ingest_jobs(&store, &lease, &refs).await;
+        let queued = list_jobs(store.as_ref(), &channel, JobState::Queued, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            queued
+                .iter()
+                .map(|j| j.event_uuid.as_str())
+                .collect::<Vec<_>>(),
+            refs
+        );
+        assert!(
+            queued
+                .iter()
+                .all(|j| j.worker.is_none() && j.enqueued_at_ms.is_some())
+        );
+        // Two claimed: one completed failed, one left running; one dead-lettered.
+        let claimed_jobs = store.claim(&channel, &quick("w1", 3)).await.unwrap();
+        assert_eq!(claimed_jobs.len(), 3);
+        let mut failed = record_for(&claimed_jobs[0], "failed");
+        failed.code = Some("409".into());
+        store.complete(&claimed_jobs[0], failed).await.unwrap();
+        store
+            .dead_letter_job(&claimed_jobs[2], "COMPONENT_TRAP: boom")
+            .await
+            .unwrap();
+        let running = list_jobs(store.as_ref(), &channel, JobState::Running, 10)
+            .await
+            .unwrap();
+        assert_eq!(running.len(), 1, "{running:?}");
+        assert_eq!(running[0].event_uuid, claimed_jobs[1].event_uuid);
+        assert_eq!(running[0].worker.as_deref(), Some("w1"));
+        let queued = list_jobs(store.as_ref(), &channel, JobState::Queued, 10)
+            .await
+            .unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].event_uuid, ids[3]);
+        let failed = list_jobs(store.as_ref(), &channel, JobState::Failed, 10_000)
+            .await
+            .unwrap();
+        let ours = failed
+            .iter()
+            .find(|j| j.event_uuid == claimed_jobs[0].event_uuid)
+            .expect("the failed job is listed");
+        assert_eq!(ours.code.as_deref(), Some("409"));
+        let dead = list_jobs(store.as_ref(), &channel, JobState::Dead, 10)
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].event_uuid, claimed_jobs[2].event_uuid);
+        assert!(dead[0].dead_letter_id.is_some());
+        assert_eq!(dead[0].message.as_deref(), Some("COMPONENT_TRAP: boom"));
+        // A completed (not failed) job is in no listing.
+        store
+            .complete(&claimed_jobs[1], record_for(&claimed_jobs[1], "completed"))
+            .await
+            .unwrap();
+        assert!(
+            list_jobs(store.as_ref(), &channel, JobState::Running, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }
 
