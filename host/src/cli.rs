@@ -706,12 +706,7 @@ pub async fn orders_show(
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
     let Some(view) = crate::pipeline::journal::order_view(store, id).await? else {
-        writeln!(
-            out,
-            "no job is known for Order or EventUuid '{}' (the journal keeps jobs for \
-             FULFILLD_JOURNAL_RETENTION_HOURS after their last step)",
-            crate::domain::clip(id, 128)
-        )?;
+        writeln!(out, "{}", crate::pipeline::journal::nothing_known(id))?;
         return Ok(false);
     };
     if json {
@@ -831,6 +826,9 @@ fn describe_entry(event: &crate::store::JournalEvent) -> String {
         }
         JournalEvent::Requeued { dead_letter_id } => {
             format!("requeued       from dead letter {dead_letter_id}")
+        }
+        JournalEvent::Damaged { problem, .. } => {
+            format!("damaged entry  {}", crate::domain::clip(problem, 300))
         }
     }
 }

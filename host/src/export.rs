@@ -1456,15 +1456,20 @@ fn injections(run: &LastRun, notes: &mut Notes) -> Vec<InjectOut> {
             continue;
         }
         let code = call.code.unwrap_or_default();
-        if call.outcome == "rejected" && code == "WHMCS_ERROR" && call.op == "billing.call" {
-            // WHMCS refused the request itself (result=error): the replay's WHMCS answers it
-            // from the seed as WHMCS did, so a version that sends a different request (the fix)
-            // gets a different answer. Injecting it would fail every version alike.
+        if call.outcome == "rejected"
+            && code == "WHMCS_ERROR"
+            && call.action().as_deref() == Some("addorder")
+        {
+            // WHMCS refused the AddOrder request itself (result=error): what it refuses depends
+            // on the lines, client and gateway the component sent, which is what a new version
+            // changes. The replay's WHMCS answers the request from the seed as WHMCS did, so a
+            // version that sends a different request gets a different answer; injecting it
+            // would fail every version alike. (Other actions' refusals are about WHMCS's state,
+            // e.g. an order no longer Pending, and are injected as recorded.)
             notes.add(format!(
-                "call {} ({}) was refused by WHMCS (result=error): not injected; the replay's \
-                 WHMCS answers the request from the seeded state",
-                index + 1,
-                call.action().unwrap_or_default()
+                "call {} (AddOrder) was refused by WHMCS (result=error): not injected; the \
+                 replay's WHMCS answers the request from the seeded state",
+                index + 1
             ));
             continue;
         }
@@ -1486,6 +1491,9 @@ fn injections(run: &LastRun, notes: &mut Notes) -> Vec<InjectOut> {
                 injection.http_status = http_status_reproduces(call, code);
             }
             "timeout" if code == "ETIMEOUT" => injection.timeout = true,
+            "rejected" if code == "WHMCS_ERROR" && call.op == "billing.call" => {
+                injection.whmcs_error = Some(message());
+            }
             kind => match serde_json::from_value::<ErrorKind>(Value::String(kind.to_owned())) {
                 Ok(kind) => injection.error = Some(CallError::new(kind, code, message())),
                 Err(_) => {
@@ -1815,12 +1823,7 @@ pub async fn run(
 ) -> anyhow::Result<bool> {
     use anyhow::Context as _;
     let Some(view) = crate::pipeline::journal::order_view(store, id).await? else {
-        writeln!(
-            out,
-            "no job is known for Order or EventUuid '{}' (the journal keeps jobs for \
-             FULFILLD_JOURNAL_RETENTION_HOURS after their last step)",
-            crate::domain::clip(id, 128)
-        )?;
+        writeln!(out, "{}", crate::pipeline::journal::nothing_known(id))?;
         return Ok(false);
     };
     let job = match event_uuid {
@@ -2533,6 +2536,47 @@ mod tests {
             text.contains(UUID) && text.contains("FULFILLD_JOURNAL_CAPTURE off"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_refused_addorder_is_left_to_the_replay_and_a_failed_job_expects_completion() {
+        let (org, mut whmcs) = production();
+        let pay = json!({"clientid": 42});
+        let add = json!({"clientid": 42, "paymentmethod": "stripe", "pid": [11], "billingcycle": ["month"]});
+        let calls = vec![
+            query(&order_soql(), Some(org.query(&order_soql()).unwrap())),
+            billing(
+                "GetPayMethods",
+                pay.clone(),
+                Ok(whmcs_answer(&mut whmcs, "GetPayMethods", &pay)),
+            ),
+            billing("AddOrder", add, Err(("rejected", "WHMCS_ERROR"))),
+        ];
+        let view = job(
+            1,
+            calls,
+            vec![finished(
+                "failed",
+                Some("WHMCS_ERROR"),
+                "AddOrder: No items added to cart so order cannot proceed",
+            )],
+        );
+        // A bug report by default for a failed job: provisioned is what is expected.
+        let text = scenario_from_job(&view, &config(), Expectation::Completed).unwrap();
+        let scenario = Scenario::parse(&text).unwrap();
+        let run = &scenario.runs[0];
+        assert!(run.inject.is_empty(), "{:?}", run.inject);
+        assert_eq!(run.expect.result, ExpectedResult::Completed);
+        assert_eq!(run.expect.code, None);
+        assert!(run.expect.calls.is_none());
+        assert!(text.contains("(AddOrder) was refused by WHMCS"), "{text}");
+        // Pinned, it expects the failure and the calls.
+        let text = scenario_from_job(&view, &config(), Expectation::Recorded).unwrap();
+        let run = &Scenario::parse(&text).unwrap().runs[0];
+        assert_eq!(run.expect.result, ExpectedResult::Failed);
+        assert_eq!(run.expect.code.as_deref(), Some("WHMCS_ERROR"));
+        assert_eq!(Expectation::default_for("failed"), Expectation::Completed);
+        assert_eq!(Expectation::default_for("completed"), Expectation::Recorded);
     }
 
     #[test]

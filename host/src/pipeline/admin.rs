@@ -122,13 +122,15 @@ pub(crate) fn routes(shared: &Arc<Shared>) -> Option<Router<Arc<Shared>>> {
     )
 }
 
+/// Reads (`GET`, `HEAD`) without credentials pass; anything else, and any request that
+/// presents credentials, needs the right token (a wrong token is refused even on a read, so a
+/// client with a stale token finds out).
 async fn authorize(token: &Secret, request: Request, next: Next) -> Response {
-    if matches!(*request.method(), Method::GET | Method::HEAD) {
+    let presented = request.headers().get(header::AUTHORIZATION);
+    if presented.is_none() && matches!(*request.method(), Method::GET | Method::HEAD) {
         return next.run(request).await;
     }
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
+    let given = presented
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");

@@ -128,14 +128,7 @@ pub(crate) async fn overview(State(shared): State<Arc<Shared>>) -> Response {
 pub(crate) async fn order(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     match bounded(super::journal::order_view(shared.store.as_ref(), &id)).await {
         Ok(Some(view)) => axum::Json(view).into_response(),
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no job is known for Order or EventUuid '{}' (the journal keeps jobs for \
-                 FULFILLD_JOURNAL_RETENTION_HOURS after their last step)",
-                crate::domain::clip(&id, 128)
-            ),
-        ),
+        Ok(None) => error(StatusCode::NOT_FOUND, super::journal::nothing_known(&id)),
         Err(response) => response,
     }
 }

@@ -183,6 +183,15 @@ pub struct OrderView {
     pub jobs: Vec<JobView>,
 }
 
+/// What `orders show`, `orders export` and the console say when nothing is known about `id`.
+pub fn nothing_known(id: &str) -> String {
+    format!(
+        "no job is known for Order or EventUuid '{}' (the journal keeps jobs for \
+         FULFILLD_JOURNAL_RETENTION_HOURS after their last step)",
+        crate::domain::clip(id, 128)
+    )
+}
+
 /// The jobs of the Order `id` names, or of the job whose EventUuid it is. `None` when nothing
 /// is known about it.
 pub async fn order_view(store: &dyn Store, id: &str) -> Result<Option<OrderView>, StoreError> {

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::queue::JobRecord;
+use super::queue::{Job, JobRecord};
 use super::{DeadLetter, Store, StoreError};
 use crate::domain::Event;
 use crate::domain::clip_marked;
@@ -89,6 +89,9 @@ pub enum JournalEvent {
     DeadLettered { reason: String },
     /// Put back on the queue from the dead letters.
     Requeued { dead_letter_id: String },
+    /// A stored entry the host could not read (written by something else, or damaged): kept
+    /// in the listing, as found (cut to [`MAX_ENTRY_TEXT`]), with what is wrong.
+    Damaged { problem: String, found: String },
 }
 
 impl JournalEvent {
@@ -101,11 +104,30 @@ impl JournalEvent {
             JournalEvent::Call { .. } => 2,
             JournalEvent::Finished { .. } => 3,
             JournalEvent::DeadLettered { .. } => 4,
+            JournalEvent::Damaged { .. } => 5,
         }
     }
 }
 
 impl JournalEntry {
+    /// A stored entry as read back: one the host cannot read is a [`JournalEvent::Damaged`]
+    /// entry (time 0, unknown writer) instead of an error, so one bad entry does not hide a
+    /// job's story.
+    pub fn read_stored(bytes: &[u8], at: &str) -> JournalEntry {
+        match serde_json::from_slice::<JournalEntry>(bytes) {
+            Ok(entry) => entry,
+            Err(err) => JournalEntry {
+                at_ms: 0,
+                replica: String::new(),
+                event: JournalEvent::Damaged {
+                    problem: format!("{at}: not a journal entry: {err}"),
+                    found: String::from_utf8_lossy(bytes).into_owned(),
+                },
+            }
+            .bounded(),
+        }
+    }
+
     pub fn new(replica: &str, event: JournalEvent) -> JournalEntry {
         JournalEntry {
             at_ms: crate::domain::now_ms(),
@@ -166,6 +188,10 @@ impl JournalEntry {
             }
             JournalEvent::DeadLettered { reason } => clip(reason),
             JournalEvent::Requeued { dead_letter_id } => clip(dead_letter_id),
+            JournalEvent::Damaged { problem, found } => {
+                clip(problem);
+                clip(found);
+            }
         }
         self
     }
@@ -179,7 +205,7 @@ impl JournalEntry {
             JournalEvent::DeadLettered { .. } => Some("dead"),
             JournalEvent::Finished { outcome, .. } if outcome == "abandoned" => Some("queued"),
             JournalEvent::Finished { outcome, .. } => Some(outcome.as_str()),
-            JournalEvent::Call { .. } => None,
+            JournalEvent::Call { .. } | JournalEvent::Damaged { .. } => None,
         })
     }
 }
@@ -236,13 +262,35 @@ pub struct ListedJob {
     pub dead_letter_id: Option<String>,
 }
 
+/// The Order a job's payload names, when the payload is an event that names one.
+fn order_id_of(payload: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Event>(payload)
+        .ok()
+        .and_then(|event| event.order_id().map(str::to_owned))
+}
+
 impl ListedJob {
+    /// A queued or running job's line (its worker and idle time are the caller's to add).
+    pub fn from_job(job: &Job) -> ListedJob {
+        ListedJob {
+            event_uuid: job.event_uuid.clone(),
+            order_id: order_id_of(&job.payload),
+            replay_id: job.replay_id.to_string(),
+            deliveries: job.deliveries,
+            enqueued_at_ms: Some(job.enqueued_at_ms),
+            worker: None,
+            idle_ms: None,
+            code: None,
+            message: None,
+            finished_at_ms: None,
+            dead_letter_id: None,
+        }
+    }
+
     /// A dead job's line, from its dead letter (the Order id read from the payload when it is an
     /// event).
     pub fn from_dead_letter(letter: &DeadLetter) -> ListedJob {
-        let order_id = serde_json::from_slice::<Event>(&letter.payload)
-            .ok()
-            .and_then(|event| event.order_id().map(str::to_owned));
+        let order_id = order_id_of(&letter.payload);
         ListedJob {
             event_uuid: letter.event_uuid.clone(),
             order_id,

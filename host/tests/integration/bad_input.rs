@@ -462,3 +462,53 @@ fn a_store_another_process_has_open_is_refused_naming_why() {
     assert!(output.status.success(), "{shown}");
     assert!(shown.contains("42") && !shown.contains(" 7"), "{shown}");
 }
+
+/// A journal entry something else wrote into Redis (not the host's JSON) does not hide the
+/// job's story: `orders show` lists it as a `damaged` entry, as found, between the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_junk_journal_entry_is_shown_as_damaged_and_the_rest_of_the_story_stays() {
+    let url = crate::pipeline::redis_url();
+    let rig = crate::pipeline::Rig::new().await.with_redis(&url);
+    let order = rig.orders(80, 1).remove(0);
+    let host = rig.host(&[]).await;
+    let (uuid, _) = rig.publish(&order);
+    rig.wait_activated(
+        std::slice::from_ref(&order),
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+    host.shutdown().await;
+    let namespace = rig.env["FULFILLD_REDIS_NAMESPACE"].clone();
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("RPUSH")
+        .arg(format!("{namespace}:journal:{uuid}"))
+        .arg("<script>alert(1)</script> not json")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let output = crate::journal::fulfilld_with(&rig, &[], &["orders", "show", &order, "--json"]);
+    assert!(output.status.success(), "{}", crate::common::text(&output));
+    let view: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let journal = view["jobs"][0]["journal"].as_array().unwrap();
+    let damaged: Vec<_> = journal.iter().filter(|e| e["event"] == "damaged").collect();
+    assert_eq!(damaged.len(), 1, "{view:#}");
+    assert!(
+        damaged[0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("not a journal entry")
+    );
+    assert_eq!(damaged[0]["found"], "<script>alert(1)</script> not json");
+    assert!(journal.iter().any(|e| e["event"] == "finished"), "{view:#}");
+    assert_eq!(
+        view["jobs"][0]["state"], "completed",
+        "the damaged entry changes no state"
+    );
+    let output = crate::journal::fulfilld_with(&rig, &[], &["orders", "show", &order]);
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("damaged entry"),
+        "{}",
+        crate::common::text(&output)
+    );
+}

@@ -87,6 +87,44 @@ async fn the_console_in_a_real_browser_finds_an_order_and_requeues_a_dead_letter
         );
     }
 
+    // The API the page reads, with hostile input: a long id names nothing, an unknown state is
+    // named, a huge limit is held, a write without the token is refused.
+    let http = reqwest::Client::new();
+    let base = format!("http://{admin}");
+    let long = "8".repeat(5000);
+    let answer = http
+        .get(format!("{base}/admin/orders/{long}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 404);
+    assert!(answer.text().await.unwrap().contains("no job is known"));
+    let answer = http
+        .get(format!("{base}/admin/jobs?state=stuck"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 400);
+    assert!(
+        answer
+            .text()
+            .await
+            .unwrap()
+            .contains("queued, running, failed, dead")
+    );
+    let answer = http
+        .get(format!("{base}/admin/jobs?state=failed&limit=100000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let answer = http
+        .post(format!("{base}/admin/dead-letters/1/requeue"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 401);
+
     // What the browser did happened: the dead letter is gone, its job ran again and its
     // journal says it was requeued.
     assert_eq!(store.dead_letter_count(&rig.channel).await.unwrap(), 0);

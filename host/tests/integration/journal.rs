@@ -43,22 +43,10 @@ pub(crate) struct FourOrders {
 pub(crate) async fn run_four_orders(rig: &Rig) -> FourOrders {
     let capture = [("FULFILLD_JOURNAL_CAPTURE", "true")];
     let reclaimed_order = rig.orders(30, 1).remove(0);
-    // The reclaimed job: its first Salesforce call hangs long enough to kill the host under it.
-    rig.sandbox
-        .salesforce()
-        .delay_next(1, Duration::from_secs(30));
-    let host = rig.host(&[capture[0], ("FULFILLD_WORKERS", "1")]).await;
-    let requests_before = rig.sandbox.salesforce().requests().len();
-    let (reclaimed_uuid, _) = rig.publish(&reclaimed_order);
-    let sf = rig.sandbox.salesforce();
-    wait_for("the job's first REST call", Duration::from_secs(30), || {
-        sf.requests()
-            .iter()
-            .skip(requests_before)
-            .any(|r| r.path.contains("/query"))
-    })
-    .await;
-    drop(host); // killed: no ack, no record
+    // The reclaimed job: its first host is killed while the job's first call hangs.
+    let reclaimed_uuid = rig
+        .publish_and_kill_mid_job(&reclaimed_order, &capture)
+        .await;
     let host = rig.host(&capture).await;
     rig.wait_activated(
         std::slice::from_ref(&reclaimed_order),

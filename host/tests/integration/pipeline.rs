@@ -206,6 +206,34 @@ impl Rig {
         );
     }
 
+    /// Publishes `order_id`'s event to a host (one worker, `extra` settings) and kills the host
+    /// while the job's first Salesforce call hangs: no ack, no record, no lease release. The
+    /// job is left for another host to reclaim. Returns the EventUuid.
+    pub(crate) async fn publish_and_kill_mid_job(
+        &self,
+        order_id: &str,
+        extra: &[(&str, &str)],
+    ) -> String {
+        self.sandbox
+            .salesforce()
+            .delay_next(1, Duration::from_secs(30));
+        let mut settings = extra.to_vec();
+        settings.push(("FULFILLD_WORKERS", "1"));
+        let host = self.host(&settings).await;
+        let requests_before = self.sandbox.salesforce().requests().len();
+        let (uuid, _) = self.publish(order_id);
+        let sf = self.sandbox.salesforce();
+        wait_for("the job's first REST call", Duration::from_secs(30), || {
+            sf.requests()
+                .iter()
+                .skip(requests_before)
+                .any(|r| r.path.contains("/query"))
+        })
+        .await;
+        drop(host);
+        uuid
+    }
+
     pub(crate) fn latest(&self) -> ReplayId {
         self.sandbox
             .pubsub()
@@ -498,22 +526,7 @@ async fn malformed_avro_is_dead_lettered_with_its_bytes_and_the_next_events_run(
 async fn a_worker_killed_mid_job_is_reclaimed_and_the_job_finishes() {
     let rig = Rig::new().await.with_redis(&redis_url());
     let orders = rig.orders(1, 1);
-    // The job's first Salesforce call hangs long enough to kill the host under it.
-    rig.sandbox
-        .salesforce()
-        .delay_next(1, Duration::from_secs(30));
-    let host = rig.host(&[("FULFILLD_WORKERS", "1")]).await;
-    let requests_before = rig.sandbox.salesforce().requests().len();
-    rig.publish(&orders[0]);
-    let sf = rig.sandbox.salesforce();
-    wait_for("the job's first REST call", Duration::from_secs(30), || {
-        sf.requests()
-            .iter()
-            .skip(requests_before)
-            .any(|r| r.path.contains("/query"))
-    })
-    .await;
-    drop(host); // killed: no ack, no lease release
+    rig.publish_and_kill_mid_job(&orders[0], &[]).await;
     let host = rig.host(&[]).await;
     rig.wait_activated(&orders, Duration::from_secs(30)).await;
     rig.assert_exactly_once(&orders);
@@ -1583,8 +1596,18 @@ async fn a_version_deployed_mid_stream_takes_the_new_jobs_and_rolls_back() {
     let v2_wasm = std::fs::read(common::component("fixture-rules-v2")).unwrap();
     let v2 = fulfilld::registry::sha256_hex(&v2_wasm);
 
-    // Without the token: refused. A file that is no component: refused, nothing changes.
-    let refused = http.get(format!("{base}/components")).send().await.unwrap();
+    // Reads need no token, a wrong one is refused, a write without one too. A file that is no
+    // component: refused, nothing changes.
+    let listed = http.get(format!("{base}/components")).send().await.unwrap();
+    assert_eq!(listed.status(), 200);
+    let refused = http
+        .get(format!("{base}/components"))
+        .bearer_auth("not-the-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let refused = http.post(format!("{base}/rollback")).send().await.unwrap();
     assert_eq!(refused.status(), 401);
     let garbage = http
         .post(format!("{base}/components?activate=true"))

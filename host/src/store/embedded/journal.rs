@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use redb::{ReadableTable as _, ReadableTableMetadata as _, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata as _, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::EmbeddedStore;
@@ -13,7 +13,7 @@ use super::tables::{
     CLAIMED, Context as _, FAILED, JOBS, JOURNAL, JOURNAL_EXPIRY, JOURNAL_JOBS, ORDER_JOBS,
     PENDING, channel_ids, decode, encode, ms, open_r, open_w,
 };
-use crate::domain::{Event, now_ms};
+use crate::domain::now_ms;
 use crate::store::journal::{MAX_ENTRIES_PER_JOB, MAX_JOBS_PER_ORDER};
 use crate::store::{Journal, JournalEntry, ListedJob, StoreError};
 
@@ -89,6 +89,26 @@ fn purge_expired(txn: &WriteTransaction, now: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The jobs indexed under `order`: (when its journal began, EventUuid), in key order.
+fn order_jobs(
+    table: &impl ReadableTable<(&'static str, &'static str), i64>,
+    order: &str,
+) -> Result<Vec<(i64, String)>, StoreError> {
+    let mut jobs = Vec::new();
+    for entry in table
+        .range((order, "")..)
+        .context(|| format!("read the jobs of Order {order}"))?
+    {
+        let (key, value) = entry.context(|| format!("read the jobs of Order {order}"))?;
+        let (o, u) = key.value();
+        if o != order {
+            break;
+        }
+        jobs.push((value.value(), u.to_owned()));
+    }
+    Ok(jobs)
+}
+
 /// Indexes `uuid` under `order`, keeping the Order's newest [`MAX_JOBS_PER_ORDER`].
 fn index_order(txn: &WriteTransaction, order: &str, uuid: &str, at: i64) -> Result<(), StoreError> {
     let mut table = open_w(txn, ORDER_JOBS)?;
@@ -102,18 +122,7 @@ fn index_order(txn: &WriteTransaction, order: &str, uuid: &str, at: i64) -> Resu
     table
         .insert((order, uuid), at)
         .context(|| format!("index job {uuid} under Order {order}"))?;
-    let mut jobs: Vec<(i64, String)> = Vec::new();
-    for entry in table
-        .range((order, "")..)
-        .context(|| format!("read the jobs of Order {order}"))?
-    {
-        let (key, value) = entry.context(|| format!("read the jobs of Order {order}"))?;
-        let (o, u) = key.value();
-        if o != order {
-            break;
-        }
-        jobs.push((value.value(), u.to_owned()));
-    }
+    let mut jobs = order_jobs(&table, order)?;
     if jobs.len() > MAX_JOBS_PER_ORDER {
         jobs.sort();
         for (_, old) in &jobs[..jobs.len() - MAX_JOBS_PER_ORDER] {
@@ -166,24 +175,12 @@ pub(super) fn index_failed(
 }
 
 fn listed(channel: &str, id: u64, stored: &StoredJob) -> ListedJob {
-    let job = stored.to_job(channel, id);
-    let order_id = serde_json::from_slice::<Event>(&job.payload)
-        .ok()
-        .and_then(|event| event.order_id().map(str::to_owned));
-    let claimed = stored.consumer.is_some();
-    ListedJob {
-        event_uuid: job.event_uuid,
-        order_id,
-        replay_id: job.replay_id.to_string(),
-        deliveries: job.deliveries,
-        enqueued_at_ms: Some(job.enqueued_at_ms),
-        worker: stored.consumer.clone(),
-        idle_ms: claimed.then(|| u64::try_from(now_ms() - stored.touched_at_ms).unwrap_or(0)),
-        code: None,
-        message: None,
-        finished_at_ms: None,
-        dead_letter_id: None,
+    let mut line = ListedJob::from_job(&stored.to_job(channel, id));
+    if stored.consumer.is_some() {
+        line.worker = stored.consumer.clone();
+        line.idle_ms = Some(u64::try_from(now_ms() - stored.touched_at_ms).unwrap_or(0));
     }
+    line
 }
 
 impl Journal for EmbeddedStore {
@@ -259,9 +256,10 @@ impl Journal for EmbeddedStore {
             {
                 let (key, value) = entry.context(|| format!("read the journal of {uuid}"))?;
                 let n = key.value().1;
-                entries.push(decode(value.value(), || {
-                    format!("entry {n} of the journal of {uuid}")
-                })?);
+                entries.push(JournalEntry::read_stored(
+                    value.value(),
+                    &format!("entry {n} of the journal of {uuid}"),
+                ));
             }
             Ok(entries)
         })
@@ -274,19 +272,7 @@ impl Journal for EmbeddedStore {
     ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         let order = order_id.to_owned();
         self.read("read an Order's jobs", move |txn| {
-            let table = open_r(txn, ORDER_JOBS)?;
-            let mut jobs: Vec<(i64, String)> = Vec::new();
-            for entry in table
-                .range((order.as_str(), "")..)
-                .context(|| format!("read the jobs of Order {order}"))?
-            {
-                let (key, value) = entry.context(|| format!("read the jobs of Order {order}"))?;
-                let (o, u) = key.value();
-                if o != order {
-                    break;
-                }
-                jobs.push((value.value(), u.to_owned()));
-            }
+            let mut jobs = order_jobs(&open_r(txn, ORDER_JOBS)?, &order)?;
             jobs.sort_by(|a, b| b.cmp(a));
             Ok(jobs.into_iter().map(|(_, uuid)| uuid).collect())
         })

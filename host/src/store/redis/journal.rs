@@ -10,9 +10,8 @@ use redis::Value;
 use super::RedisStore;
 use super::codec::{array, fields, int, job_from_fields, text, ttl_ms};
 use super::keys::GROUP;
-use crate::domain::Event;
 use crate::store::journal::{MAX_ENTRIES_PER_JOB, MAX_JOBS_PER_ORDER};
-use crate::store::{Detail, Journal, JournalEntry, ListedJob, StoreError};
+use crate::store::{Journal, JournalEntry, ListedJob, StoreError};
 
 /// Failed jobs the failed index keeps (newest), whatever their age.
 pub(super) const MAX_FAILED_INDEXED: usize = 10_000;
@@ -61,23 +60,9 @@ impl RedisStore {
         entry_fields: &std::collections::HashMap<String, Vec<u8>>,
         deliveries: u32,
     ) -> Option<ListedJob> {
-        let job = job_from_fields(channel, id, entry_fields, deliveries).ok()?;
-        let order_id = serde_json::from_slice::<Event>(&job.payload)
+        job_from_fields(channel, id, entry_fields, deliveries)
             .ok()
-            .and_then(|event| event.order_id().map(str::to_owned));
-        Some(ListedJob {
-            event_uuid: job.event_uuid,
-            order_id,
-            replay_id: job.replay_id.to_string(),
-            deliveries,
-            enqueued_at_ms: Some(job.enqueued_at_ms),
-            worker: None,
-            idle_ms: None,
-            code: None,
-            message: None,
-            finished_at_ms: None,
-            dead_letter_id: None,
-        })
+            .map(|job| ListedJob::from_job(&job))
     }
 
     /// Entries the consumer group has not handed out yet.
@@ -247,21 +232,17 @@ impl Journal for RedisStore {
     ) -> BoxFuture<'a, Result<Vec<JournalEntry>, StoreError>> {
         async move {
             let key = self.journal_key(event_uuid);
-            let items: Vec<String> = self
+            let items: Vec<Vec<u8>> = self
                 .query(
                     redis::cmd("LRANGE").arg(&key).arg(0).arg(-1),
                     "LRANGE job journal",
                 )
                 .await?;
-            items
+            Ok(items
                 .iter()
                 .enumerate()
-                .map(|(i, json)| {
-                    serde_json::from_str(json).map_err(|e| {
-                        StoreError::Corrupt(Detail::caused_by(format_args!("{key}[{i}]"), e))
-                    })
-                })
-                .collect()
+                .map(|(i, bytes)| JournalEntry::read_stored(bytes, &format!("{key}[{i}]")))
+                .collect())
         }
         .boxed()
     }
