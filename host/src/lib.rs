@@ -18,5 +18,6 @@ pub mod sandbox;
 pub mod secret;
 pub mod services;
 pub mod store;
+pub mod telemetry;
 pub mod testkit;
 pub mod whmcs;
