@@ -25,6 +25,7 @@ mod first_run;
 mod listeners;
 mod live;
 mod manifest;
+mod otel;
 mod pipeline;
 mod pubsub;
 mod pubsub_server;
