@@ -16,12 +16,15 @@ use crate::runtime::policy::CapabilityPolicy;
 use crate::salesforce::SalesforceConfig;
 use crate::secret::Secret;
 use crate::services::{LiveServices, LiveServicesError};
+use crate::telemetry::{Protocol, TraceSettings};
 use crate::whmcs::WhmcsConfig;
 
 pub use crate::services::EXPOSED_SETTINGS;
 
 pub const DEFAULT_CHANNEL: &str = "/event/OrderProvisionRequested__e";
 pub const DEFAULT_API_VERSION: &str = "v66.0";
+/// The `service.name` of exported traces unless `OTEL_SERVICE_NAME` says otherwise.
+pub const DEFAULT_SERVICE_NAME: &str = "fulfilld";
 
 /// The prefix of a host setting that overrides a component config value.
 pub const COMPONENT_CONFIG_PREFIX: &str = "FULFILLD_CONFIG_";
@@ -314,6 +317,30 @@ impl AdminClientConfig {
             token: Secret::from(token),
             user: lookup("USER").unwrap_or_else(|| "cli".to_owned()),
         })
+    }
+}
+
+/// Trace export (`serve`, `fulfill`) from the standard OpenTelemetry variables: on when
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` is set (and
+/// `OTEL_SDK_DISABLED` is not true); `None` otherwise, and then no other `OTEL_*` variable is
+/// read. Every bad value is named, as for the host's own settings.
+pub fn traces_from_env() -> Result<Option<TraceSettings>, ConfigError> {
+    traces_from_lookup(|key| std::env::var(key).ok())
+}
+
+/// [`traces_from_env`] through `lookup` (tests pass a map). Empty values count as unset.
+pub fn traces_from_lookup(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Option<TraceSettings>, ConfigError> {
+    let mut env = Reader {
+        lookup: &|key| lookup(key).filter(|v| !v.trim().is_empty()),
+        errors: Vec::new(),
+    };
+    let traces = env.traces();
+    if env.errors.is_empty() {
+        Ok(traces)
+    } else {
+        Err(ConfigError(env.errors))
     }
 }
 
@@ -851,6 +878,127 @@ impl Reader<'_> {
         }
     }
 
+    fn traces(&mut self) -> Option<TraceSettings> {
+        const TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+        const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+        let signal = self.optional(TRACES_ENDPOINT).is_some();
+        if !signal && self.optional(ENDPOINT).is_none() {
+            return None;
+        }
+        if self.boolean("OTEL_SDK_DISABLED", false) {
+            return None;
+        }
+        // The signal's own setting wins over the general one, as the specification has it.
+        let protocol_setting = [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ]
+        .into_iter()
+        .find(|setting| self.optional(setting).is_some());
+        let protocol = match protocol_setting {
+            None => Protocol::HttpProtobuf,
+            Some(setting) => match self.optional(setting).unwrap_or_default().trim() {
+                "http/protobuf" => Protocol::HttpProtobuf,
+                "grpc" => Protocol::Grpc,
+                "http/json" => {
+                    self.fail(
+                        setting,
+                        "http/json is not supported by this build: use http/protobuf or grpc",
+                    );
+                    Protocol::HttpProtobuf
+                }
+                other => {
+                    self.fail(
+                        setting,
+                        format!("expected http/protobuf or grpc, got `{other}`"),
+                    );
+                    Protocol::HttpProtobuf
+                }
+            },
+        };
+        // The signal's endpoint is used as it is; the general one is a base to which HTTP adds
+        // `/v1/traces` (gRPC has no path).
+        let endpoint = if signal {
+            self.url(TRACES_ENDPOINT, None)
+        } else {
+            self.url(ENDPOINT, None).map(|mut url| {
+                if protocol == Protocol::HttpProtobuf {
+                    let path = format!("{}/v1/traces", url.path().trim_end_matches('/'));
+                    url.set_path(&path);
+                }
+                url
+            })
+        };
+        let service = self.optional("OTEL_SERVICE_NAME");
+        let mut attributes: Vec<(String, String)> = Vec::new();
+        if let Some(text) = self.optional("OTEL_RESOURCE_ATTRIBUTES") {
+            for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                let parsed = entry.split_once('=').and_then(|(key, value)| {
+                    let key = key.trim();
+                    let value = percent_encoding::percent_decode_str(value.trim())
+                        .decode_utf8()
+                        .ok()?;
+                    (!key.is_empty()).then(|| (key.to_owned(), value.into_owned()))
+                });
+                match parsed {
+                    Some((key, value)) => {
+                        attributes.retain(|(k, _)| *k != key);
+                        attributes.push((key, value));
+                    }
+                    None => self.fail(
+                        "OTEL_RESOURCE_ATTRIBUTES",
+                        format!(
+                            "expected key=value pairs separated by commas (values \
+                             percent-encoded), got `{entry}`"
+                        ),
+                    ),
+                }
+            }
+        }
+        // service.name: OTEL_SERVICE_NAME, else the one in OTEL_RESOURCE_ATTRIBUTES, else ours.
+        let from_attributes = attributes
+            .iter()
+            .position(|(key, _)| key == "service.name")
+            .map(|at| attributes.remove(at).1);
+        let mut resource = vec![(
+            "service.name".to_owned(),
+            service
+                .or(from_attributes)
+                .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned()),
+        )];
+        if !attributes.iter().any(|(key, _)| key == "service.version") {
+            resource.push((
+                "service.version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            ));
+        }
+        resource.extend(attributes);
+        let timeout_setting = if self.optional("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_some() {
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
+        } else {
+            "OTEL_EXPORTER_OTLP_TIMEOUT"
+        };
+        let timeout_ms = self.bounded(timeout_setting, 10_000, 600_000);
+        let delay_ms = self.bounded("OTEL_BSP_SCHEDULE_DELAY", 5_000, 600_000);
+        let queue = self.bounded("OTEL_BSP_MAX_QUEUE_SIZE", 2_048, 1 << 20);
+        let batch = self.bounded("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, 1 << 20);
+        if batch > queue {
+            self.fail(
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                format!("must be at most OTEL_BSP_MAX_QUEUE_SIZE ({queue}), got {batch}"),
+            );
+        }
+        Some(TraceSettings {
+            endpoint: endpoint?,
+            protocol,
+            resource,
+            timeout: Duration::from_millis(timeout_ms),
+            schedule_delay: Duration::from_millis(delay_ms),
+            max_queue_size: usize::try_from(queue).unwrap_or(2_048),
+            max_export_batch_size: usize::try_from(batch).unwrap_or(512),
+        })
+    }
+
     fn runtime(&mut self) -> RuntimeConfig {
         let defaults = RuntimeConfig::default();
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -1272,5 +1420,179 @@ mod tests {
         ] {
             assert!(err.contains(expected), "{expected} missing from: {err}");
         }
+    }
+
+    fn traces(pairs: &[(&str, &str)]) -> Result<Option<TraceSettings>, ConfigError> {
+        let env: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        traces_from_lookup(|key| env.get(key).cloned())
+    }
+
+    #[test]
+    fn traces_are_off_without_an_endpoint_whatever_else_is_set() {
+        assert_eq!(traces(&[]).unwrap(), None);
+        // Without an endpoint nothing else is read, not even a bad value.
+        let other = [
+            ("OTEL_SERVICE_NAME", "x"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", " "),
+        ];
+        assert_eq!(traces(&other).unwrap(), None);
+        let disabled = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ];
+        assert_eq!(traces(&disabled).unwrap(), None);
+    }
+
+    #[test]
+    fn traces_default_to_http_protobuf_at_v1_traces_as_fulfilld() {
+        let settings = traces(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(settings.protocol, Protocol::HttpProtobuf);
+        assert_eq!(
+            settings.endpoint.as_str(),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            settings.resource,
+            [
+                ("service.name".to_owned(), "fulfilld".to_owned()),
+                (
+                    "service.version".to_owned(),
+                    env!("CARGO_PKG_VERSION").to_owned()
+                ),
+            ]
+        );
+        assert_eq!(settings.timeout, Duration::from_secs(10));
+        assert_eq!(settings.schedule_delay, Duration::from_secs(5));
+        assert_eq!(settings.max_queue_size, 2048);
+        assert_eq!(settings.max_export_batch_size, 512);
+
+        // A base with a path keeps it; the signal's own endpoint is taken as it is; gRPC adds
+        // no path.
+        let with_path = traces(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://otel.example/ingest/",
+        )])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            with_path.endpoint.as_str(),
+            "https://otel.example/ingest/v1/traces"
+        );
+        let signal = traces(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://collector:9999/custom",
+            ),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(signal.endpoint.as_str(), "http://collector:9999/custom");
+        let grpc = traces(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(grpc.protocol, Protocol::Grpc);
+        assert_eq!(grpc.endpoint.as_str(), "http://collector:4317/");
+        // The signal's protocol wins over the general one.
+        let signal_protocol = traces(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(signal_protocol.protocol, Protocol::Grpc);
+    }
+
+    #[test]
+    fn trace_resource_takes_the_service_name_and_attributes_from_the_environment() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+        let settings = traces(&[
+            base,
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=prod, service.name=from-attributes,team=order%20ops,",
+            ),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            settings.resource,
+            [
+                ("service.name".to_owned(), "from-attributes".to_owned()),
+                (
+                    "service.version".to_owned(),
+                    env!("CARGO_PKG_VERSION").to_owned()
+                ),
+                ("deployment.environment".to_owned(), "prod".to_owned()),
+                ("team".to_owned(), "order ops".to_owned()),
+            ]
+        );
+        let named = traces(&[
+            base,
+            ("OTEL_SERVICE_NAME", "fulfilld-eu"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.name=loses,service.version=9",
+            ),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            named.resource,
+            [
+                ("service.name".to_owned(), "fulfilld-eu".to_owned()),
+                ("service.version".to_owned(), "9".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_bad_trace_setting_is_named() {
+        let err = traces(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "ok=1,novalue"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "10"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "20"),
+        ])
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT: ",
+            "OTEL_EXPORTER_OTLP_PROTOCOL: expected http/protobuf or grpc, got `carrier-pigeon`",
+            "OTEL_RESOURCE_ATTRIBUTES: expected key=value pairs",
+            "`novalue`",
+            "OTEL_EXPORTER_OTLP_TIMEOUT: expected a positive whole number, got `soon`",
+            "OTEL_BSP_SCHEDULE_DELAY: expected a positive whole number, got `0`",
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE: must be at most OTEL_BSP_MAX_QUEUE_SIZE (10), got 20",
+        ] {
+            assert!(err.contains(expected), "{expected} missing from: {err}");
+        }
+        let err = traces(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://collector/"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: expected an http(s) URL"),
+            "{err}"
+        );
+        assert!(
+            err.contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: http/json is not supported"),
+            "{err}"
+        );
     }
 }

@@ -20,5 +20,6 @@ pub mod secret;
 pub mod services;
 pub mod settings;
 pub mod store;
+pub mod telemetry;
 pub mod testkit;
 pub mod whmcs;

@@ -294,8 +294,14 @@ enum ComponentCommand {
 /// Logging for a command: `FULFILLD_LOG` (or `RUST_LOG`) overrides `default` with the usual filter
 /// syntax; `FULFILLD_LOG_FORMAT=json` writes JSON lines. Colour codes only when stderr is a
 /// terminal. With `file` (the demo), the `default` lines go to that file, without colour, and
-/// stderr gets only warnings unless `FULFILLD_LOG` asks for more there.
-fn init_tracing(default: &str, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+/// stderr gets only warnings unless `FULFILLD_LOG` asks for more there. With `traces` (the
+/// `OTEL_*` settings), spans are also exported, under a filter of their own (`telemetry`); the
+/// returned export is flushed when the command ends.
+fn init_tracing(
+    default: &str,
+    file: Option<&std::path::Path>,
+    traces: Option<&fulfilld::telemetry::TraceSettings>,
+) -> anyhow::Result<Option<fulfilld::telemetry::TraceExport>> {
     use std::io::IsTerminal as _;
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
@@ -321,7 +327,7 @@ fn init_tracing(default: &str, file: Option<&std::path::Path>) -> anyhow::Result
     };
     let stderr = || tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr);
     let ansi = std::io::stderr().is_terminal();
-    let layers: Vec<Boxed> = match file {
+    let mut layers: Vec<Boxed> = match file {
         None => vec![layer(
             stderr(),
             ansi,
@@ -347,8 +353,23 @@ fn init_tracing(default: &str, file: Option<&std::path::Path>) -> anyhow::Result
             ]
         }
     };
+    let export = match traces {
+        Some(settings) => {
+            let (layer, export) = fulfilld::telemetry::start(settings)?;
+            layers.push(layer);
+            Some(export)
+        }
+        None => None,
+    };
     tracing_subscriber::registry().with(layers).init();
-    Ok(())
+    if let Some(settings) = traces {
+        tracing::info!(
+            endpoint = %settings.endpoint,
+            protocol = ?settings.protocol,
+            "exporting traces (OpenTelemetry)"
+        );
+    }
+    Ok(export)
 }
 
 /// Where `fulfilld demo` writes the pipeline's log: beside its state directory (which it clears
@@ -668,11 +689,32 @@ async fn main() -> ExitCode {
         | Command::Doctor { .. } => "warn",
         _ => "warn,fulfilld=info,component=info",
     };
-    if let Err(error) = init_tracing(default_filter, log_file.as_deref()) {
-        let _ = writeln!(std::io::stderr(), "fulfilld: {error}");
-        return ExitCode::from(2);
+    // Traces are exported by the commands that run jobs, when OTEL_EXPORTER_OTLP_ENDPOINT (or
+    // the traces one) is set; a bad OTEL_* value stops them like any bad setting.
+    let traces = match &cli.command {
+        Command::Serve | Command::Fulfill { .. } => match fulfilld::config::traces_from_env() {
+            Ok(traces) => traces,
+            Err(error) => {
+                let _ = writeln!(std::io::stderr(), "fulfilld: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    let export = match init_tracing(default_filter, log_file.as_deref(), traces.as_ref()) {
+        Ok(export) => export,
+        Err(error) => {
+            let error = fulfilld::error::chain(error.as_ref());
+            let _ = writeln!(std::io::stderr(), "fulfilld: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = run(cli.command).await;
+    // After serve's graceful stop (or fulfill's one job): the spans still held go out now.
+    if let Some(export) = export {
+        export.flush().await;
     }
-    match run(cli.command).await {
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {

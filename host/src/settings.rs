@@ -339,6 +339,66 @@ pub const SETTINGS: &[(&str, &[Setting])] = &[
                 "text",
                 "json: one JSON object per line",
             ),
+            s(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "-",
+                "OTLP collector base URL; set, traces are exported (one per Order)",
+            ),
+            s(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "-",
+                "the full traces URL, used as is; wins over OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            s(
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                "http/protobuf",
+                "http/protobuf or grpc",
+            ),
+            s(
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                "http/protobuf",
+                "the same for traces; wins",
+            ),
+            s(
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+                "10000",
+                "milliseconds one export may take",
+            ),
+            s(
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                "10000",
+                "the same for traces; wins",
+            ),
+            s(
+                "OTEL_SERVICE_NAME",
+                "fulfilld",
+                "the service.name resource attribute",
+            ),
+            s(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "-",
+                "more resource attributes, key=value,key=value",
+            ),
+            s(
+                "OTEL_BSP_SCHEDULE_DELAY",
+                "5000",
+                "milliseconds finished spans wait before a batch is sent",
+            ),
+            s(
+                "OTEL_BSP_MAX_QUEUE_SIZE",
+                "2048",
+                "finished spans held for export",
+            ),
+            s(
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                "512",
+                "spans per export request",
+            ),
+            s(
+                "OTEL_SDK_DISABLED",
+                "false",
+                "true turns export off even with an endpoint set",
+            ),
         ],
     ),
     (
@@ -383,7 +443,7 @@ mod tests {
     fn quoted_settings(source: &str) -> std::collections::BTreeSet<String> {
         let mut found = std::collections::BTreeSet::new();
         for piece in source.split('"').skip(1).step_by(2) {
-            let is_setting = ["FULFILLD_", "SF_", "WHMCS_", "REDIS_", "PORTAL_"]
+            let is_setting = ["FULFILLD_", "SF_", "WHMCS_", "REDIS_", "PORTAL_", "OTEL_"]
                 .iter()
                 .any(|p| piece.starts_with(p))
                 && piece.len() > 6

@@ -15,6 +15,11 @@ pub struct Event {
     /// `CreatedDate`, ms since the Unix epoch.
     pub created_date: i64,
     pub payload: Map<String, Value>,
+    /// The W3C `traceparent` of the leader's `ingest_event` span, stored with the job so its run
+    /// joins the Order's trace (`telemetry`). Only when traces are exported; never handed to the
+    /// component. Read back from the store, so it is checked before use, never trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 impl Event {
@@ -31,6 +36,7 @@ impl Event {
             channel: channel.to_owned(),
             created_date: now_ms,
             payload,
+            trace_parent: None,
         }
     }
 

@@ -20,6 +20,9 @@ use crate::store::{
     IngestBatch, JournalEntry, JournalEvent, Lease, NewDeadLetter, NewJob, StoreError,
 };
 
+/// The span the leader opens for each event it enqueues: the root of the Order's trace.
+const INGEST_SPAN: &str = "ingest_event";
+
 /// At most this many stream items go into one store write.
 const MAX_INGEST_BATCH: usize = 100;
 
@@ -230,13 +233,31 @@ impl Ingestor {
         let shared = Arc::clone(&self.shared);
         let mut batch = IngestBatch::default();
         let mut orders: HashMap<String, (String, String)> = HashMap::new();
+        // One `ingest_event` span per EventUuid, the root of that Order's trace: it lasts until
+        // the batch is written, and its `traceparent` travels in the job (`domain::Event`).
+        let mut spans: HashMap<String, tracing::Span> = HashMap::new();
         for item in items {
             match item {
-                Delivery::Event(received) => {
+                Delivery::Event(mut received) => {
                     shared
                         .metrics
                         .events_received
                         .fetch_add(1, Ordering::Relaxed);
+                    if !received.event.event_uuid.trim().is_empty() {
+                        let event = &received.event;
+                        let span = spans.entry(event.event_uuid.clone()).or_insert_with(|| {
+                            tracing::info_span!(
+                                parent: None,
+                                INGEST_SPAN,
+                                order_id = event.order_id().unwrap_or(""),
+                                event_uuid = %event.event_uuid,
+                                replay_id = %received.replay_id,
+                                channel = %shared.channel,
+                                outcome = tracing::field::Empty,
+                            )
+                        });
+                        received.event.trace_parent = crate::telemetry::traceparent(span);
+                    }
                     let payload = match serde_json::to_vec(&received.event) {
                         Ok(payload) => payload,
                         Err(err) => {
@@ -351,6 +372,9 @@ impl Ingestor {
                         m.cursor_commits.fetch_add(1, Ordering::Relaxed);
                     }
                     for uuid in &report.enqueued {
+                        if let Some(span) = spans.get(uuid) {
+                            span.record("outcome", "enqueued");
+                        }
                         let (order_id, replay_id) = orders
                             .get(uuid)
                             .map_or(("", ""), |(o, r)| (o.as_str(), r.as_str()));
@@ -363,6 +387,9 @@ impl Ingestor {
                         );
                     }
                     for uuid in &report.duplicates {
+                        if let Some(span) = spans.get(uuid) {
+                            span.record("outcome", "duplicate");
+                        }
                         let (order_id, replay_id) = orders
                             .get(uuid)
                             .map_or(("", ""), |(o, r)| (o.as_str(), r.as_str()));

@@ -97,6 +97,9 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
         component = %version,
         delivery = job.deliveries,
     );
+    // The Order's trace: the leader's `ingest_event` span is the parent (a reclaimed or requeued
+    // job carries the same one); none, or a malformed one, and the job is a trace of its own.
+    crate::telemetry::adopt_parent(&span, event.trace_parent.as_deref());
     let run_span = span.clone();
     let order = (!order_id.is_empty()).then_some(order_id.as_str());
     async {

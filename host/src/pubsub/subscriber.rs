@@ -829,6 +829,7 @@ impl Worker {
                         channel: self.opts.channel.clone(),
                         created_date,
                         payload,
+                        trace_parent: None,
                     },
                     replay_id,
                 }))

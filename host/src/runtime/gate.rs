@@ -275,7 +275,14 @@ impl Gate {
         F: FnOnce(Arc<dyn Services>) -> Fut,
         Fut: Future<Output = Result<T, CallError>>,
     {
-        let span = tracing::debug_span!("host_call", op, target = %target);
+        // DEBUG for the log; exported as a trace span whatever the log level (`telemetry`).
+        let span = tracing::debug_span!(
+            "host_call",
+            op,
+            target = %target,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         let timeout = self.call_timeout;
         let started = std::time::Instant::now();
         let result = async {
@@ -287,8 +294,14 @@ impl Gate {
                 ))),
             }
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await;
+        match &result {
+            Ok(_) => span.record("outcome", "ok"),
+            Err(error) => span
+                .record("outcome", error.kind.as_str())
+                .record("otel.status_code", "error"),
+        };
         if let Err(error) = &result {
             tracing::debug!(op, target = %target, kind = %error.kind, code = %error.code, "host call failed: {}", error.message);
         }

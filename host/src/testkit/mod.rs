@@ -451,6 +451,7 @@ pub fn order_event(order_id: &str) -> Event {
         channel: "/event/OrderProvisionRequested__e".into(),
         created_date: DEFAULT_NOW_MS,
         payload,
+        trace_parent: None,
     }
 }
 

@@ -519,6 +519,7 @@ pub async fn run_scenario(kit: &TestKit, scenario: &Scenario) -> ScenarioResult 
             channel: "/event/OrderProvisionRequested__e".into(),
             created_date: host_now(&host),
             payload: run.event.clone(),
+            trace_parent: None,
         };
         let report = kit
             .fulfill_delivery(&host, &event, run.delivery.unwrap_or(1).max(1))

@@ -648,13 +648,29 @@ impl ServeProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.child.id().to_string())
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// Waits for the process to end; panics with its log after `limit`.
+    pub(crate) async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "still running after {limit:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn kill9(&mut self) {
@@ -1389,18 +1405,7 @@ async fn sigterm_finishes_the_job_in_flight_releases_the_lease_and_exits_zero() 
     })
     .await;
     serve.signal("TERM");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = serve.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "still running:\n{}",
-            serve.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = serve.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}\n{}", serve.log_text());
     assert_eq!(
         rig.status(&orders[0]).0,
