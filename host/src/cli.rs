@@ -783,6 +783,7 @@ fn describe_entry(event: &crate::store::JournalEvent) -> String {
             code,
             request,
             answer,
+            ..
         } => {
             let what = if interface == "billing" {
                 format!("billing {action}")

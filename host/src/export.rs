@@ -239,6 +239,7 @@ impl RecordedCall<'_> {
             request: None,
             result: Ok(Value::Null),
             duration_ms: 0,
+            at_ms: 0,
         })
     }
 
@@ -295,15 +296,25 @@ fn last_run(job: &JobView) -> Result<LastRun<'_>, ExportError> {
     }) {
         return Err(no_outcome(format!("ended in the dead letters ({reason})")));
     }
-    let calls: Vec<RecordedCall> = rest.iter().filter_map(recorded_call).collect();
+    // Only this delivery's calls: a run that was reclaimed may still have journaled its own
+    // calls after the next run's claim (0: a call journaled before deliveries were kept).
+    let calls: Vec<RecordedCall> = rest
+        .iter()
+        .filter(|entry| match &entry.event {
+            JournalEvent::Call { delivery: d, .. } => *d == 0 || d == delivery,
+            _ => true,
+        })
+        .filter_map(recorded_call)
+        .collect();
     let finished = rest.iter().rev().find_map(|entry| match &entry.event {
         JournalEvent::Finished {
             outcome,
             code,
             message,
             component,
+            delivery: d,
             ..
-        } => Some((outcome, code, message, component)),
+        } if d == delivery => Some((outcome, code, message, component)),
         _ => None,
     });
     let Some((outcome, code, message, component)) = finished else {
@@ -1992,6 +2003,7 @@ mod tests {
             code: None,
             request: None,
             answer,
+            delivery: 0,
         }
     }
 
@@ -2005,6 +2017,7 @@ mod tests {
             code: None,
             request: Some(fields),
             answer: None,
+            delivery: 0,
         }
     }
 
@@ -2022,6 +2035,7 @@ mod tests {
             code,
             request: Some(params),
             answer,
+            delivery: 0,
         }
     }
 
@@ -2044,6 +2058,7 @@ mod tests {
                 code: Some(failed_code.into()),
                 request,
                 answer: None,
+                delivery: 0,
             },
             other => other,
         }
@@ -2077,6 +2092,25 @@ mod tests {
                 },
             ),
         ];
+        // The end entries are this run's: a `finished` carries its delivery.
+        let end = end.into_iter().map(|e| match e {
+            JournalEvent::Finished {
+                outcome,
+                code,
+                message,
+                component,
+                elapsed_ms,
+                ..
+            } => JournalEvent::Finished {
+                delivery,
+                outcome,
+                code,
+                message,
+                component,
+                elapsed_ms,
+            },
+            other => other,
+        });
         journal.extend(calls.into_iter().chain(end).map(|e| entry(T0 + 1000, e)));
         JobView {
             event_uuid: UUID.into(),
@@ -2388,6 +2422,7 @@ mod tests {
                 code: Some("FORBIDDEN".into()),
                 request: Some(json!({"Name": "x"})),
                 answer: None,
+                delivery: 0,
             },
             failing(
                 update(json!({"Activation_Status__c": "Failed"})),
@@ -2520,6 +2555,7 @@ mod tests {
                     code,
                     request: None,
                     answer: None,
+                    delivery: 0,
                 },
                 other => other,
             })
@@ -2577,6 +2613,69 @@ mod tests {
         assert_eq!(run.expect.code.as_deref(), Some("WHMCS_ERROR"));
         assert_eq!(Expectation::default_for("failed"), Expectation::Completed);
         assert_eq!(Expectation::default_for("completed"), Expectation::Recorded);
+    }
+
+    #[test]
+    fn a_reclaimed_runs_late_calls_are_not_mixed_into_the_next_run() {
+        let (org, _) = production();
+        let mut view = job(
+            2,
+            vec![with_delivery(
+                query(&order_soql(), Some(org.query(&order_soql()).unwrap())),
+                2,
+            )],
+            vec![finished("completed", None, "done")],
+        );
+        // The first run's worker journaled its calls (and its end) after the second run's claim.
+        view.journal.push(entry(
+            T0 + 2000,
+            with_delivery(
+                billing(
+                    "AddOrder",
+                    json!({"clientid": 42}),
+                    Ok(json!({"orderid": 7})),
+                ),
+                1,
+            ),
+        ));
+        let text = scenario_from_job(&view, &config(), Expectation::Recorded).unwrap();
+        let scenario = Scenario::parse(&text).unwrap();
+        assert_eq!(
+            scenario.runs[0].expect.calls.as_ref().unwrap(),
+            &["salesforce.query Order".to_owned()],
+            "{text}"
+        );
+        assert_eq!(
+            scenario.whmcs.next_order_id, None,
+            "the late AddOrder seeds nothing"
+        );
+    }
+
+    fn with_delivery(call: JournalEvent, run: u32) -> JournalEvent {
+        match call {
+            JournalEvent::Call {
+                interface,
+                action,
+                target,
+                duration_ms,
+                outcome,
+                code,
+                request,
+                answer,
+                ..
+            } => JournalEvent::Call {
+                interface,
+                action,
+                target,
+                duration_ms,
+                outcome,
+                code,
+                request,
+                answer,
+                delivery: run,
+            },
+            other => other,
+        }
     }
 
     #[test]

@@ -92,6 +92,7 @@ async fn bounded(
 pub(crate) fn routes(shared: &Arc<Shared>) -> Option<Router<Arc<Shared>>> {
     let token = shared.serve.admin_token.clone()?;
     let token = Arc::new(token);
+    let loopback = shared.serve.admin_addr.ip().is_loopback();
     Some(
         Router::new()
             .route("/", get(console::root))
@@ -117,7 +118,7 @@ pub(crate) fn routes(shared: &Arc<Shared>) -> Option<Router<Arc<Shared>>> {
             ))
             .layer(middleware::from_fn(move |request: Request, next: Next| {
                 let token = Arc::clone(&token);
-                async move { authorize(&token, request, next).await }
+                async move { authorize(&token, loopback, request, next).await }
             })),
     )
 }
@@ -125,7 +126,17 @@ pub(crate) fn routes(shared: &Arc<Shared>) -> Option<Router<Arc<Shared>>> {
 /// Reads (`GET`, `HEAD`) without credentials pass; anything else, and any request that
 /// presents credentials, needs the right token (a wrong token is refused even on a read, so a
 /// client with a stale token finds out).
-async fn authorize(token: &Secret, request: Request, next: Next) -> Response {
+async fn authorize(token: &Secret, loopback: bool, request: Request, next: Next) -> Response {
+    // On a loopback listener only loopback names are served: a page elsewhere that rebinds its
+    // own host name to 127.0.0.1 (DNS rebinding) cannot read the console through a browser.
+    if loopback && !is_loopback_host(request.headers()) {
+        tracing::warn!(path = %request.uri().path(), "admin API call refused: Host is not a loopback name");
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this admin listener answers only to localhost, 127.0.0.1 or [::1] (it listens on \
+             loopback; FULFILLD_ADMIN_ADDR)",
+        );
+    }
     let presented = request.headers().get(header::AUTHORIZATION);
     if presented.is_none() && matches!(*request.method(), Method::GET | Method::HEAD) {
         return next.run(request).await;
@@ -143,6 +154,25 @@ async fn authorize(token: &Secret, request: Request, next: Next) -> Response {
             "missing or wrong bearer token (Authorization: Bearer <FULFILLD_ADMIN_TOKEN>)",
         )
     }
+}
+
+/// Whether the request's `Host` names this machine's loopback (`localhost`, `127.0.0.1`, `[::1]`,
+/// with or without a port). A request without `Host` (HTTP/1.0) is served.
+fn is_loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Compares the sha256 digests of both sides with a branch-free fold, so neither the content nor
@@ -352,7 +382,38 @@ async fn rollback(State(shared): State<Arc<Shared>>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::*;
+
+    #[test]
+    fn only_loopback_host_names_pass_on_a_loopback_listener() {
+        use axum::http::HeaderValue;
+        let with = |host: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            is_loopback_host(&headers)
+        };
+        for host in [
+            "localhost",
+            "localhost:8081",
+            "127.0.0.1:8081",
+            "127.0.0.2",
+            "[::1]:8081",
+            "[::1]",
+            "LOCALHOST",
+        ] {
+            assert!(with(host), "{host}");
+        }
+        for host in [
+            "attacker.example",
+            "attacker.example:8081",
+            "10.0.0.5:8081",
+            "localhost.attacker.example",
+            "[2001:db8::1]:8081",
+        ] {
+            assert!(!with(host), "{host}");
+        }
+        assert!(is_loopback_host(&HeaderMap::new()));
+    }
 
     #[test]
     fn token_comparison() {

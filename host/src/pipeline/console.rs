@@ -2,7 +2,8 @@
 //! (`FULFILLD_ADMIN_ADDR`): `/console` (one page; its assets are embedded in the binary and it
 //! fetches nothing from elsewhere), and the JSON it reads: `GET /admin/overview`,
 //! `GET /admin/orders/<Order Id | EventUuid>`, `GET /admin/jobs?state=..`,
-//! `GET /admin/dead-letters`. Reads need no token; the one write here,
+//! `GET /admin/dead-letters`. Reads need no token (captured call bodies are shown only with it);
+//! the one write here,
 //! `POST /admin/dead-letters/<id>/requeue`, needs the admin token like every other write
 //! ([`super::admin`]).
 
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -125,9 +126,21 @@ pub(crate) async fn overview(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// `GET /admin/orders/<id>`: every job of the Order (or of one EventUuid), newest first.
-pub(crate) async fn order(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+/// Captured request and answer bodies only for a caller that gave the token (the middleware has
+/// refused a wrong one): without it, the timeline without the bodies.
+pub(crate) async fn order(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let authorized = headers.contains_key(header::AUTHORIZATION);
     match bounded(super::journal::order_view(shared.store.as_ref(), &id)).await {
-        Ok(Some(view)) => axum::Json(view).into_response(),
+        Ok(Some(mut view)) => {
+            if !authorized {
+                view.strip_bodies();
+            }
+            axum::Json(view).into_response()
+        }
         Ok(None) => error(StatusCode::NOT_FOUND, super::journal::nothing_known(&id)),
         Err(response) => response,
     }
@@ -162,13 +175,13 @@ pub(crate) async fn jobs(
     }
 }
 
-/// `GET /admin/dead-letters?limit=N`: oldest first, without their payloads.
+/// `GET /admin/dead-letters?limit=N`: newest first, without their payloads.
 pub(crate) async fn dead_letters(
     State(shared): State<Arc<Shared>>,
     Query(query): Query<ListQuery>,
 ) -> Response {
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_LIST);
-    match bounded(shared.store.dead_letters(&shared.channel, limit)).await {
+    match bounded(shared.store.recent_dead_letters(&shared.channel, limit)).await {
         Ok(letters) => {
             let listed: Vec<_> = letters
                 .iter()

@@ -19,15 +19,7 @@ use crate::store::{JobRecord, JournalEntry, JournalEvent, Store, StoreError};
 /// How long a journal write may take before it is given up (logged) so the job goes on.
 const WRITE_LIMIT: Duration = Duration::from_secs(2);
 
-/// The form an Order id is indexed and looked up in: its 18-character form when it is a record
-/// id, else as given (bounded).
-pub fn order_key(order_id: &str) -> Option<String> {
-    let id = order_id.trim();
-    if id.is_empty() || id.len() > 64 {
-        return None;
-    }
-    Some(crate::domain::record_id_18(id).unwrap_or_else(|| id.to_owned()))
-}
+pub use crate::store::journal::order_key;
 
 /// Appends `events` (written now, by `replica`) to the journal of `event_uuid` (indexed under
 /// `order_id`), logging a failure instead of returning it.
@@ -125,9 +117,14 @@ pub async fn requeue(
     Ok(job)
 }
 
-/// A call the component made, as a journal entry: bodies only when `capture`, redacted by
-/// `policy`.
-pub fn call_event(call: &CallRecord, capture: bool, policy: &CapabilityPolicy) -> JournalEvent {
+/// A call the component made on `delivery`, as a journal entry: bodies only when `capture`,
+/// redacted by `policy`.
+pub fn call_event(
+    call: &CallRecord,
+    delivery: u32,
+    capture: bool,
+    policy: &CapabilityPolicy,
+) -> JournalEvent {
     let (interface, action) = match call.op {
         "billing.call" => ("billing", call.target.as_str()),
         op => match op.split_once('.') {
@@ -158,6 +155,7 @@ pub fn call_event(call: &CallRecord, capture: bool, policy: &CapabilityPolicy) -
         code,
         request: keep(call.request.as_ref()),
         answer: keep(call.result.as_ref().ok().filter(|v| !v.is_null())),
+        delivery,
     }
 }
 
@@ -190,6 +188,23 @@ pub fn nothing_known(id: &str) -> String {
          FULFILLD_JOURNAL_RETENTION_HOURS after their last step)",
         crate::domain::clip(id, 128)
     )
+}
+
+impl OrderView {
+    /// Drops every captured request and answer (for a caller without the admin token).
+    pub fn strip_bodies(&mut self) {
+        for job in &mut self.jobs {
+            for entry in &mut job.journal {
+                if let JournalEvent::Call {
+                    request, answer, ..
+                } = &mut entry.event
+                {
+                    *request = None;
+                    *answer = None;
+                }
+            }
+        }
+    }
 }
 
 /// The jobs of the Order `id` names, or of the job whose EventUuid it is. `None` when nothing

@@ -11,7 +11,9 @@ use super::Shared;
 use crate::domain::Event;
 use crate::error::chain;
 use crate::runtime::{Disposition, FailureSource, LoadedComponent, Recording, RunKind, RunOptions};
-use crate::store::{ClaimOptions, Job, JobRecord, JournalEvent, StoreError};
+use crate::store::{
+    ClaimJournal, ClaimOptions, Job, JobRecord, JournalEntry, JournalEvent, StoreError,
+};
 
 /// How long a claim waits for work before checking for shutdown.
 const CLAIM_BLOCK: Duration = Duration::from_millis(500);
@@ -24,6 +26,10 @@ pub(crate) async fn run(shared: Arc<Shared>, index: usize, mut shutdown: watch::
         block: CLAIM_BLOCK,
         min_idle: shared.serve.reclaim_after,
         max_deliveries: shared.serve.max_deliveries,
+        journal: Some(ClaimJournal {
+            replica: shared.serve.replica_id.clone(),
+            retention: shared.serve.journal_retention,
+        }),
     };
     let mut failing = false;
     shared.metrics.progressed();
@@ -169,12 +175,23 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
         shared.metrics.job_run_time.observe(report.elapsed);
         shared.metrics.job_cpu_time.observe(report.cpu);
         let policy = component.policy();
-        let mut entries: Vec<JournalEvent> = report
+        // Each call at the time it ended; the run's end (below) at the time it is written.
+        let calls: Vec<JournalEntry> = report
             .journal
             .iter()
             .flat_map(|journal| &journal.calls)
-            .map(|call| super::journal::call_event(call, shared.serve.journal_capture, policy))
+            .map(|call| JournalEntry {
+                at_ms: call.at_ms,
+                replica: shared.serve.replica_id.clone(),
+                event: super::journal::call_event(
+                    call,
+                    job.deliveries,
+                    shared.serve.journal_capture,
+                    policy,
+                ),
+            })
             .collect();
+        let mut entries: Vec<JournalEvent> = Vec::new();
         let elapsed_ms = u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX);
         let mut finished = |outcome: &str, code: Option<&str>, message: &str| {
             entries.push(JournalEvent::Finished {
@@ -209,7 +226,7 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
                 mark_failed(shared, &order_id, failure).await;
                 dead_letter(shared, &job, &reason, &failure.code, &version).await;
                 entries.push(JournalEvent::DeadLettered { reason });
-                shared.journal(&job.event_uuid, order, entries).await;
+                journal_run(shared, &job, order, calls, entries).await;
                 return;
             }
             Err(failure) => {
@@ -218,7 +235,7 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
                 tracing::warn!(code = %failure.code, detail = %failure.message, "job not run; it will be retried after the reclaim time");
                 shared.metrics.jobs_abandoned.fetch_add(1, Ordering::Relaxed);
                 finished("abandoned", Some(&failure.code), &failure.message);
-                shared.journal(&job.event_uuid, order, entries).await;
+                journal_run(shared, &job, order, calls, entries).await;
                 // Do not race through the queue while the host cannot run jobs: each job taken
                 // now would only use up one of its deliveries.
                 let pause = HOST_FAILURE_PAUSE.min(shared.serve.reclaim_after);
@@ -238,13 +255,24 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
             deliveries: job.deliveries,
             finished_at_ms: crate::domain::now_ms(),
         };
-        finished(outcome, code.as_deref(), &record.message);
-        shared.journal(&job.event_uuid, order, entries).await;
-        if write_with_retry(shared, "record the job's outcome", || {
+        let recorded = write_with_retry(shared, "record the job's outcome", || {
             shared.store.complete(&job, record.clone())
         })
-        .await
-        {
+        .await;
+        // The journal says what was recorded: an outcome the store never took (shutdown, or
+        // the job was reclaimed meanwhile) is no outcome; the job runs again.
+        if recorded {
+            finished(outcome, code.as_deref(), &record.message);
+        } else {
+            let message = format!(
+                "ended {outcome} but the outcome could not be recorded (shutdown, or the job was \
+                 handed to another worker): {}",
+                record.message
+            );
+            finished("abandoned", code.as_deref(), &message);
+        }
+        journal_run(shared, &job, order, calls, entries).await;
+        if recorded {
             shared
                 .metrics
                 .job_finished(outcome, code.as_deref().unwrap_or(""), &version);
@@ -252,6 +280,28 @@ async fn process(shared: &Arc<Shared>, consumer: &str, job: Job) {
         }
     }
     .instrument(span)
+    .await;
+}
+
+/// Journals a run: its calls (each stamped when it ended), then how it ended (stamped now).
+async fn journal_run(
+    shared: &Shared,
+    job: &Job,
+    order: Option<&str>,
+    mut calls: Vec<JournalEntry>,
+    end: Vec<JournalEvent>,
+) {
+    calls.extend(
+        end.into_iter()
+            .map(|event| JournalEntry::new(&shared.serve.replica_id, event)),
+    );
+    super::journal::append_entries(
+        shared.store.as_ref(),
+        &job.event_uuid,
+        order,
+        calls,
+        shared.serve.journal_retention,
+    )
     .await;
 }
 

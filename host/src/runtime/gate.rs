@@ -75,6 +75,8 @@ pub struct CallRecord {
     pub result: Result<Value, CallError>,
     /// How long the call took (0 for a call refused before it was sent).
     pub duration_ms: u64,
+    /// When it ended, ms since the Unix epoch.
+    pub at_ms: i64,
 }
 
 /// One `log.emit` entry as the journal records it.
@@ -336,6 +338,7 @@ impl Gate {
                 request: if self.bodies { request } else { None },
                 result,
                 duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+                at_ms: crate::domain::now_ms(),
             });
         }
     }

@@ -57,24 +57,38 @@ pub struct CapabilityPolicy {
     pub redact: BTreeSet<String>,
 }
 
-/// Field names the job journal never keeps the values of: credentials and card data.
+/// Field names the job journal never keeps the values of: credentials and card data. A name is
+/// hidden when, lowercased and without `_` or `-`, it contains one of these fragments.
 pub const ALWAYS_REDACTED: &[&str] = &[
     "password",
-    "password2",
+    "passwd",
     "secret",
     "accesskey",
-    "identifier",
-    "api_key",
     "apikey",
     "token",
-    "access_token",
-    "refresh_token",
+    "identifier",
     "cardnum",
     "cardnumber",
-    "cardcvv",
+    "cardexp",
+    "expdate",
     "cvv",
-    "cccvv",
+    "ccv",
+    "cvc",
+    "iban",
+    "bankacct",
+    "bankaccount",
+    "bankcode",
+    "routingnumber",
+    "sortcode",
 ];
+
+/// `name` lowercased without `_` and `-`, as [`ALWAYS_REDACTED`] is matched.
+fn squashed(name: &str) -> String {
+    name.chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
 
 impl CapabilityPolicy {
     /// Replaces the values of redacted fields in `value` (see [`CapabilityPolicy::redact`]) with
@@ -83,8 +97,8 @@ impl CapabilityPolicy {
         match value {
             Value::Object(map) => {
                 for (key, item) in map.iter_mut() {
-                    let lower = key.to_ascii_lowercase();
-                    if ALWAYS_REDACTED.contains(&lower.as_str())
+                    let name = squashed(key);
+                    if ALWAYS_REDACTED.iter().any(|part| name.contains(part))
                         || self.redact.iter().any(|r| r.eq_ignore_ascii_case(key))
                     {
                         *item = Value::String("[redacted]".into());
@@ -508,7 +522,9 @@ mod tests {
             "clientid": 42,
             "Password2": "hunter2",
             "records": [{"Id": "801", "Phone": "+1 555", "Contact": {"Email": "a@b.c"}}],
-            "paymethods": [{"card_last_four": "4242", "cardnum": "4111111111111111"}],
+            "paymethods": [{"card_last_four": "4242", "cardnum": "4111111111111111",
+                "card_number": "4111", "bank_account": "DE89", "card-expiry": "12/30", "cardexp": "1230"}],
+            "access_token": "00D!x",
         });
         policy.redact_value(&mut value);
         assert_eq!(
@@ -517,7 +533,9 @@ mod tests {
                 "clientid": 42,
                 "Password2": "[redacted]",
                 "records": [{"Id": "801", "Phone": "[redacted]", "Contact": {"Email": "[redacted]"}}],
-                "paymethods": [{"card_last_four": "4242", "cardnum": "[redacted]"}],
+                "paymethods": [{"card_last_four": "4242", "cardnum": "[redacted]",
+                    "card_number": "[redacted]", "bank_account": "[redacted]", "card-expiry": "[redacted]", "cardexp": "[redacted]"}],
+                "access_token": "[redacted]",
             })
         );
     }

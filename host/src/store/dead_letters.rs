@@ -46,6 +46,14 @@ pub trait DeadLetters: Send + Sync {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<DeadLetter>, StoreError>>;
 
+    /// Dead letters of a channel, newest first, at most `limit` (the console and `jobs list
+    /// --state dead`: what just went wrong comes first however many there are).
+    fn recent_dead_letters<'a>(
+        &'a self,
+        channel: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<DeadLetter>, StoreError>>;
+
     /// One dead letter by id.
     fn dead_letter<'a>(
         &'a self,

@@ -18,8 +18,8 @@ use super::{DeadLetter, Store, StoreError};
 use crate::domain::Event;
 use crate::domain::clip_marked;
 
-/// Entries kept per job; later ones are dropped (a job that is handed out this often is
-/// dead-lettered long before).
+/// Entries kept per job: past it the oldest are dropped, the newest kept (a job that is handed
+/// out this often is dead-lettered long before).
 pub const MAX_ENTRIES_PER_JOB: usize = 1000;
 
 /// Jobs an Order's index keeps, newest first.
@@ -71,6 +71,9 @@ pub enum JournalEvent {
         /// The answer, when capture is on and the call succeeded; redacted.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         answer: Option<Value>,
+        /// The delivery whose run made the call (0: not known).
+        #[serde(default)]
+        delivery: u32,
     },
     /// The run ended with an outcome the host recorded (`completed`, `skipped`, `failed`), or
     /// without one (`abandoned`: the host could not run it or the claim was lost; it is handed
@@ -262,6 +265,56 @@ pub struct ListedJob {
     pub dead_letter_id: Option<String>,
 }
 
+/// The form an Order id is indexed and looked up in: its 18-character form when it is a record
+/// id, else as given; `None` for an empty or over-long one.
+pub fn order_key(order_id: &str) -> Option<String> {
+    let id = order_id.trim();
+    if id.is_empty() || id.len() > 64 {
+        return None;
+    }
+    Some(crate::domain::record_id_18(id).unwrap_or_else(|| id.to_owned()))
+}
+
+/// Notes in its journal a job a claim moved to the dead letters (a job handed out too often),
+/// logging a failure instead of returning it (the journal is best effort).
+pub(crate) async fn note_dead_lettered(
+    store: &dyn Journal,
+    journal: &super::ClaimJournal,
+    event_uuid: &str,
+    payload: &[u8],
+    reason: &str,
+) {
+    if event_uuid.is_empty() {
+        return;
+    }
+    let order = order_id_of(payload).as_deref().and_then(order_key);
+    let entry = JournalEntry::new(
+        &journal.replica,
+        JournalEvent::DeadLettered {
+            reason: reason.to_owned(),
+        },
+    )
+    .bounded();
+    let write = store.append_journal(
+        event_uuid,
+        order.as_deref(),
+        std::slice::from_ref(&entry),
+        journal.retention,
+    );
+    match tokio::time::timeout(Duration::from_secs(2), write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(event_uuid, error = %crate::error::chain(&err), "cannot write the job journal; the job goes on without these entries");
+        }
+        Err(_) => {
+            tracing::warn!(
+                event_uuid,
+                "the job journal write took too long; the job goes on without these entries"
+            );
+        }
+    }
+}
+
 /// The Order a job's payload names, when the payload is an event that names one.
 fn order_id_of(payload: &[u8]) -> Option<String> {
     serde_json::from_slice::<Event>(payload)
@@ -387,17 +440,14 @@ pub async fn list_jobs(
             }
             Ok(jobs)
         }
-        JobState::Dead => {
-            let mut letters = store.dead_letters(channel, MAX_DEAD_LISTED).await?;
-            letters.reverse();
-            letters.truncate(limit);
-            Ok(letters.iter().map(ListedJob::from_dead_letter).collect())
-        }
+        JobState::Dead => Ok(store
+            .recent_dead_letters(channel, limit)
+            .await?
+            .iter()
+            .map(ListedJob::from_dead_letter)
+            .collect()),
     }
 }
-
-/// Dead letters read to list the newest (they are read oldest first).
-const MAX_DEAD_LISTED: usize = 10_000;
 
 #[cfg(test)]
 mod tests {
@@ -447,6 +497,7 @@ mod tests {
             code: None,
             request: None,
             answer: None,
+            delivery: 1,
         });
         let finished = |outcome: &str| {
             entry(JournalEvent::Finished {
@@ -485,6 +536,7 @@ mod tests {
             code: Some(big.clone()),
             request: Some(Value::String(big.repeat(10))),
             answer: Some(serde_json::json!({"ok": true})),
+            delivery: 1,
         })
         .bounded();
         let JournalEvent::Call {

@@ -50,7 +50,7 @@ pub use self::cursor_lease::{
 pub use self::dead_letters::{DeadLetter, DeadLetterKind, DeadLetters};
 pub use self::error::{Detail, StoreError};
 pub use self::journal::{JobState, Journal, JournalEntry, JournalEvent, ListedJob, list_jobs};
-pub use self::queue::{ClaimOptions, Job, JobQueue, JobRecord};
+pub use self::queue::{ClaimJournal, ClaimOptions, Job, JobQueue, JobRecord};
 use crate::holds::HoldBackend;
 
 /// Which backend a store is.

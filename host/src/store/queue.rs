@@ -56,6 +56,15 @@ pub struct ClaimOptions {
     pub min_idle: Duration,
     /// A job that would be handed out more often than this is dead-lettered instead.
     pub max_deliveries: u32,
+    /// Where a job the claim dead-letters is noted in its journal (`None`: not noted).
+    pub journal: Option<ClaimJournal>,
+}
+
+/// Who notes the jobs a claim dead-letters in their journals, and for how long they are kept.
+#[derive(Debug, Clone)]
+pub struct ClaimJournal {
+    pub replica: String,
+    pub retention: Duration,
 }
 
 /// The jobs [`super::CursorLease::ingest`] enqueued, handed to workers.

@@ -1033,6 +1033,7 @@ mod tests {
             request: Some(params),
             result: Ok(Value::Null),
             duration_ms: 0,
+            at_ms: 0,
         }
     }
 
@@ -1043,6 +1044,7 @@ mod tests {
             request: Some(fields),
             result: Ok(Value::Null),
             duration_ms: 0,
+            at_ms: 0,
         }
     }
 

@@ -34,7 +34,12 @@ async fn the_console_in_a_real_browser_finds_an_order_and_requeues_a_dead_letter
     host.shutdown().await;
 
     // The default component, with the admin API (and the console) on.
-    let host = rig.host(&[("FULFILLD_ADMIN_TOKEN", TOKEN)]).await;
+    let host = rig
+        .host(&[
+            ("FULFILLD_ADMIN_TOKEN", TOKEN),
+            ("FULFILLD_JOURNAL_CAPTURE", "true"),
+        ])
+        .await;
     let ok_order = rig.orders(51, 1).remove(0);
     let (ok_uuid, _) = rig.publish(&ok_order);
     rig.wait_activated(std::slice::from_ref(&ok_order), Duration::from_secs(60))
@@ -124,6 +129,50 @@ async fn the_console_in_a_real_browser_finds_an_order_and_requeues_a_dead_letter
         .await
         .unwrap();
     assert_eq!(answer.status().as_u16(), 401);
+    // Captured bodies only with the token; the timeline without.
+    let order_url = format!("{base}/admin/orders/{ok_order}");
+    let anonymous: serde_json::Value = http
+        .get(&order_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let calls = |view: &serde_json::Value| -> Vec<serde_json::Value> {
+        view["jobs"][0]["journal"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == "call")
+            .cloned()
+            .collect()
+    };
+    assert!(!calls(&anonymous).is_empty());
+    assert!(
+        calls(&anonymous)
+            .iter()
+            .all(|c| c.get("answer").is_none() && c.get("request").is_none()),
+        "{anonymous:#}"
+    );
+    let with_token: serde_json::Value = http
+        .get(&order_url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(calls(&with_token).iter().any(|c| c.get("answer").is_some()));
+    // A page that rebinds its own name to 127.0.0.1 is not served (DNS rebinding).
+    let answer = http
+        .get(format!("{base}/admin/overview"))
+        .header("Host", format!("attacker.example:{}", admin.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 421);
 
     // What the browser did happened: the dead letter is gone, its job ran again and its
     // journal says it was requeued.

@@ -1204,6 +1204,33 @@ async fn a_job_that_keeps_killing_its_worker_ends_in_the_dead_letters() {
     rig.wait_activated(&orders, Duration::from_secs(30)).await;
     rig.assert_exactly_once(&orders);
     host.shutdown().await;
+    // The job's journal tells the story: claimed on each delivery, dead-lettered by the claim
+    // that found it delivered too often, requeued, run again.
+    let view = fulfilld::pipeline::journal::order_view(store.as_ref(), &orders[0])
+        .await
+        .unwrap()
+        .unwrap();
+    let events: Vec<&str> = view.jobs[0]
+        .journal
+        .iter()
+        .map(|e| match &e.event {
+            fulfilld::store::JournalEvent::Enqueued { .. } => "enqueued",
+            fulfilld::store::JournalEvent::Claimed { .. } => "claimed",
+            fulfilld::store::JournalEvent::DeadLettered { .. } => "dead_lettered",
+            fulfilld::store::JournalEvent::Requeued { .. } => "requeued",
+            fulfilld::store::JournalEvent::Finished { .. } => "finished",
+            _ => "other",
+        })
+        .filter(|e| *e != "other")
+        .collect();
+    let dead_at = events.iter().position(|e| *e == "dead_lettered");
+    let requeued_at = events.iter().position(|e| *e == "requeued");
+    assert!(
+        matches!((dead_at, requeued_at), (Some(d), Some(r)) if d < r),
+        "{events:?}"
+    );
+    assert_eq!(events.last(), Some(&"finished"), "{events:?}");
+    assert_eq!(view.jobs[0].state, "completed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1451,6 +1478,7 @@ async fn a_worker_whose_claim_was_taken_stops_before_provisioning() {
                 block: Duration::ZERO,
                 min_idle: Duration::from_millis(1),
                 max_deliveries: 10,
+                journal: None,
             },
         )
         .await

@@ -209,6 +209,7 @@ mod suite {
             block,
             min_idle,
             max_deliveries: 5,
+            journal: None,
         }
     }
 
@@ -765,6 +766,10 @@ mod suite {
         ingest_jobs(&store, &lease, &[&uuid]).await;
         let opts = |consumer: &str| ClaimOptions {
             max_deliveries: 2,
+            journal: Some(fulfilld::store::ClaimJournal {
+                replica: "r1".into(),
+                retention: LONG,
+            }),
             ..options(consumer, 1, Duration::ZERO, ms(300))
         };
 
@@ -795,6 +800,15 @@ mod suite {
             store.touch(&second[0], "w2").await,
             Err(StoreError::NotFound(_))
         ));
+        // Its journal says where it went and why.
+        let journal = store.journal(&uuid).await.unwrap();
+        assert!(
+            journal.iter().any(|e| matches!(
+                &e.event,
+                fulfilld::store::JournalEvent::DeadLettered { reason } if reason.contains("delivered 2 times")
+            )),
+            "{journal:?}"
+        );
     }
 
     pub async fn complete_records_and_removes(h: &Harness) {
@@ -1443,6 +1457,26 @@ mod suite {
         assert_eq!(dead[0].event_uuid, claimed_jobs[2].event_uuid);
         assert!(dead[0].dead_letter_id.is_some());
         assert_eq!(dead[0].message.as_deref(), Some("COMPONENT_TRAP: boom"));
+        // Newest first, and the limit keeps the newest.
+        let fourth = store.claim(&channel, &quick("w2", 1)).await.unwrap();
+        assert_eq!(fourth[0].event_uuid, ids[3]);
+        store
+            .dead_letter_job(&fourth[0], "COMPONENT_TIMEOUT: slow")
+            .await
+            .unwrap();
+        let dead = list_jobs(store.as_ref(), &channel, JobState::Dead, 10)
+            .await
+            .unwrap();
+        let order: Vec<&str> = dead.iter().map(|j| j.event_uuid.as_str()).collect();
+        assert_eq!(
+            order,
+            [ids[3].as_str(), claimed_jobs[2].event_uuid.as_str()]
+        );
+        let newest = list_jobs(store.as_ref(), &channel, JobState::Dead, 1)
+            .await
+            .unwrap();
+        assert_eq!(newest.len(), 1);
+        assert_eq!(newest[0].event_uuid, ids[3]);
         // A completed (not failed) job is in no listing.
         store
             .complete(&claimed_jobs[1], record_for(&claimed_jobs[1], "completed"))

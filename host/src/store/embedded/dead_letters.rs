@@ -29,6 +29,33 @@ impl DeadLetters for EmbeddedStore {
         .boxed()
     }
 
+    fn recent_dead_letters<'a>(
+        &'a self,
+        channel: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<DeadLetter>, StoreError>> {
+        let channel = channel.to_owned();
+        self.read("list recent dead letters", move |txn| {
+            let table = open_r(txn, DEAD)?;
+            let mut out = Vec::new();
+            for entry in table
+                .range((channel.as_str(), 0)..=(channel.as_str(), u64::MAX))
+                .context(|| format!("list the dead letters of channel {channel}"))?
+                .rev()
+                .take(limit.max(1))
+            {
+                let (key, _) =
+                    entry.context(|| format!("list the dead letters of channel {channel}"))?;
+                let id = key.value().1;
+                if let Some(dead) = load_dead(&table, &channel, id)? {
+                    out.push(dead.into_dead_letter(&channel, id));
+                }
+            }
+            Ok(out)
+        })
+        .boxed()
+    }
+
     fn dead_letter<'a>(
         &'a self,
         channel: &'a str,

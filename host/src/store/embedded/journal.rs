@@ -44,25 +44,46 @@ fn load_meta(txn: &WriteTransaction, uuid: &str) -> Result<Option<JournalJob>, S
     decode(bytes.value(), || format!("the journal of {uuid}")).map(Some)
 }
 
-/// Removes the journal of `uuid` and its Order index entry.
-fn remove_journal(txn: &WriteTransaction, uuid: &str) -> Result<(), StoreError> {
-    let Some(meta) = load_meta(txn, uuid)? else {
-        return Ok(());
+/// Removes the journal of `uuid`, its Order index entry and its expiry row `expiry` (also when
+/// the journal's own row is missing or unreadable, so a damaged row never stalls the purge).
+fn remove_journal(txn: &WriteTransaction, uuid: &str, expiry: i64) -> Result<(), StoreError> {
+    open_w(txn, JOURNAL_EXPIRY)?
+        .remove((expiry, uuid))
+        .context(|| format!("unindex the journal of {uuid}"))?;
+    let meta = match load_meta(txn, uuid) {
+        Ok(meta) => meta,
+        Err(err) => {
+            tracing::warn!(event_uuid = uuid, error = %crate::error::chain(&err), "an unreadable journal row is removed with its journal");
+            None
+        }
     };
+    let (first, next) = meta.as_ref().map_or((0, 0), |m| (m.first, m.next));
     let mut entries = open_w(txn, JOURNAL)?;
-    for n in meta.first..meta.next {
-        entries
-            .remove((uuid, n))
-            .context(|| format!("remove the journal of {uuid}"))?;
+    if meta.is_some() {
+        for n in first..next {
+            entries
+                .remove((uuid, n))
+                .context(|| format!("remove the journal of {uuid}"))?;
+        }
+    } else {
+        // Without its row the entry numbers are unknown: remove whatever is there.
+        let numbers: Vec<u64> = entries
+            .range((uuid, 0)..=(uuid, u64::MAX))
+            .context(|| format!("list the journal of {uuid}"))?
+            .filter_map(Result::ok)
+            .map(|(key, _)| key.value().1)
+            .collect();
+        for n in numbers {
+            entries
+                .remove((uuid, n))
+                .context(|| format!("remove the journal of {uuid}"))?;
+        }
     }
-    if let Some(order) = &meta.order_id {
+    if let Some(order) = meta.as_ref().and_then(|m| m.order_id.as_deref()) {
         open_w(txn, ORDER_JOBS)?
-            .remove((order.as_str(), uuid))
+            .remove((order, uuid))
             .context(|| format!("unindex the journal of {uuid}"))?;
     }
-    open_w(txn, JOURNAL_EXPIRY)?
-        .remove((meta.expires_at_ms, uuid))
-        .context(|| format!("unindex the journal of {uuid}"))?;
     open_w(txn, JOURNAL_JOBS)?
         .remove(uuid)
         .context(|| format!("remove the journal of {uuid}"))?;
@@ -71,20 +92,21 @@ fn remove_journal(txn: &WriteTransaction, uuid: &str) -> Result<(), StoreError> 
 
 /// Removes up to [`PURGE_PER_APPEND`] journals whose retention has passed.
 fn purge_expired(txn: &WriteTransaction, now: i64) -> Result<(), StoreError> {
-    let expired: Vec<String> = {
+    let expired: Vec<(i64, String)> = {
         let table = open_w(txn, JOURNAL_EXPIRY)?;
         let range = table
             .range((i64::MIN, "")..(now, ""))
             .context(|| "list expired journals".to_owned())?;
-        let mut uuids = Vec::new();
+        let mut found = Vec::new();
         for entry in range.take(PURGE_PER_APPEND) {
             let (key, _) = entry.context(|| "list expired journals".to_owned())?;
-            uuids.push(key.value().1.to_owned());
+            let (at, uuid) = key.value();
+            found.push((at, uuid.to_owned()));
         }
-        uuids
+        found
     };
-    for uuid in expired {
-        remove_journal(txn, &uuid)?;
+    for (at, uuid) in expired {
+        remove_journal(txn, &uuid, at)?;
     }
     Ok(())
 }
@@ -178,7 +200,8 @@ fn listed(channel: &str, id: u64, stored: &StoredJob) -> ListedJob {
     let mut line = ListedJob::from_job(&stored.to_job(channel, id));
     if stored.consumer.is_some() {
         line.worker = stored.consumer.clone();
-        line.idle_ms = Some(u64::try_from(now_ms() - stored.touched_at_ms).unwrap_or(0));
+        line.idle_ms =
+            Some(u64::try_from(now_ms().saturating_sub(stored.touched_at_ms)).unwrap_or(0));
     }
     line
 }
@@ -205,7 +228,8 @@ impl Journal for EmbeddedStore {
             }
             let now = now_ms();
             purge_expired(txn, now)?;
-            let mut meta = load_meta(txn, &uuid)?.unwrap_or_default();
+            // An unreadable row starts the journal afresh rather than refusing every append.
+            let mut meta = load_meta(txn, &uuid).ok().flatten().unwrap_or_default();
             {
                 let mut table = open_w(txn, JOURNAL)?;
                 for bytes in &encoded {
@@ -307,15 +331,21 @@ impl Journal for EmbeddedStore {
     fn failed_jobs<'a>(&'a self, limit: usize) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         self.read("list failed jobs", move |txn| {
             let table = open_r(txn, FAILED)?;
-            let mut uuids = Vec::new();
+            // A job that failed on two deliveries is indexed twice: listed once, at its latest.
+            let mut uuids: Vec<String> = Vec::new();
             for entry in table
                 .range::<(i64, &str)>(..)
                 .context(|| "list failed jobs".to_owned())?
                 .rev()
-                .take(limit)
             {
+                if uuids.len() >= limit {
+                    break;
+                }
                 let (key, _) = entry.context(|| "list failed jobs".to_owned())?;
-                uuids.push(key.value().1.to_owned());
+                let uuid = key.value().1;
+                if !uuids.iter().any(|u| u == uuid) {
+                    uuids.push(uuid.to_owned());
+                }
             }
             Ok(uuids)
         })

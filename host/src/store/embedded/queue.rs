@@ -13,6 +13,7 @@ use super::tables::{
     open_r, open_w, parse_id,
 };
 use crate::domain::now_ms;
+use crate::store::journal::note_dead_lettered;
 use crate::store::{
     ClaimOptions, DEDUPE_TTL, DeadLetterKind, Job, JobQueue, JobRecord, StoreError,
 };
@@ -26,9 +27,18 @@ impl EmbeddedStore {
         options: &ClaimOptions,
     ) -> Result<(Vec<Job>, Option<Duration>), StoreError> {
         let channel = channel.to_owned();
-        let options = options.clone();
-        self.write("claim jobs", move |txn| claim_in(txn, &channel, &options))
-            .await
+        let claim_options = options.clone();
+        let (jobs, next_idle, dead) = self
+            .write("claim jobs", move |txn| {
+                claim_in(txn, &channel, &claim_options)
+            })
+            .await?;
+        if let Some(journal) = &options.journal {
+            for (uuid, payload, reason) in dead {
+                note_dead_lettered(self, journal, &uuid, &payload, &reason).await;
+            }
+        }
+        Ok((jobs, next_idle))
     }
 
     async fn claim_impl(
@@ -66,14 +76,18 @@ impl EmbeddedStore {
     }
 }
 
+/// The jobs a claim dead-lettered: EventUuid, payload, reason.
+type DeadLettered = Vec<(String, Vec<u8>, String)>;
+
 fn claim_in(
     txn: &WriteTransaction,
     channel: &str,
     options: &ClaimOptions,
-) -> Result<(Vec<Job>, Option<Duration>), StoreError> {
+) -> Result<(Vec<Job>, Option<Duration>, DeadLettered), StoreError> {
     let now = now_ms();
     let min_idle = ms(options.min_idle);
     let mut out = Vec::new();
+    let mut dead = Vec::new();
     let mut next_idle: Option<i64> = None;
 
     // Claimed jobs idle for `min_idle`: dead letters past `max_deliveries`, else handed out again.
@@ -97,6 +111,7 @@ fn claim_in(
                 job.deliveries, options.max_deliveries
             );
             remove_job(txn, channel, id)?;
+            dead.push((job.event_uuid.clone(), job.payload.clone(), reason.clone()));
             let dead_id = add_dead(
                 txn,
                 channel,
@@ -155,7 +170,7 @@ fn claim_in(
     // Wake a millisecond after the first claimed job becomes reclaimable.
     let next_idle =
         next_idle.map(|left| Duration::from_millis(u64::try_from(left).unwrap_or(0) + 1));
-    Ok((out, next_idle))
+    Ok((out, next_idle, dead))
 }
 
 impl JobQueue for EmbeddedStore {

@@ -37,6 +37,32 @@ impl DeadLetters for RedisStore {
         .boxed()
     }
 
+    fn recent_dead_letters<'a>(
+        &'a self,
+        channel: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<DeadLetter>, StoreError>> {
+        async move {
+            let keys = self.keys(channel);
+            let value: Value = self
+                .query(
+                    redis::cmd("XREVRANGE")
+                        .arg(&keys.dead)
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(limit.max(1)),
+                    "XREVRANGE dead letters",
+                )
+                .await?;
+            Ok(array(value)
+                .into_iter()
+                .map(|entry| dead_letter_from_entry(channel, entry))
+                .collect())
+        }
+        .boxed()
+    }
+
     fn dead_letter<'a>(
         &'a self,
         channel: &'a str,

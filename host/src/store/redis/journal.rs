@@ -185,8 +185,10 @@ impl Journal for RedisStore {
             }
             let key = self.journal_key(event_uuid);
             let keep = ttl_ms(retention);
+            // Not a MULTI: the journal key and the Order's index live in different hash slots
+            // (Redis Cluster); each command is idempotent enough for a journal (a retry may add
+            // an entry twice, never lose the Order's index).
             let mut pipe = redis::pipe();
-            pipe.atomic();
             for entry in entries {
                 let json = serde_json::to_string(entry)
                     .map_err(|e| StoreError::Invalid(format!("journal entry: {e}")))?;

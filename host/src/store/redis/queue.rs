@@ -6,10 +6,11 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use redis::Value;
 
-use super::codec::{array, fields, int, job_from_fields, text, ttl_ms};
+use super::codec::{array, bytes, fields, int, job_from_fields, text, ttl_ms};
 use super::keys::{ChannelKeys, GROUP};
 use super::{RedisStore, unavailable};
 use crate::domain::now_ms;
+use crate::store::journal::note_dead_lettered;
 use crate::store::{ClaimOptions, DEDUPE_TTL, Detail, Job, JobQueue, JobRecord, StoreError};
 
 /// How many idle pending jobs one claim looks at (those past their delivery limit are all
@@ -44,9 +45,21 @@ impl RedisStore {
                 "reclaim jobs",
             )
             .await?;
-        // [[id, deliveries, [field, value, ...]], ...]
+        // [claimed, dead]: claimed = [[id, deliveries, [field, value, ...]], ...], dead =
+        // [[uuid, payload, reason], ...].
+        let mut parts = array(reply).into_iter();
+        let claimed = parts.next().map(array).unwrap_or_default();
+        if let Some(journal) = &options.journal {
+            for item in parts.next().map(array).unwrap_or_default() {
+                let mut dead = array(item).into_iter();
+                let uuid = dead.next().map(text).unwrap_or_default();
+                let payload = dead.next().map(bytes).unwrap_or_default();
+                let reason = dead.next().map(text).unwrap_or_default();
+                note_dead_lettered(self, journal, &uuid, &payload, &reason).await;
+            }
+        }
         let mut jobs = Vec::new();
-        for item in array(reply) {
+        for item in claimed {
             let mut parts = array(item).into_iter();
             let id = parts.next().map(text).unwrap_or_default();
             let deliveries = parts.next().as_ref().and_then(int).unwrap_or(1);

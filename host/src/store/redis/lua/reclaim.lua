@@ -2,10 +2,12 @@
 -- max_deliveries times already.
 -- KEYS[1] jobs, KEYS[2] dead.
 -- ARGV: consumer, min_idle_ms, max, max_deliveries, now ms, group, scan (pending entries looked at).
--- Returns {{id, deliveries, {field, value, ...}}, ...}.
+-- Returns {claimed, dead}: claimed = {{id, deliveries, {field, value, ...}}, ...}, dead = the
+-- jobs dead-lettered here, {{uuid, payload, reason}, ...} (for their journals).
 redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[6], '0', 'MKSTREAM')
 local max, maxd = tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
+local dead = {}
 local pending = redis.call('XPENDING', KEYS[1], ARGV[6], 'IDLE', ARGV[2], '-', '+', ARGV[7])
 for _, p in ipairs(pending) do
   local id, delivered = p[1], tonumber(p[4])
@@ -14,11 +16,12 @@ for _, p in ipairs(pending) do
     if entry then
       local f = {}
       for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
+      local reason = 'delivered ' .. delivered .. ' times without finishing (max ' .. maxd ..
+        '): its worker crashed or stalled each time'
       redis.call('XADD', KEYS[2], '*', 'kind', 'job', 'uuid', f['uuid'] or '',
         'replay', f['replay'] or '', 'payload', f['payload'] or '',
-        'reason', 'delivered ' .. delivered .. ' times without finishing (max ' .. maxd ..
-          '): its worker crashed or stalled each time',
-        'deliveries', delivered, 'dead', ARGV[5])
+        'reason', reason, 'deliveries', delivered, 'dead', ARGV[5])
+      dead[#dead + 1] = {f['uuid'] or '', f['payload'] or '', reason}
     end
     redis.call('XACK', KEYS[1], ARGV[6], id)
     redis.call('XDEL', KEYS[1], id)
@@ -29,4 +32,4 @@ for _, p in ipairs(pending) do
     end
   end
 end
-return out
+return {out, dead}
