@@ -2040,28 +2040,19 @@ mod tests {
     }
 
     /// `call` as it failed with `kind` / `code`.
-    fn failing(call: JournalEvent, kind: &str, failed_code: &str) -> JournalEvent {
-        match call {
-            JournalEvent::Call {
-                interface,
-                action,
-                target,
-                duration_ms,
-                request,
-                ..
-            } => JournalEvent::Call {
-                interface,
-                action,
-                target,
-                duration_ms,
-                outcome: kind.into(),
-                code: Some(failed_code.into()),
-                request,
-                answer: None,
-                delivery: 0,
-            },
-            other => other,
+    fn failing(mut call: JournalEvent, kind: &str, failed_code: &str) -> JournalEvent {
+        if let JournalEvent::Call {
+            outcome,
+            code,
+            answer,
+            ..
+        } = &mut call
+        {
+            *outcome = kind.into();
+            *code = Some(failed_code.into());
+            *answer = None;
         }
+        call
     }
 
     fn finished(outcome: &str, code: Option<&str>, message: &str) -> JournalEvent {
@@ -2537,27 +2528,15 @@ mod tests {
         // Capture off: no request, no answer.
         let calls: Vec<JournalEvent> = calls
             .into_iter()
-            .map(|call| match call {
-                JournalEvent::Call {
-                    interface,
-                    action,
-                    target,
-                    duration_ms,
-                    outcome,
-                    code,
-                    ..
-                } => JournalEvent::Call {
-                    interface,
-                    action,
-                    target,
-                    duration_ms,
-                    outcome,
-                    code,
-                    request: None,
-                    answer: None,
-                    delivery: 0,
-                },
-                other => other,
+            .map(|mut call| {
+                if let JournalEvent::Call {
+                    request, answer, ..
+                } = &mut call
+                {
+                    *request = None;
+                    *answer = None;
+                }
+                call
             })
             .collect();
         let view = job(
@@ -2651,31 +2630,11 @@ mod tests {
         );
     }
 
-    fn with_delivery(call: JournalEvent, run: u32) -> JournalEvent {
-        match call {
-            JournalEvent::Call {
-                interface,
-                action,
-                target,
-                duration_ms,
-                outcome,
-                code,
-                request,
-                answer,
-                ..
-            } => JournalEvent::Call {
-                interface,
-                action,
-                target,
-                duration_ms,
-                outcome,
-                code,
-                request,
-                answer,
-                delivery: run,
-            },
-            other => other,
+    fn with_delivery(mut call: JournalEvent, run: u32) -> JournalEvent {
+        if let JournalEvent::Call { delivery, .. } = &mut call {
+            *delivery = run;
         }
+        call
     }
 
     #[test]

@@ -10,31 +10,42 @@ use super::keys::GROUP;
 use crate::domain::now_ms;
 use crate::store::{DeadLetter, DeadLetters, StoreError};
 
+impl RedisStore {
+    /// At most `limit` dead letters of `channel`, read with `command` (`XRANGE` oldest first,
+    /// `XREVRANGE` newest first) over `bounds`.
+    async fn read_dead(
+        &self,
+        channel: &str,
+        command: &str,
+        bounds: [&str; 2],
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let keys = self.keys(channel);
+        let value: Value = self
+            .query(
+                redis::cmd(command)
+                    .arg(&keys.dead)
+                    .arg(bounds[0])
+                    .arg(bounds[1])
+                    .arg("COUNT")
+                    .arg(limit.max(1)),
+                &format!("{command} dead letters"),
+            )
+            .await?;
+        Ok(array(value)
+            .into_iter()
+            .map(|entry| dead_letter_from_entry(channel, entry))
+            .collect())
+    }
+}
+
 impl DeadLetters for RedisStore {
     fn dead_letters<'a>(
         &'a self,
         channel: &'a str,
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<DeadLetter>, StoreError>> {
-        async move {
-            let keys = self.keys(channel);
-            let value: Value = self
-                .query(
-                    redis::cmd("XRANGE")
-                        .arg(&keys.dead)
-                        .arg("-")
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(limit.max(1)),
-                    "XRANGE dead letters",
-                )
-                .await?;
-            Ok(array(value)
-                .into_iter()
-                .map(|entry| dead_letter_from_entry(channel, entry))
-                .collect())
-        }
-        .boxed()
+        self.read_dead(channel, "XRANGE", ["-", "+"], limit).boxed()
     }
 
     fn recent_dead_letters<'a>(
@@ -42,25 +53,8 @@ impl DeadLetters for RedisStore {
         channel: &'a str,
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<DeadLetter>, StoreError>> {
-        async move {
-            let keys = self.keys(channel);
-            let value: Value = self
-                .query(
-                    redis::cmd("XREVRANGE")
-                        .arg(&keys.dead)
-                        .arg("+")
-                        .arg("-")
-                        .arg("COUNT")
-                        .arg(limit.max(1)),
-                    "XREVRANGE dead letters",
-                )
-                .await?;
-            Ok(array(value)
-                .into_iter()
-                .map(|entry| dead_letter_from_entry(channel, entry))
-                .collect())
-        }
-        .boxed()
+        self.read_dead(channel, "XREVRANGE", ["+", "-"], limit)
+            .boxed()
     }
 
     fn dead_letter<'a>(
