@@ -40,31 +40,37 @@ pub(crate) async fn serve(
     super::listener::serve("http", listener, app, limits, shutdown).await;
 }
 
+/// A store ping within [`PROBE_TIMEOUT`]: its latency, or why the store did not answer.
+async fn probe_store(shared: &Shared) -> Result<Duration, String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, shared.store.ping()).await {
+        Ok(Ok(latency)) => Ok(latency),
+        Ok(Err(err)) => Err(chain(&err)),
+        Err(_) => Err(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())),
+    }
+}
+
+/// The problem `/health` and `/readyz` report when the store does not answer.
+fn unavailable_problem(shared: &Shared) -> String {
+    format!("the {} store is unavailable", shared.store.backend())
+}
+
 /// The health report and whether it is healthy.
 pub async fn health_report(shared: &Shared) -> (bool, Value) {
     let mut problems: Vec<String> = Vec::new();
     let store = &shared.store;
-    let probe = tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await;
-    let (store_ok, store_json) = match probe {
-        Ok(Ok(latency)) => (
+    let (store_ok, store_json) = match probe_store(shared).await {
+        Ok(latency) => (
             true,
             json!({
                 "status": "connected",
                 "latency_ms": (latency.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             }),
         ),
-        Ok(Err(err)) => (
-            false,
-            json!({"status": "unavailable", "error": chain(&err)}),
-        ),
-        Err(_) => (
-            false,
-            json!({"status": "unavailable", "error": format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())}),
-        ),
+        Err(error) => {
+            problems.push(unavailable_problem(shared));
+            (false, json!({"status": "unavailable", "error": error}))
+        }
     };
-    if !store_ok {
-        problems.push(format!("the {} store is unavailable", store.backend()));
-    }
     let (depth, dead) = if store_ok {
         let channel = shared.channel.as_str();
         let depth = tokio::time::timeout(PROBE_TIMEOUT, store.queue_depth(channel))
@@ -215,21 +221,11 @@ async fn livez() -> Response {
 /// loaded, and it is not shutting down.
 pub async fn readiness(shared: &Shared) -> (bool, Value) {
     let mut problems = Vec::new();
-    let store = match tokio::time::timeout(PROBE_TIMEOUT, shared.store.ping()).await {
-        Ok(Ok(_)) => "reachable".to_owned(),
-        Ok(Err(err)) => {
-            problems.push(format!(
-                "the {} store is unavailable",
-                shared.store.backend()
-            ));
-            format!("unavailable: {}", chain(&err))
-        }
-        Err(_) => {
-            problems.push(format!(
-                "the {} store is unavailable",
-                shared.store.backend()
-            ));
-            format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())
+    let store = match probe_store(shared).await {
+        Ok(_) => "reachable".to_owned(),
+        Err(error) => {
+            problems.push(unavailable_problem(shared));
+            format!("unavailable: {error}")
         }
     };
     if shared.stopping() {

@@ -11,15 +11,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::Shared;
-use crate::error::chain;
 use crate::runtime::CallRecord;
 use crate::runtime::policy::CapabilityPolicy;
 use crate::store::{JobRecord, JournalEntry, JournalEvent, Store, StoreError};
 
-/// How long a journal write may take before it is given up (logged) so the job goes on.
-const WRITE_LIMIT: Duration = Duration::from_secs(2);
-
-pub use crate::store::journal::order_key;
+pub use crate::store::journal::{append_entries, order_key};
 
 /// Appends `events` (written now, by `replica`) to the journal of `event_uuid` (indexed under
 /// `order_id`), logging a failure instead of returning it.
@@ -36,36 +32,6 @@ pub async fn append(
         .map(|event| JournalEntry::new(replica, event))
         .collect();
     append_entries(store, event_uuid, order_id, entries, retention).await;
-}
-
-/// [`append`] of entries stamped by the caller (the leader stamps `enqueued` with the time of
-/// the store write, before the jobs can be claimed).
-pub async fn append_entries(
-    store: &dyn Store,
-    event_uuid: &str,
-    order_id: Option<&str>,
-    entries: Vec<JournalEntry>,
-    retention: Duration,
-) {
-    if event_uuid.is_empty() || entries.is_empty() {
-        return;
-    }
-    let entries: Vec<JournalEntry> = entries.into_iter().map(JournalEntry::bounded).collect();
-    let order = order_id.and_then(order_key);
-    let write = store.append_journal(event_uuid, order.as_deref(), &entries, retention);
-    match tokio::time::timeout(WRITE_LIMIT, write).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            tracing::warn!(event_uuid, error = %chain(&err), "cannot write the job journal; the job goes on without these entries");
-        }
-        Err(_) => {
-            tracing::warn!(
-                event_uuid,
-                limit_ms = WRITE_LIMIT.as_millis() as u64,
-                "the job journal write took too long; the job goes on without these entries"
-            );
-        }
-    }
 }
 
 impl Shared {

@@ -275,33 +275,26 @@ pub fn order_key(order_id: &str) -> Option<String> {
     Some(crate::domain::record_id_18(id).unwrap_or_else(|| id.to_owned()))
 }
 
-/// Notes in its journal a job a claim moved to the dead letters (a job handed out too often),
-/// logging a failure instead of returning it (the journal is best effort).
-pub(crate) async fn note_dead_lettered(
+/// How long a journal write may take before it is given up (logged) so the job goes on.
+const WRITE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Appends `entries` (stamped by the caller) to the journal of `event_uuid`, indexed under
+/// `order_id` (in its [`order_key`] form), cut to the journal's bounds. Best effort: a write the
+/// store refuses or that takes longer than 2 s is logged at WARN, never returned.
+pub async fn append_entries(
     store: &dyn Journal,
-    journal: &super::ClaimJournal,
     event_uuid: &str,
-    payload: &[u8],
-    reason: &str,
+    order_id: Option<&str>,
+    entries: Vec<JournalEntry>,
+    retention: Duration,
 ) {
-    if event_uuid.is_empty() {
+    if event_uuid.is_empty() || entries.is_empty() {
         return;
     }
-    let order = order_id_of(payload).as_deref().and_then(order_key);
-    let entry = JournalEntry::new(
-        &journal.replica,
-        JournalEvent::DeadLettered {
-            reason: reason.to_owned(),
-        },
-    )
-    .bounded();
-    let write = store.append_journal(
-        event_uuid,
-        order.as_deref(),
-        std::slice::from_ref(&entry),
-        journal.retention,
-    );
-    match tokio::time::timeout(Duration::from_secs(2), write).await {
+    let entries: Vec<JournalEntry> = entries.into_iter().map(JournalEntry::bounded).collect();
+    let order = order_id.and_then(order_key);
+    let write = store.append_journal(event_uuid, order.as_deref(), &entries, retention);
+    match tokio::time::timeout(WRITE_LIMIT, write).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => {
             tracing::warn!(event_uuid, error = %crate::error::chain(&err), "cannot write the job journal; the job goes on without these entries");
@@ -309,10 +302,36 @@ pub(crate) async fn note_dead_lettered(
         Err(_) => {
             tracing::warn!(
                 event_uuid,
+                limit_ms = WRITE_LIMIT.as_millis() as u64,
                 "the job journal write took too long; the job goes on without these entries"
             );
         }
     }
+}
+
+/// Notes in its journal a job a claim moved to the dead letters (a job handed out too often).
+pub(crate) async fn note_dead_lettered(
+    store: &dyn Journal,
+    journal: &super::ClaimJournal,
+    event_uuid: &str,
+    payload: &[u8],
+    reason: &str,
+) {
+    let entry = JournalEntry::new(
+        &journal.replica,
+        JournalEvent::DeadLettered {
+            reason: reason.to_owned(),
+        },
+    );
+    let order = order_id_of(payload);
+    append_entries(
+        store,
+        event_uuid,
+        order.as_deref(),
+        vec![entry],
+        journal.retention,
+    )
+    .await;
 }
 
 /// The Order a job's payload names, when the payload is an event that names one.

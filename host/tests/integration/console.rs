@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::pipeline::{Rig, redis_url, wait_record};
+use crate::pipeline::{Rig, get, redis_url, wait_record};
 use crate::thirdparty::run_bounded;
 
 const TOKEN: &str = "console-test-token-0123456789";
@@ -97,32 +97,14 @@ async fn the_console_in_a_real_browser_finds_an_order_and_requeues_a_dead_letter
     let http = reqwest::Client::new();
     let base = format!("http://{admin}");
     let long = "8".repeat(5000);
-    let answer = http
-        .get(format!("{base}/admin/orders/{long}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status().as_u16(), 404);
-    assert!(answer.text().await.unwrap().contains("no job is known"));
-    let answer = http
-        .get(format!("{base}/admin/jobs?state=stuck"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status().as_u16(), 400);
-    assert!(
-        answer
-            .text()
-            .await
-            .unwrap()
-            .contains("queued, running, failed, dead")
-    );
-    let answer = http
-        .get(format!("{base}/admin/jobs?state=failed&limit=100000000"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status().as_u16(), 200);
+    let (status, body) = get(&format!("{base}/admin/orders/{long}")).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("no job is known"));
+    let (status, body) = get(&format!("{base}/admin/jobs?state=stuck")).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("queued, running, failed, dead"));
+    let (status, _) = get(&format!("{base}/admin/jobs?state=failed&limit=100000000")).await;
+    assert_eq!(status, 200);
     let answer = http
         .post(format!("{base}/admin/dead-letters/1/requeue"))
         .send()
@@ -131,14 +113,7 @@ async fn the_console_in_a_real_browser_finds_an_order_and_requeues_a_dead_letter
     assert_eq!(answer.status().as_u16(), 401);
     // Captured bodies only with the token; the timeline without.
     let order_url = format!("{base}/admin/orders/{ok_order}");
-    let anonymous: serde_json::Value = http
-        .get(&order_url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let anonymous: serde_json::Value = serde_json::from_str(&get(&order_url).await.1).unwrap();
     let calls = |view: &serde_json::Value| -> Vec<serde_json::Value> {
         view["jobs"][0]["journal"]
             .as_array()

@@ -26,6 +26,17 @@ pub(crate) fn fulfilld_with(
     command.output().unwrap()
 }
 
+/// The command exited 1 and said `why` on stdout.
+fn assert_refused(output: &std::process::Output, why: &str) {
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        crate::common::text(output)
+    );
+    assert!(stdout(output).contains(why), "{}", stdout(output));
+}
+
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -247,17 +258,7 @@ async fn orders_show_tells_each_jobs_story(rig: Rig) {
 
     // Unknown ids exit 1 saying so.
     let output = fulfilld_with(&rig, &[], &["orders", "show", "801000000000999AAA"]);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "{}",
-        crate::common::text(&output)
-    );
-    assert!(
-        stdout(&output).contains("no job is known"),
-        "{}",
-        stdout(&output)
-    );
+    assert_refused(&output, "no job is known");
 
     // jobs list --state failed: the two failed ones, newest first.
     let output = fulfilld_with(&rig, &[], &["jobs", "list", "--state", "failed", "--json"]);
@@ -447,8 +448,7 @@ async fn an_exported_failed_job_fails_the_same_way_and_passes_once_fixed() {
         &[],
         &["orders", "export", &order, "--scenario", scenario_arg],
     );
-    assert_eq!(output.status.code(), Some(1));
-    assert!(stdout(&output).contains("--force"), "{}", stdout(&output));
+    assert_refused(&output, "--force");
 
     // Without capture there is nothing to seed a scenario from, and the command says so.
     let host = rig
@@ -472,16 +472,6 @@ async fn an_exported_failed_job_fails_the_same_way_and_passes_once_fixed() {
             other.to_str().unwrap(),
         ],
     );
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "{}",
-        crate::common::text(&output)
-    );
-    assert!(
-        stdout(&output).contains("FULFILLD_JOURNAL_CAPTURE"),
-        "{}",
-        stdout(&output)
-    );
+    assert_refused(&output, "FULFILLD_JOURNAL_CAPTURE");
     assert!(!other.exists());
 }

@@ -254,7 +254,7 @@ pub(crate) async fn wait_record(store: &SharedStore, uuid: &str) -> fulfilld::st
     panic!("no job record for {uuid}");
 }
 
-async fn get(url: &str) -> (u16, String) {
+pub(crate) async fn get(url: &str) -> (u16, String) {
     let response = reqwest::get(url).await.unwrap();
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())

@@ -5,9 +5,26 @@ use futures::future::BoxFuture;
 
 use super::EmbeddedStore;
 use super::rows::{StoredJob, add_job, load_dead};
-use super::tables::{Context as _, DEAD, channel_ids, count_channel, open_r, open_w, parse_id};
+use super::tables::{
+    Context as _, DEAD, channel_ids, count_channel, open_r, open_w, parse_id, recent_channel_ids,
+};
 use crate::domain::now_ms;
 use crate::store::{DeadLetter, DeadLetterKind, DeadLetters, StoreError};
+
+/// The dead letters `ids` of `channel`, in the order given (ids no longer there are skipped).
+fn load_letters(
+    table: &redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+    channel: &str,
+    ids: Vec<u64>,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(dead) = load_dead(table, channel, id)? {
+            out.push(dead.into_dead_letter(channel, id));
+        }
+    }
+    Ok(out)
+}
 
 impl DeadLetters for EmbeddedStore {
     fn dead_letters<'a>(
@@ -18,13 +35,7 @@ impl DeadLetters for EmbeddedStore {
         let channel = channel.to_owned();
         self.read("list dead letters", move |txn| {
             let table = open_r(txn, DEAD)?;
-            let mut out = Vec::new();
-            for id in channel_ids(&table, &channel, limit)? {
-                if let Some(dead) = load_dead(&table, &channel, id)? {
-                    out.push(dead.into_dead_letter(&channel, id));
-                }
-            }
-            Ok(out)
+            load_letters(&table, &channel, channel_ids(&table, &channel, limit)?)
         })
         .boxed()
     }
@@ -37,21 +48,8 @@ impl DeadLetters for EmbeddedStore {
         let channel = channel.to_owned();
         self.read("list recent dead letters", move |txn| {
             let table = open_r(txn, DEAD)?;
-            let mut out = Vec::new();
-            for entry in table
-                .range((channel.as_str(), 0)..=(channel.as_str(), u64::MAX))
-                .context(|| format!("list the dead letters of channel {channel}"))?
-                .rev()
-                .take(limit.max(1))
-            {
-                let (key, _) =
-                    entry.context(|| format!("list the dead letters of channel {channel}"))?;
-                let id = key.value().1;
-                if let Some(dead) = load_dead(&table, &channel, id)? {
-                    out.push(dead.into_dead_letter(&channel, id));
-                }
-            }
-            Ok(out)
+            let ids = recent_channel_ids(&table, &channel, limit.max(1))?;
+            load_letters(&table, &channel, ids)
         })
         .boxed()
     }

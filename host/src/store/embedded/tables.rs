@@ -183,6 +183,23 @@ pub(super) fn channel_ids<V: redb::Value + 'static>(
     Ok(ids)
 }
 
+/// Ids of a channel's entries in a `(channel, id)` table, newest (highest) first, at most `limit`.
+pub(super) fn recent_channel_ids<V: redb::Value + 'static>(
+    table: &impl ReadableTable<(&'static str, u64), V>,
+    channel: &str,
+    limit: usize,
+) -> Result<Vec<u64>, StoreError> {
+    let range = table
+        .range((channel, 0)..=(channel, u64::MAX))
+        .context(|| format!("list the entries of channel {channel}"))?;
+    let mut ids = Vec::new();
+    for entry in range.rev().take(limit) {
+        let (key, _) = entry.context(|| format!("list the entries of channel {channel}"))?;
+        ids.push(key.value().1);
+    }
+    Ok(ids)
+}
+
 pub(super) fn count_channel<V: redb::Value + 'static>(
     table: &impl ReadableTable<(&'static str, u64), V>,
     channel: &str,
