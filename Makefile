@@ -8,7 +8,7 @@ COMPONENT_PACKAGES := -p fulfillment $(foreach f,$(FIXTURES),-p fixture-$(f))
 
 export FULFILLD_COMPONENT_DIR := $(COMPONENT_DIR)
 
-.PHONY: all components thirdparty-client browser-client redis-server-installed test lint fmt bench run demo check-component fuzz fuzz-smoke clean
+.PHONY: all components thirdparty-client browser-client redis-server-installed test lint fmt bench run demo check-component fuzz fuzz-smoke deploy-check clean
 
 all: lint test
 
@@ -96,6 +96,13 @@ fuzz:
 ## The same, 20 seconds per target.
 fuzz-smoke:
 	FUZZ_SECONDS=20 fuzz/run.sh $(FUZZ_TARGETS)
+
+## The deployment files (Dockerfile, deploy/): Kubernetes manifests against their schemas, every
+## environment variable a real setting, stop timeouts longer than the shutdown grace, probes, the
+## alerts (promtool) and the systemd unit (systemd-analyze verify). deploy/README.md says what it
+## checks; its validators are installed under target/deploy-check on first use.
+deploy-check:
+	python3 deploy/check.py
 
 clean:
 	$(CARGO) clean
