@@ -27,8 +27,13 @@ done
 
 [ -x "$bin" ] || { echo "error: no binary at $bin: cargo build --release -p fulfilld --locked (or pass --bin)" >&2; exit 1; }
 [ -f "$wasm" ] || { echo "error: no component at $wasm: make components (or pass --wasm)" >&2; exit 1; }
-# The component must be the packed one (with its manifest) and loadable by this very binary.
-"$bin" component check "$wasm" >/dev/null || { echo "error: $bin refuses $wasm (fulfilld component check)" >&2; exit 1; }
+# The component must be loadable by this very binary, and the packed one (with its manifest, as
+# `make components` leaves it), not the bare cargo output.
+checked=$("$bin" component check "$wasm" 2>/dev/null) || { echo "error: $bin refuses $wasm (fulfilld component check)" >&2; exit 1; }
+if grep -q '^manifest: none' <<<"$checked"; then
+  echo "error: $wasm has no manifest: make components packs it (fulfilld component pack ... --manifest components/fulfillment/component.toml)" >&2
+  exit 1
+fi
 
 tool=${CONTAINER_TOOL:-}
 if [ -z "$tool" ]; then
