@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # The fulfilld image: the `fulfilld` binary and the default component, run as a non-root user,
 # configured from the environment (docs/operations.md, "Configuration"). deploy/README.md says
 # how to build and run it.
@@ -7,6 +5,7 @@
 # Two ways to build it, one runtime stage layout:
 #
 #   docker build -t fulfilld .                       # from source: the default target, `runtime`
+#                                                    # (BuildKit: Docker 23 or newer; or podman/buildah)
 #   deploy/image-prebuilt.sh                         # target `runtime-prebuilt`: a binary and a
 #                                                    # component built on the host, packaged as is
 #
