@@ -16,6 +16,7 @@ use crate::runtime::policy::CapabilityPolicy;
 use crate::salesforce::SalesforceConfig;
 use crate::secret::Secret;
 use crate::services::{LiveServices, LiveServicesError};
+use crate::store::redis::{RedisTls, RedisTopology};
 use crate::telemetry::{Protocol, TraceSettings};
 use crate::whmcs::WhmcsConfig;
 
@@ -153,7 +154,13 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
     /// Redis (`REDIS_URL`); project keys are prefixed with `namespace` (`FULFILLD_REDIS_NAMESPACE`).
-    Redis { url: Secret, namespace: String },
+    /// `topology` is `FULFILLD_REDIS_MODE`'s; `tls` the CA and client certificate files' content.
+    Redis {
+        url: Secret,
+        namespace: String,
+        topology: RedisTopology,
+        tls: RedisTls,
+    },
     /// The embedded single-node store in `<FULFILLD_STATE_DIR>/fulfilld.redb`.
     Embedded { path: PathBuf },
 }
@@ -609,6 +616,99 @@ impl Reader<'_> {
         }
     }
 
+    /// `FULFILLD_REDIS_MODE` (and the Sentinel master's name).
+    fn redis_topology(&mut self, url: &str) -> RedisTopology {
+        let master = self.optional("FULFILLD_REDIS_SENTINEL_MASTER");
+        let mode = self.optional("FULFILLD_REDIS_MODE");
+        let topology = match mode.as_deref().unwrap_or("standalone") {
+            "standalone" => RedisTopology::Standalone,
+            "cluster" => RedisTopology::Cluster,
+            "sentinel" => match &master {
+                Some(name) if !name.trim().is_empty() => RedisTopology::Sentinel {
+                    master: name.trim().to_owned(),
+                },
+                _ => {
+                    self.fail(
+                        "FULFILLD_REDIS_SENTINEL_MASTER",
+                        "is required with FULFILLD_REDIS_MODE=sentinel: the name the Sentinels \
+                         know the primary by (sentinel monitor <name> ...)",
+                    );
+                    RedisTopology::Standalone
+                }
+            },
+            other => {
+                self.fail(
+                    "FULFILLD_REDIS_MODE",
+                    format!("expected standalone, cluster or sentinel, got `{other}`"),
+                );
+                RedisTopology::Standalone
+            }
+        };
+        if master.is_some() && !matches!(topology, RedisTopology::Sentinel { .. }) {
+            self.fail(
+                "FULFILLD_REDIS_SENTINEL_MASTER",
+                "is read only with FULFILLD_REDIS_MODE=sentinel",
+            );
+        }
+        let urls = url.split(',').filter(|u| !u.trim().is_empty()).count();
+        if urls > 1 && topology == RedisTopology::Standalone {
+            self.fail(
+                "REDIS_URL",
+                format!(
+                    "lists {urls} URLs: several are read only with FULFILLD_REDIS_MODE=cluster \
+                     (nodes) or sentinel (Sentinels)"
+                ),
+            );
+        }
+        topology
+    }
+
+    /// `FULFILLD_REDIS_CA_FILE`, `FULFILLD_REDIS_CLIENT_CERT_FILE`, `FULFILLD_REDIS_CLIENT_KEY_FILE`.
+    fn redis_tls(&mut self, url: &str) -> RedisTls {
+        let ca = self
+            .ca_file("FULFILLD_REDIS_CA_FILE")
+            .map(String::into_bytes);
+        let cert = self.ca_file("FULFILLD_REDIS_CLIENT_CERT_FILE");
+        let key = match self.optional("FULFILLD_REDIS_CLIENT_KEY_FILE") {
+            Some(_) => self
+                .private_key("FULFILLD_REDIS_CLIENT_KEY_FILE")
+                .map(|k| k.expose().as_bytes().to_vec()),
+            None => None,
+        };
+        let client = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert.into_bytes(), key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                self.fail(
+                    "FULFILLD_REDIS_CLIENT_KEY_FILE",
+                    "is required with FULFILLD_REDIS_CLIENT_CERT_FILE (the certificate's key)",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                if self.optional("FULFILLD_REDIS_CLIENT_CERT_FILE").is_none() {
+                    self.fail(
+                        "FULFILLD_REDIS_CLIENT_CERT_FILE",
+                        "is required with FULFILLD_REDIS_CLIENT_KEY_FILE (the key's certificate)",
+                    );
+                }
+                None
+            }
+        };
+        let tls = RedisTls { ca, client };
+        let any_file = ["FULFILLD_REDIS_CA_FILE", "FULFILLD_REDIS_CLIENT_CERT_FILE"]
+            .iter()
+            .any(|s| self.optional(s).is_some());
+        if any_file && !url.trim_start().starts_with("rediss://") {
+            self.fail(
+                "FULFILLD_REDIS_CA_FILE",
+                "TLS files are set but REDIS_URL is not rediss://: use rediss:// for TLS, or \
+                 unset FULFILLD_REDIS_CA_FILE / FULFILLD_REDIS_CLIENT_CERT_FILE",
+            );
+        }
+        tls
+    }
+
     fn required(&mut self, setting: &'static str) -> Option<String> {
         let value = self.optional(setting);
         if value.is_none() {
@@ -736,22 +836,19 @@ impl Reader<'_> {
     fn serve(&mut self) -> ServeConfig {
         let store = match self.optional("REDIS_URL") {
             Some(url) => {
-                if url.starts_with("rediss://") {
-                    self.fail(
-                        "REDIS_URL",
-                        "rediss:// (TLS) is not supported by this build: use redis:// to a \
-                         TLS-terminating proxy (e.g. stunnel) next to the host, or a private network",
-                    );
-                } else if !(url.starts_with("redis://")
-                    || url.starts_with("redis+unix://")
-                    || url.starts_with("unix://"))
-                {
-                    // The URL may hold a password: name the scheme only.
-                    let scheme = url.split_once("://").map_or("none", |(s, _)| s);
-                    self.fail(
-                        "REDIS_URL",
-                        format!("expected a redis:// URL, got scheme `{scheme}`"),
-                    );
+                for one in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+                    if !(one.starts_with("redis://")
+                        || one.starts_with("rediss://")
+                        || one.starts_with("redis+unix://")
+                        || one.starts_with("unix://"))
+                    {
+                        // The URL may hold a password: name the scheme only.
+                        let scheme = one.split_once("://").map_or("none", |(s, _)| s);
+                        self.fail(
+                            "REDIS_URL",
+                            format!("expected a redis:// or rediss:// URL, got scheme `{scheme}`"),
+                        );
+                    }
                 }
                 let namespace = self
                     .optional("FULFILLD_REDIS_NAMESPACE")
@@ -762,9 +859,13 @@ impl Reader<'_> {
                         format!("must not contain braces or spaces, got `{namespace}`"),
                     );
                 }
+                let topology = self.redis_topology(&url);
+                let tls = self.redis_tls(&url);
                 StoreConfig::Redis {
                     url: Secret::from(url),
                     namespace,
+                    topology,
+                    tls,
                 }
             }
             None => StoreConfig::Embedded {
@@ -1377,12 +1478,82 @@ mod tests {
         }
         assert!(!err.contains("hunter2"), "{err}");
 
-        // TLS to Redis is refused plainly rather than failing at the first connection.
+        // TLS to Redis: rediss:// with the system's roots.
         let mut env = base();
         env.insert("REDIS_URL", "rediss://:hunter2@cache:6380".into());
+        let config = load(&env).unwrap();
+        assert!(matches!(
+            config.serve.store,
+            StoreConfig::Redis {
+                topology: RedisTopology::Standalone,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn redis_topologies_and_tls_files_are_read_and_bad_ones_named() {
+        let mut env = base();
+        env.insert(
+            "REDIS_URL",
+            "redis://:hunter2@a:7000,redis://:hunter2@b:7001".into(),
+        );
+        env.insert("FULFILLD_REDIS_MODE", "cluster".into());
+        let config = load(&env).unwrap();
+        assert!(matches!(
+            config.serve.store,
+            StoreConfig::Redis {
+                topology: RedisTopology::Cluster,
+                ..
+            }
+        ));
+
+        env.insert("FULFILLD_REDIS_MODE", "sentinel".into());
+        env.insert("FULFILLD_REDIS_SENTINEL_MASTER", "mymaster".into());
+        let config = load(&env).unwrap();
+        assert!(matches!(
+            config.serve.store,
+            StoreConfig::Redis { topology: RedisTopology::Sentinel { ref master }, .. } if master == "mymaster"
+        ));
+
+        // Each problem named, the password never.
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let mut env = base();
+        env.insert(
+            "REDIS_URL",
+            "redis://:hunter2@a:7000,redis://:hunter2@b:7001".into(),
+        );
+        env.insert("FULFILLD_REDIS_CA_FILE", not_pem.display().to_string());
+        env.insert(
+            "FULFILLD_REDIS_CLIENT_KEY_FILE",
+            "/nonexistent/key.pem".into(),
+        );
         let err = load(&env).unwrap_err().to_string();
-        assert!(err.contains("REDIS_URL") && err.contains("TLS"), "{err}");
+        for needle in [
+            "REDIS_URL: lists 2 URLs",
+            "FULFILLD_REDIS_CA_FILE",
+            "holds no PEM certificate",
+            "FULFILLD_REDIS_CLIENT_KEY_FILE",
+            "FULFILLD_REDIS_CLIENT_CERT_FILE",
+            "not rediss://",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
         assert!(!err.contains("hunter2"), "{err}");
+
+        let mut env = base();
+        env.insert("REDIS_URL", "redis://a:6379".into());
+        env.insert("FULFILLD_REDIS_MODE", "sentinel".into());
+        let err = load(&env).unwrap_err().to_string();
+        assert!(err.contains("FULFILLD_REDIS_SENTINEL_MASTER"), "{err}");
+        env.insert("FULFILLD_REDIS_MODE", "replicated".into());
+        let err = load(&env).unwrap_err().to_string();
+        assert!(
+            err.contains("FULFILLD_REDIS_MODE") && err.contains("`replicated`"),
+            "{err}"
+        );
     }
     #[test]
     fn listener_bounds_default_and_refuse_zero_or_too_large() {

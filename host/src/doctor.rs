@@ -33,6 +33,7 @@ use crate::runtime::manifest::Manifest;
 use crate::runtime::{LoadedComponent, Runtime};
 use crate::salesforce::SalesforceClient;
 use crate::services::{LiveServices, Services};
+use crate::store::redis::{RedisStore, RedisTarget, RedisTopology};
 
 /// The first WHMCS version whose AddOrder reads `qty[]` (developers.whmcs.com/api-reference/
 /// addorder/, version history).
@@ -260,15 +261,32 @@ async fn finish(config: &Config, mut findings: Vec<Finding>) -> Vec<Finding> {
 
 fn store_name(store: &StoreConfig) -> String {
     match store {
-        StoreConfig::Redis { url, .. } => match url::Url::parse(url.expose()) {
+        StoreConfig::Redis { url, topology, .. } => {
             // Host and port only: the URL may carry a password.
-            Ok(url) => format!(
-                "Redis at {}:{}",
-                url.host_str().unwrap_or("?"),
-                url.port().unwrap_or(6379)
-            ),
-            Err(_) => "Redis".to_owned(),
-        },
+            let nodes: Vec<String> = url
+                .expose()
+                .split(',')
+                .filter(|u| !u.trim().is_empty())
+                .map(|u| match url::Url::parse(u.trim()) {
+                    Ok(url) => format!(
+                        "{}:{}",
+                        url.host_str().unwrap_or("?"),
+                        url.port().unwrap_or(6379)
+                    ),
+                    Err(_) => "?".to_owned(),
+                })
+                .collect();
+            match topology {
+                RedisTopology::Standalone => format!("Redis at {}", nodes.join(", ")),
+                RedisTopology::Cluster => format!("Redis Cluster at {}", nodes.join(", ")),
+                RedisTopology::Sentinel { master } => {
+                    format!(
+                        "Redis primary {master} of the Sentinels at {}",
+                        nodes.join(", ")
+                    )
+                }
+            }
+        }
         StoreConfig::Embedded { path } => format!("embedded at {}", path.display()),
     }
 }
@@ -771,7 +789,16 @@ async fn check_products(salesforce: &SalesforceClient, live: &LiveServices) -> F
 async fn check_store(store: &StoreConfig) -> Finding {
     const CHECK: &str = "store";
     match store {
-        StoreConfig::Redis { url, .. } => check_redis(url.expose(), &store_name(store)).await,
+        StoreConfig::Redis {
+            url, topology, tls, ..
+        } => {
+            let target = RedisTarget {
+                url: url.expose().to_owned(),
+                topology: topology.clone(),
+                tls: tls.clone(),
+            };
+            check_redis(&target, &store_name(store)).await
+        }
         StoreConfig::Embedded { path } if !path.exists() => {
             // Opening would create it: say what serve will do instead.
             let dir = path.parent().unwrap_or(Path::new("."));
@@ -823,9 +850,9 @@ async fn check_store(store: &StoreConfig) -> Finding {
     }
 }
 
-async fn check_redis(url: &str, name: &str) -> Finding {
+async fn check_redis(target: &RedisTarget, name: &str) -> Finding {
     const CHECK: &str = "store";
-    let info = match redis_info(url).await {
+    let info = match redis_info(target).await {
         Ok(info) => info,
         Err(problem) => {
             return fail(
@@ -870,19 +897,19 @@ async fn check_redis(url: &str, name: &str) -> Finding {
     }
 }
 
-async fn redis_info(url: &str) -> Result<String, String> {
-    let client = redis::Client::open(url).map_err(|_| "REDIS_URL is not a Redis URL".to_owned())?;
-    let mut conn = tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection())
-        .await
-        .map_err(|_| "connecting timed out".to_owned())?
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    tokio::time::timeout(
-        REDIS_TIMEOUT,
-        redis::cmd("INFO").query_async::<String>(&mut conn),
+async fn redis_info(target: &RedisTarget) -> Result<String, String> {
+    // A namespace of its own: the connection writes nothing, it only reads INFO.
+    let store = tokio::time::timeout(
+        REDIS_TIMEOUT * 2,
+        RedisStore::connect_with_timeout(target, "fulfilld-doctor", REDIS_TIMEOUT),
     )
     .await
-    .map_err(|_| "INFO timed out".to_owned())?
-    .map_err(|e| format!("INFO: {e}"))
+    .map_err(|_| "connecting timed out".to_owned())?
+    .map_err(|e| format!("cannot connect: {}", chain(&e)))?;
+    tokio::time::timeout(REDIS_TIMEOUT, store.server_info())
+        .await
+        .map_err(|_| "INFO timed out".to_owned())?
+        .map_err(|e| format!("INFO: {}", chain(&e)))
 }
 
 #[cfg(test)]

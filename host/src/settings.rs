@@ -117,12 +117,37 @@ pub const SETTINGS: &[(&str, &[Setting])] = &[
             s(
                 "REDIS_URL",
                 "-",
-                "redis://[user:password@]host:port[/db]; unset: the embedded store",
+                "redis[s]://[user:password@]host:port[/db] (several, comma-separated, in cluster and sentinel mode); unset: the embedded store",
             ),
             s(
                 "FULFILLD_REDIS_NAMESPACE",
                 "fulfilld",
                 "prefix of the host's Redis keys",
+            ),
+            s(
+                "FULFILLD_REDIS_MODE",
+                "standalone",
+                "standalone | cluster (REDIS_URL lists nodes) | sentinel (REDIS_URL lists Sentinels)",
+            ),
+            s(
+                "FULFILLD_REDIS_SENTINEL_MASTER",
+                "-",
+                "sentinel mode: the name the Sentinels know the primary by; required there",
+            ),
+            s(
+                "FULFILLD_REDIS_CA_FILE",
+                "-",
+                "rediss://: PEM CA certificate(s) to trust instead of the system's roots",
+            ),
+            s(
+                "FULFILLD_REDIS_CLIENT_CERT_FILE",
+                "-",
+                "rediss://: PEM client certificate, for servers that require one",
+            ),
+            s(
+                "FULFILLD_REDIS_CLIENT_KEY_FILE",
+                "-",
+                "rediss://: PEM key of the client certificate",
             ),
             s(
                 "FULFILLD_STATE_DIR",

@@ -171,8 +171,18 @@ impl Shared {
 /// Opens the configured store: Redis when `REDIS_URL` is set, else the embedded one.
 pub async fn open_store(config: &StoreConfig) -> anyhow::Result<SharedStore> {
     match config {
-        StoreConfig::Redis { url, namespace } => {
-            let store = RedisStore::connect(url.expose(), namespace)
+        StoreConfig::Redis {
+            url,
+            namespace,
+            topology,
+            tls,
+        } => {
+            let target = crate::store::redis::RedisTarget {
+                url: url.expose().to_owned(),
+                topology: topology.clone(),
+                tls: tls.clone(),
+            };
+            let store = RedisStore::connect_to(&target, namespace)
                 .await
                 .context("REDIS_URL: cannot use the Redis store")?;
             Ok(Arc::new(store))

@@ -252,6 +252,10 @@ impl CursorLease for RedisStore {
                     .arg(&letter.reason);
             }
             let reply: Value = self.invoke(&invocation, "ingest").await?;
+            // The leader moves on once this returns: in cluster and sentinel modes, not before a
+            // replica has the jobs and the cursor (a failover would otherwise lose them while
+            // the stream goes on after them).
+            self.replicated(&mut self.conn(), &keys.jobs).await;
             let mut reply = array(reply).into_iter();
             let status = reply.next().map(text).unwrap_or_default();
             if status == "fenced" {

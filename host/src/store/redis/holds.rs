@@ -46,6 +46,10 @@ impl HoldBackend for RedisStore {
             let held = self
                 .hold_script(&self.scripts.hold, name, holder, &args, "take a hold")
                 .await?;
+            if held == 1 {
+                self.replicated(&mut self.conn(), &self.hold_keys(name).0)
+                    .await;
+            }
             Ok(held == 1)
         }
         .boxed()

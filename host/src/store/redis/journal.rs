@@ -185,9 +185,10 @@ impl Journal for RedisStore {
             }
             let key = self.journal_key(event_uuid);
             let keep = ttl_ms(retention);
-            // Not a MULTI: the journal key and the Order's index live in different hash slots
-            // (Redis Cluster); each command is idempotent enough for a journal (a retry may add
-            // an entry twice, never lose the Order's index).
+            // Two pipelines, sent together: the journal key and the Order's index live in
+            // different hash slots (Redis Cluster sends a pipeline to one node). Neither is a
+            // MULTI: each command is idempotent enough for a journal (a retry may add an entry
+            // twice, never lose the Order's index).
             let mut pipe = redis::pipe();
             for entry in entries {
                 let json = serde_json::to_string(entry)
@@ -203,9 +204,10 @@ impl Journal for RedisStore {
                 .arg(&key)
                 .arg(keep)
                 .ignore();
-            if let Some(order) = order_id {
+            let index_pipe = order_id.map(|order| {
                 let index = self.order_key(order);
                 let first = entries.first().map_or(0, |e| e.at_ms);
+                let mut pipe = redis::pipe();
                 pipe.cmd("ZADD")
                     .arg(&index)
                     .arg("NX")
@@ -221,8 +223,22 @@ impl Journal for RedisStore {
                     .arg(&index)
                     .arg(keep)
                     .ignore();
+                pipe
+            });
+            let journal = self.query_pipe::<Value>(&pipe, "append to the job journal");
+            match &index_pipe {
+                Some(index) => {
+                    let (journal, index) = futures::join!(
+                        journal,
+                        self.query_pipe::<Value>(index, "index the job by its Order")
+                    );
+                    journal?;
+                    index?;
+                }
+                None => {
+                    journal.await?;
+                }
             }
-            let _: Value = self.query_pipe(&pipe, "append to the job journal").await?;
             Ok(())
         }
         .boxed()

@@ -51,8 +51,7 @@ impl RedisStore {
     /// The two keys of a hold, in one hash slot: holders in shared mode (a sorted set scored by
     /// expiry) and the exclusive holder (a string with a TTL).
     pub(super) fn hold_keys(&self, name: &str) -> (String, String) {
-        let base = format!("{}:{{hold:{name}}}", self.namespace);
-        (format!("{base}:shared"), format!("{base}:exclusive"))
+        hold_keys_of(&self.namespace, name)
     }
 
     /// The journal of a job (a list of JSON entries).
@@ -73,6 +72,11 @@ impl RedisStore {
     pub(super) fn record_key(&self, event_uuid: &str) -> String {
         format!("{}:record:{event_uuid}", self.namespace)
     }
+}
+
+fn hold_keys_of(namespace: &str, name: &str) -> (String, String) {
+    let base = format!("{namespace}:{{hold:{name}}}");
+    (format!("{base}:shared"), format!("{base}:exclusive"))
 }
 
 #[cfg(test)]
@@ -114,5 +118,22 @@ mod tests {
             keys.jobs,
             "fulfilld:{sf:pe:replay:/event/OrderProvisionRequested__e}:jobs"
         );
+    }
+
+    #[test]
+    fn a_holds_two_keys_share_a_slot_and_keys_used_alone_have_no_tag() {
+        let (shared, exclusive) = hold_keys_of("fulfilld", "whmcs-client:42");
+        assert_eq!(hashed_part(&shared), "hold:whmcs-client:42");
+        assert_eq!(hashed_part(&shared), hashed_part(&exclusive));
+        // Read and written alone: hashed whole, spread over the cluster.
+        for key in [
+            "fulfilld:record:0f8fad5b-d9cb-469f-a165-70867728950e",
+            "fulfilld:journal:0f8fad5b-d9cb-469f-a165-70867728950e",
+            "fulfilld:order:801000000000001AAA",
+            "fulfilld:failed",
+            "fulfilld:component:active",
+        ] {
+            assert_eq!(hashed_part(key), key);
+        }
     }
 }

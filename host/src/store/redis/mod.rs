@@ -34,6 +34,7 @@
 
 mod codec;
 mod components;
+mod connection;
 mod cursor_lease;
 mod dead_letters;
 mod holds;
@@ -47,40 +48,57 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::io::tcp::{TcpSettings, socket2};
-use redis::{
-    AsyncConnectionConfig, Client, FromRedisValue, IntoConnectionInfo as _, ScriptInvocation,
-};
+use redis::{FromRedisValue, ScriptInvocation, Value};
 
+use self::connection::{Conn, Connector};
+pub use self::connection::{RedisTarget, RedisTls, RedisTopology};
 use self::scripts::Scripts;
 use crate::store::{Backend, ComponentShare, Detail, Store, StoreError};
 
 /// How long one ordinary command may take before the store counts as unavailable.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// In cluster and sentinel modes, how long a claim, an ingest or a hold waits for a replica to
+/// have it.
+const REPLICA_WAIT_MS: u64 = 500;
+
+/// After a wait no replica answered, how long the store stops waiting (a primary without a
+/// replica, e.g. right after a failover, must not stall every command behind a `WAIT`).
+const NO_REPLICA_BACKOFF_MS: i64 = 5000;
+
 /// A Redis-backed [`Store`].
 pub struct RedisStore {
-    client: Client,
-    conn: ConnectionManager,
+    connector: Connector,
+    conn: Conn,
+    topology: RedisTopology,
     namespace: String,
     /// Connections for blocking reads (`XREADGROUP ... BLOCK`): a blocked command holds its
     /// connection, so each concurrent claimer borrows one of its own.
-    blocking: Mutex<Vec<MultiplexedConnection>>,
+    blocking: Mutex<Vec<Conn>>,
     scripts: Scripts,
+    /// Until when (ms since the epoch) [`RedisStore::replicated`] does not wait.
+    skip_replica_wait_until: std::sync::atomic::AtomicI64,
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://[user:password@]host:port[/db]`, or `rediss://` for TLS) and
-    /// checks the connection with a `PING`. Keys other than the cursor are prefixed with
-    /// `namespace`.
+    /// Connects to one Redis at `url` (`redis://[user:password@]host:port[/db]`, or `rediss://`
+    /// for TLS with the system's roots) and checks the connection with a `PING`. Keys other than
+    /// the cursor are prefixed with `namespace`.
     pub async fn connect(url: &str, namespace: &str) -> Result<RedisStore, StoreError> {
-        Self::connect_with_timeout(url, namespace, COMMAND_TIMEOUT).await
+        Self::connect_to(&RedisTarget::standalone(url), namespace).await
     }
 
-    /// [`RedisStore::connect`] with a custom per-command timeout.
+    /// Connects to `target` (standalone, Cluster or Sentinel; TLS as its URLs and files say).
+    pub async fn connect_to(
+        target: &RedisTarget,
+        namespace: &str,
+    ) -> Result<RedisStore, StoreError> {
+        Self::connect_with_timeout(target, namespace, COMMAND_TIMEOUT).await
+    }
+
+    /// [`RedisStore::connect_to`] with a custom per-command timeout.
     pub async fn connect_with_timeout(
-        url: &str,
+        target: &RedisTarget,
         namespace: &str,
         timeout: Duration,
     ) -> Result<RedisStore, StoreError> {
@@ -89,49 +107,78 @@ impl RedisStore {
                 "Redis namespace {namespace:?}: must be non-empty and free of braces"
             )));
         }
-        if url.contains("protocol=resp3") {
-            return Err(StoreError::Invalid(
-                "REDIS_URL: protocol=resp3 is not supported; remove it (RESP2 is used)".to_owned(),
-            ));
-        }
-        let info = url
-            .into_connection_info()
-            .map_err(|e| StoreError::Invalid(format!("REDIS_URL: not a Redis URL: {e}")))?;
-        // A link that dies without a reset (a crashed host, a failover to another address, a NAT
-        // dropping the flow) is noticed by the kernel within seconds, so the connection is
-        // rebuilt instead of every command timing out for the ~15 minutes TCP retries last.
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(Duration::from_secs(5))
-            .with_interval(Duration::from_secs(2))
-            .with_retries(3);
-        let tcp = TcpSettings::default()
-            .set_nodelay(true)
-            .set_keepalive(keepalive)
-            .set_user_timeout(timeout.max(Duration::from_secs(5)));
-        let client = Client::open(info.set_tcp_settings(tcp))
-            .map_err(|e| StoreError::Invalid(format!("REDIS_URL: not a Redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| unavailable("connect", e))?;
+        let connector = Connector::new(target, timeout)?;
+        let conn = connector.shared(timeout).await?;
         let store = RedisStore {
-            client,
+            connector,
             conn,
+            topology: target.topology.clone(),
             namespace: namespace.to_owned(),
             blocking: Mutex::new(Vec::new()),
             scripts: Scripts::new(),
+            skip_replica_wait_until: std::sync::atomic::AtomicI64::new(0),
         };
         store.ping_inner().await?;
         store.check_server().await?;
         Ok(store)
     }
 
+    /// How this store reaches Redis.
+    pub fn topology(&self) -> &RedisTopology {
+        &self.topology
+    }
+
+    /// In cluster and sentinel modes, waits (`WAIT 1`, up to [`REPLICA_WAIT_MS`]) until a
+    /// replica has what `conn` wrote so far, on the node serving `key`. Replication is
+    /// asynchronous: without this, a primary killed right after a claim or a hold could take
+    /// them with it, and the promoted replica would hand the same job to a second worker as new
+    /// (delivery 1, a shared hold) while the first still runs it. A claim or hold no replica
+    /// confirmed in time goes ahead (logged at WARN), and for the next
+    /// [`NO_REPLICA_BACKOFF_MS`] nothing waits: a `WAIT` holds its connection, which the other
+    /// commands share.
+    async fn replicated(&self, conn: &mut Conn, key: &str) {
+        use std::sync::atomic::Ordering;
+        if self.topology == RedisTopology::Standalone
+            || crate::domain::now_ms() < self.skip_replica_wait_until.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        // The first command routes the pipeline to `key`'s node (Cluster); WAIT has no key.
+        pipe.cmd("EXISTS")
+            .arg(key)
+            .ignore()
+            .cmd("WAIT")
+            .arg(1)
+            .arg(REPLICA_WAIT_MS);
+        match pipe.query_async::<(i64,)>(conn).await {
+            Ok((n,)) if n >= 1 => {}
+            Ok(_) => {
+                self.skip_replica_wait_until.store(
+                    crate::domain::now_ms() + NO_REPLICA_BACKOFF_MS,
+                    Ordering::Relaxed,
+                );
+                tracing::warn!(
+                    key,
+                    "no Redis replica confirmed the write within {REPLICA_WAIT_MS} ms; going on \
+                     without waiting for replicas for {NO_REPLICA_BACKOFF_MS} ms (a failover now \
+                     could lose the last writes)"
+                );
+            }
+            Err(e) => tracing::debug!(key, error = %e, "WAIT for a replica failed"),
+        }
+    }
+
+    /// `INFO` of the server (on a cluster, of every primary, one after the other).
+    pub async fn server_info(&self) -> Result<String, StoreError> {
+        let value: Value = self.query(&redis::cmd("INFO"), "INFO").await?;
+        Ok(info_text(value))
+    }
+
     /// Refuses a Redis older than 6.2 (`XPENDING ... IDLE` and `XAUTOCLAIM` semantics), and warns
     /// when the server may lose or evict what the guarantees rest on.
     async fn check_server(&self) -> Result<(), StoreError> {
-        let info: String = self.query(&redis::cmd("INFO"), "INFO").await?;
+        let info = self.server_info().await?;
         let field = |name: &str| {
             info.lines()
                 .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
@@ -164,7 +211,7 @@ impl RedisStore {
         Ok(())
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -180,8 +227,8 @@ impl RedisStore {
             .map_err(|e| unavailable(what, e))
     }
 
-    /// Runs a pipeline (`MULTI`/`EXEC` when atomic); a failure is [`StoreError::Unavailable`]
-    /// naming `what`.
+    /// Runs a pipeline (`MULTI`/`EXEC` when atomic) whose keys share one hash slot; a failure is
+    /// [`StoreError::Unavailable`] naming `what`.
     async fn query_pipe<T: FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
@@ -209,29 +256,43 @@ impl RedisStore {
 
     async fn ping_inner(&self) -> Result<Duration, StoreError> {
         let started = Instant::now();
-        let _: String = self.query(&redis::cmd("PING"), "PING").await?;
+        let _: Value = self.query(&redis::cmd("PING"), "PING").await?;
         Ok(started.elapsed())
     }
 
     /// A connection of its own for a blocking read, from the pool or new.
-    async fn blocking_conn(&self) -> Result<MultiplexedConnection, StoreError> {
+    async fn blocking_conn(&self) -> Result<Conn, StoreError> {
         let pooled = self.blocking.lock().ok().and_then(|mut pool| pool.pop());
         if let Some(conn) = pooled {
             return Ok(conn);
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(None);
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| unavailable("connect (blocking reads)", e))
+        self.connector.blocking(COMMAND_TIMEOUT).await
     }
 
-    fn return_blocking_conn(&self, conn: MultiplexedConnection) {
+    fn return_blocking_conn(&self, conn: Conn) {
         if let Ok(mut pool) = self.blocking.lock() {
             pool.push(conn);
         }
+    }
+}
+
+/// The text of an `INFO` answer: one server's, or a cluster's answers (node by node) joined.
+fn info_text(value: Value) -> String {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Value::SimpleString(text) => text,
+        Value::VerbatimString { text, .. } => text,
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .map(|(_, v)| info_text(v))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Value::Array(items) => items
+            .into_iter()
+            .map(info_text)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
     }
 }
 

@@ -58,6 +58,9 @@ impl RedisStore {
                 note_dead_lettered(self, journal, &uuid, &payload, &reason).await;
             }
         }
+        if !claimed.is_empty() {
+            self.replicated(&mut self.conn(), &keys.jobs).await;
+        }
         let mut jobs = Vec::new();
         for item in claimed {
             let mut parts = array(item).into_iter();
@@ -136,6 +139,9 @@ impl RedisStore {
             let mut conn = self.blocking_conn().await?;
             match tokio::time::timeout(block + BLOCK_GRACE, cmd.query_async(&mut conn)).await {
                 Ok(Ok(value)) => {
+                    if value != Value::Nil {
+                        self.replicated(&mut conn, jobs_key).await;
+                    }
                     self.return_blocking_conn(conn);
                     value
                 }
@@ -148,7 +154,11 @@ impl RedisStore {
                 }
             }
         } else {
-            self.query(&cmd, "XREADGROUP").await?
+            let value: Value = self.query(&cmd, "XREADGROUP").await?;
+            if value != Value::Nil {
+                self.replicated(&mut self.conn(), jobs_key).await;
+            }
+            value
         };
         // Nil on timeout, else [[stream, [[id, [field, value, ...]], ...]]].
         let mut jobs = Vec::new();
