@@ -20,10 +20,13 @@
 //! Run with `make bench` (needs `make components`). Settings: `FULFILLD_BENCH_EVENTS` (ingest
 //! events, default 100000), `FULFILLD_BENCH_ORDERS` (end-to-end orders, default 2000),
 //! `FULFILLD_BENCH_WORKERS` (worker counts, default `2,4,8`), `FULFILLD_BENCH_STORES` (default
-//! `redis,embedded`), `FULFILLD_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`).
+//! `redis,cluster,embedded`; `cluster` is a 3-primary Redis Cluster with a replica each that the
+//! bench starts itself on free ports), `FULFILLD_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+#[path = "../tests/support/redis_servers.rs"]
+mod redis_servers;
 mod support;
 
 use std::collections::BTreeMap;
@@ -260,13 +263,19 @@ async fn redis_cpu(url: &str) -> Option<Duration> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum StoreKind {
     Redis,
+    /// A 3-primary Redis Cluster (a replica each) the bench starts itself.
+    Cluster,
     Embedded,
 }
+
+/// The seed URLs of the bench's own cluster, once started.
+static CLUSTER_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 impl StoreKind {
     fn name(self) -> &'static str {
         match self {
             StoreKind::Redis => "redis",
+            StoreKind::Cluster => "redis cluster (3 primaries)",
             StoreKind::Embedded => "embedded",
         }
     }
@@ -307,6 +316,12 @@ impl Setup {
             env.insert("FULFILLD_REDIS_NAMESPACE".into(), ns.clone());
             ns
         });
+        if store == StoreKind::Cluster {
+            // The cluster is the bench's own and thrown away at the end: no cleanup.
+            let url = CLUSTER_URL.get().expect("the cluster is started first");
+            env.insert("REDIS_URL".into(), url.clone());
+            env.insert("FULFILLD_REDIS_MODE".into(), "cluster".into());
+        }
         let config = Config::from_lookup(|key| env.get(key).cloned()).unwrap();
         Setup {
             sandbox,
@@ -583,8 +598,15 @@ async fn bench() {
         .map(|w| w.parse().expect("FULFILLD_BENCH_WORKERS: numbers"))
         .collect();
     let mut stores = Vec::new();
-    for name in list("FULFILLD_BENCH_STORES", "redis,embedded") {
+    let mut _cluster = None;
+    for name in list("FULFILLD_BENCH_STORES", "redis,cluster,embedded") {
         match name.as_str() {
+            "cluster" => {
+                let cluster = redis_servers::OwnCluster::start().await;
+                let _ = CLUSTER_URL.set(cluster.url());
+                _cluster = Some(cluster);
+                stores.push(StoreKind::Cluster);
+            }
             "redis" if redis_reachable(&redis_url()).await => stores.push(StoreKind::Redis),
             "redis" => println!(
                 "SKIPPED redis: no Redis at {} (set FULFILLD_TEST_REDIS_URL)",

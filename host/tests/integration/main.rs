@@ -38,3 +38,4 @@ mod sandbox_admin;
 mod scenarios;
 mod store;
 mod thirdparty;
+mod topology;
