@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::pipeline::{Rig, ServeProcess};
 
 #[path = "../support/redis_servers.rs"]
-mod redis_servers;
+pub(crate) mod redis_servers;
 use redis_servers::{OwnCluster, Server, base_args, cli, free_port, role, wait_until};
 
 /// Each order Activated, each with a WHMCS order of its own, and every event's job recorded in
@@ -91,46 +91,52 @@ async fn wait_leader(hosts: &[&ServeProcess]) {
     }
 }
 
+/// Two `serve` replicas on `rig` (with `settings` added to its environment), one of them leader.
+async fn two_replicas(rig: &mut Rig, settings: &[(&str, &str)]) -> (ServeProcess, ServeProcess) {
+    for (k, v) in settings {
+        rig.env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    let a = ServeProcess::start(rig, "replica-a", &[]);
+    let b = ServeProcess::start(rig, "replica-b", &[]);
+    wait_leader(&[&a, &b]).await;
+    (a, b)
+}
+
+/// Publishes an event for each of `orders`, adding its EventUuid to `uuids`.
+fn publish_all(rig: &Rig, orders: &[String], uuids: &mut Vec<String>) {
+    for order in orders {
+        uuids.push(rig.publish(order).0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_runs_the_pipeline_through_a_failover_and_a_killed_primary() {
     let mut cluster = OwnCluster::start().await;
     let mut rig = Rig::new().await.with_redis(&cluster.url());
-    rig.env
-        .insert("FULFILLD_REDIS_MODE".into(), "cluster".into());
-    let a = ServeProcess::start(&rig, "replica-a", &[]);
-    let b = ServeProcess::start(&rig, "replica-b", &[]);
-    wait_leader(&[&a, &b]).await;
+    let (a, b) = two_replicas(&mut rig, &[("FULFILLD_REDIS_MODE", "cluster")]).await;
 
     let orders = rig.orders(1, 30);
     let mut uuids = Vec::new();
-    for order in &orders[..10] {
-        uuids.push(rig.publish(order).0);
-    }
+    publish_all(&rig, &orders[..10], &mut uuids);
     rig.wait_activated(&orders[..10], Duration::from_secs(60))
         .await;
 
     // A manual failover of the channel's primary while events arrive.
     let cursor = format!("sf:pe:replay:{}", rig.channel);
     let (primary, replica) = cluster.owner_of(&cursor);
-    for order in &orders[10..15] {
-        uuids.push(rig.publish(order).0);
-    }
+    publish_all(&rig, &orders[10..15], &mut uuids);
     assert!(cli(replica, &["CLUSTER", "FAILOVER"]).contains("OK"));
     wait_until("the replica to take over", Duration::from_secs(30), || {
         role(replica) == "master"
     })
     .await;
-    for order in &orders[15..20] {
-        uuids.push(rig.publish(order).0);
-    }
+    publish_all(&rig, &orders[15..20], &mut uuids);
     rig.wait_activated(&orders[..20], Duration::from_secs(90))
         .await;
 
     // The new primary killed (-9) while events arrive: the old one, now its replica, takes over
     // once the cluster sees it fail (node timeout 2 s).
-    for order in &orders[20..25] {
-        uuids.push(rig.publish(order).0);
-    }
+    publish_all(&rig, &orders[20..25], &mut uuids);
     cluster.kill9(replica);
     wait_until(
         "the old primary to be promoted",
@@ -139,9 +145,7 @@ async fn a_cluster_runs_the_pipeline_through_a_failover_and_a_killed_primary() {
     )
     .await;
     cluster.wait_ok().await;
-    for order in &orders[25..] {
-        uuids.push(rig.publish(order).0);
-    }
+    publish_all(&rig, &orders[25..], &mut uuids);
     wait_activated(&rig, &orders, &[&a, &b], Duration::from_secs(120)).await;
     let (events, jobs, whmcs, again) = assert_each_once(&rig, &orders, &uuids).await;
     assert_eq!((events, jobs, whmcs), (30, 30, 30));
@@ -250,27 +254,21 @@ impl OwnSentinel {
 async fn through_sentinel_the_pipeline_follows_the_primary_after_it_is_killed() {
     let mut sentinel = OwnSentinel::start().await;
     let mut rig = Rig::new().await.with_redis(&sentinel.url());
-    rig.env
-        .insert("FULFILLD_REDIS_MODE".into(), "sentinel".into());
-    rig.env
-        .insert("FULFILLD_REDIS_SENTINEL_MASTER".into(), "mymaster".into());
-    let a = ServeProcess::start(&rig, "replica-a", &[]);
-    let b = ServeProcess::start(&rig, "replica-b", &[]);
-    wait_leader(&[&a, &b]).await;
+    let settings = [
+        ("FULFILLD_REDIS_MODE", "sentinel"),
+        ("FULFILLD_REDIS_SENTINEL_MASTER", "mymaster"),
+    ];
+    let (a, b) = two_replicas(&mut rig, &settings).await;
 
     let orders = rig.orders(1, 16);
     let mut uuids = Vec::new();
-    for order in &orders[..8] {
-        uuids.push(rig.publish(order).0);
-    }
+    publish_all(&rig, &orders[..8], &mut uuids);
     rig.wait_activated(&orders[..8], Duration::from_secs(60))
         .await;
     assert_eq!(sentinel.named_primary(), Some(sentinel.primary.port));
 
     // The primary killed (-9) while events arrive; the Sentinels promote the replica.
-    for order in &orders[8..12] {
-        uuids.push(rig.publish(order).0);
-    }
+    publish_all(&rig, &orders[8..12], &mut uuids);
     sentinel.primary.kill9();
     let replica = sentinel.replica.port;
     wait_until(
@@ -279,9 +277,7 @@ async fn through_sentinel_the_pipeline_follows_the_primary_after_it_is_killed() 
         || sentinel.named_primary() == Some(replica),
     )
     .await;
-    for order in &orders[12..] {
-        uuids.push(rig.publish(order).0);
-    }
+    publish_all(&rig, &orders[12..], &mut uuids);
     wait_activated(&rig, &orders, &[&a, &b], Duration::from_secs(120)).await;
     let (events, jobs, whmcs, again) = assert_each_once(&rig, &orders, &uuids).await;
     assert_eq!((events, jobs, whmcs), (16, 16, 16));

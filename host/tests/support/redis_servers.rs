@@ -33,14 +33,7 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (.ci/run installs it)");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server on {port} did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_listening(port).await;
         Server {
             port,
             child: Some(child),
@@ -87,6 +80,18 @@ pub fn base_args(port: u16, dir: &Path) -> Vec<String> {
     .iter()
     .map(|a| (*a).to_owned())
     .collect()
+}
+
+/// Waits (up to 10 s) until something listens on `port` of loopback.
+pub async fn wait_listening(port: u16) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "redis-server on {port} did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Polls `check` every 100 ms; panics naming `what` after `limit`.
