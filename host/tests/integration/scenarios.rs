@@ -283,3 +283,47 @@ fn the_cli_logs_a_scenario_failure_only_at_debug_under_the_gate_target() {
         assert!(!line.contains("job{"), "{line}");
     }
 }
+
+/// Shipped scenarios that a component doing nothing may pass: each expects no work at all, with
+/// the reason. Empty: every shipped scenario pins the calls and messages of the work it expects.
+const EXPECT_NOTHING: &[&str] = &[];
+
+#[test]
+fn a_component_that_does_nothing_fails_every_shipped_scenario() {
+    // `fixture-noop` makes no call and answers `skipped`: a scenario it passes would pass for
+    // rules that provision nothing, so it proves nothing about the rules.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+        .arg("test")
+        .arg(common::component("fixture_noop"))
+        .arg(common::scenarios_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+
+    let names: Vec<String> = scenario_files()
+        .iter()
+        .map(|file| Scenario::load(file).unwrap().name)
+        .collect();
+    assert_eq!(names.len(), scenario_files().len());
+    for name in &names {
+        let passed = stdout.lines().any(|l| l == format!("PASS {name}"));
+        let failed = stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("FAIL {name}: ")));
+        if EXPECT_NOTHING.contains(&name.as_str()) {
+            assert!(passed, "{name} expects nothing and should pass: {stdout}");
+        } else {
+            assert!(
+                failed && !passed,
+                "a component that does nothing must fail \"{name}\": {stdout}"
+            );
+        }
+    }
+    let expected = format!(
+        "{} passed, {} failed",
+        EXPECT_NOTHING.len(),
+        names.len() - EXPECT_NOTHING.len()
+    );
+    assert!(stdout.contains(&expected), "{expected}: {stdout}");
+}
