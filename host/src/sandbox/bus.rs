@@ -139,6 +139,17 @@ impl EventBus {
         Ok(schema_id)
     }
 
+    /// Drops a schema as if the org had deleted it: GetSchema answers NOT_FOUND for it, while
+    /// events stored under it stay, so a subscriber meets an event whose schema it cannot have.
+    /// Returns whether the schema existed. A topic's current schema cannot be dropped.
+    pub fn forget_schema(&self, schema_id: &str) -> bool {
+        let mut state = self.state();
+        if state.topics.values().any(|t| t.schema_id == schema_id) {
+            return false;
+        }
+        state.schemas.remove(schema_id).is_some()
+    }
+
     /// The topic's current schema id.
     pub fn schema_id(&self, topic: &str) -> Option<String> {
         self.state().topics.get(topic).map(|t| t.schema_id.clone())

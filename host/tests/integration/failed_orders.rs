@@ -173,12 +173,20 @@ async fn fulfill(rig: &Rig, component: &str, order_id: &str, extra: &[(&str, &st
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    serde_json::from_str(&stdout).unwrap_or_else(|err| {
+    let summary: Value = serde_json::from_str(&stdout).unwrap_or_else(|err| {
         panic!(
             "{err}: {stdout}\n{}",
             String::from_utf8_lossy(&output.stderr)
         )
-    })
+    });
+    // Exit 1 for a failed job (its result has a code), 0 for a completed or skipped one.
+    let expected = if summary["result"]["code"].is_string() {
+        1
+    } else {
+        0
+    };
+    assert_eq!(output.status.code(), Some(expected), "{stdout}");
+    summary
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

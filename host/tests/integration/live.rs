@@ -200,6 +200,8 @@ async fn secrets_in_the_host_environment_are_invisible_to_a_component() {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(stdout.contains("ESCAPE_BLOCKED"), "{stdout}\n{stderr}");
+    // The job failed (the fixture reports what it could reach as a business failure): exit 1.
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
     let secrets = secrets(&fakes);
     assert_no_secret(&stdout, &secrets);
     assert_no_secret(&stderr, &secrets);

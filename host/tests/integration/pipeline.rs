@@ -648,6 +648,20 @@ impl ServeProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the log holds `needle`; panics with the log after `limit`.
+    pub(crate) async fn wait_log(&self, needle: &str, limit: Duration) {
+        let start = Instant::now();
+        while !self.log_text().contains(needle) {
+            assert!(
+                start.elapsed() < limit,
+                "{} never logged {needle:?}; log:\n{}",
+                self.http,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
@@ -839,14 +853,28 @@ async fn two_hosts_one_subscriber_takeover_and_a_paused_leader_is_fenced() {
     )
     .await;
     let before_resume = rig.latest();
-    // A resumes holding a stale lease: it may not move the cursor.
+    // A resumes holding a stale lease: it stops leading (its own clock says the lease ran out,
+    // or the store refuses its renewal or its write; its log says which) and turns follower,
+    // without having moved the cursor. The store's refusal alone is
+    // store::*::fenced_ingest_writes_nothing.
+    assert!(!a.log_text().contains("stopped reading the channel"));
     a.signal("CONT");
-    let watch_until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < watch_until {
-        let cursor = store.cursor(&rig.channel).await.unwrap().unwrap();
-        assert_eq!(cursor, before_resume, "the paused leader moved the cursor");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    a.wait_log("stopped reading the channel", Duration::from_secs(30))
+        .await;
+    a.wait_role("follower", Duration::from_secs(30)).await;
+    let log = a.log_text();
+    assert!(
+        [
+            "the lease could not be renewed in time",
+            "the lease was lost",
+            "fenced by the store"
+        ]
+        .iter()
+        .any(|reason| log.contains(reason)),
+        "{log}"
+    );
+    let cursor = store.cursor(&rig.channel).await.unwrap().unwrap();
+    assert_eq!(cursor, before_resume, "the paused leader moved the cursor");
     let lease = store.lease(&rig.channel).await.unwrap().unwrap();
     assert_eq!(lease.holder, "replica-b");
 
