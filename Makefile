@@ -54,10 +54,12 @@ test: redis-server-installed components thirdparty-client browser-client
 redis-server-installed:
 	@tests/with-redis.sh --check
 
-## Formatting, clippy and the module layering (docs/architecture.md; no cycles), exactly as CI runs them.
+## Formatting, clippy, the module layering (docs/architecture.md; no cycles) and the promise pages'
+## test names (docs/guarantees.md, docs/bad-input.md: each named test exists), exactly as CI runs them.
 lint:
 	$(CARGO) fmt --all -- --check
 	python3 .ci/test_module_cycles.py -q
+	python3 .ci/doc_tests.py
 	python3 .ci/module-cycles.py --layers docs/architecture.md host/src components/sdk/src components/fulfillment/src
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

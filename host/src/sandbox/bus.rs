@@ -305,6 +305,29 @@ impl EventBus {
             .map(|t| ReplayId::from_u64(t.latest))
     }
 
+    /// Drops the topic's events up to and including `replay_id` now, as retention does once
+    /// they are old enough: later subscriptions from them are refused as expired. Tests use it
+    /// instead of waiting for a short retention to pass. Returns how many events were dropped.
+    pub fn expire_through(&self, topic: &str, replay_id: &ReplayId) -> usize {
+        let Some(through) = replay_id.as_u64() else {
+            return 0;
+        };
+        let mut state = self.state();
+        let Some(entry) = state.topics.get_mut(topic) else {
+            return 0;
+        };
+        let mut dropped = 0;
+        while let Some(front) = entry.events.front() {
+            if front.replay > through {
+                break;
+            }
+            entry.expired_up_to = Some(front.replay);
+            entry.events.pop_front();
+            dropped += 1;
+        }
+        dropped
+    }
+
     /// The retained events, oldest first.
     pub fn events(&self, topic: &str) -> Vec<(ReplayId, ProducerEvent)> {
         let retention = self.inner.retention;
@@ -414,4 +437,71 @@ fn schema_id_for(schema_json: &str) -> String {
     let mut id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
     id.truncate(22);
     id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::{ORDER_EVENT_TOPIC, order_event_schema_v1};
+
+    fn bus(retention: Duration) -> EventBus {
+        let bus = EventBus::new(retention, 1);
+        bus.create_topic(ORDER_EVENT_TOPIC, order_event_schema_v1())
+            .unwrap();
+        bus
+    }
+
+    fn custom(bus: &EventBus, id: &ReplayId) -> Result<Start, ReplayProblem> {
+        bus.start(
+            ORDER_EVENT_TOPIC,
+            proto::ReplayPreset::Custom,
+            id.as_bytes(),
+        )
+    }
+
+    #[test]
+    fn events_older_than_the_retention_are_dropped_and_their_ids_refused() {
+        let bus = bus(Duration::ZERO);
+        let old = bus.publish_order(ORDER_EVENT_TOPIC, "801A", "u1").unwrap();
+        let newest = bus.publish_order(ORDER_EVENT_TOPIC, "801B", "u2").unwrap();
+        // Any time at all is past a zero retention.
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(bus.events(ORDER_EVENT_TOPIC).is_empty());
+        assert_eq!(custom(&bus, &old), Err(ReplayProblem::Expired));
+        // The topic's position (what keepalives report) stays valid.
+        assert!(matches!(custom(&bus, &newest), Ok(Start::After(_))));
+    }
+
+    #[test]
+    fn expire_through_drops_up_to_the_id_and_keeps_the_rest() {
+        let bus = bus(Duration::from_secs(3600));
+        let first = bus.publish_order(ORDER_EVENT_TOPIC, "801A", "u1").unwrap();
+        let second = bus.publish_order(ORDER_EVENT_TOPIC, "801B", "u2").unwrap();
+        let third = bus.publish_order(ORDER_EVENT_TOPIC, "801C", "u3").unwrap();
+        assert_eq!(bus.expire_through(ORDER_EVENT_TOPIC, &second), 2);
+        let kept: Vec<ReplayId> = bus
+            .events(ORDER_EVENT_TOPIC)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(kept, vec![third.clone()]);
+        assert_eq!(custom(&bus, &first), Err(ReplayProblem::Expired));
+        assert_eq!(custom(&bus, &second), Err(ReplayProblem::Expired));
+        assert!(matches!(custom(&bus, &third), Ok(Start::After(_))));
+        assert_eq!(bus.expire_through("/event/Nope__e", &third), 0);
+    }
+
+    #[test]
+    fn a_forgotten_schema_is_gone_but_the_current_one_stays() {
+        let bus = bus(Duration::from_secs(3600));
+        let current = bus.schema_id(ORDER_EVENT_TOPIC).unwrap();
+        assert!(!bus.forget_schema(&current));
+        let newer = bus
+            .evolve_schema(ORDER_EVENT_TOPIC, crate::sandbox::order_event_schema_v2())
+            .unwrap();
+        assert!(bus.forget_schema(&current));
+        assert!(bus.schema_json(&current).is_none());
+        assert!(bus.schema_json(&newer).is_some());
+        assert!(!bus.forget_schema(&current));
+    }
 }

@@ -711,13 +711,24 @@ async fn whmcs_timeout_leaves_the_outcome_unknown() {
         (ErrorKind::Timeout, "ETIMEOUT")
     );
     assert_no_credentials(&err);
-    // The server still did the work: reconciling with GetOrders finds the order.
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    let pending = impatient
-        .call("GetOrders", &obj(json!({"userid": 7, "status": "Pending"})))
-        .await
-        .unwrap();
-    assert_eq!(pending["totalresults"], 1);
+    // The server still did the work (once its 1.5 s delay is over): reconciling with GetOrders
+    // finds the order.
+    let start = std::time::Instant::now();
+    loop {
+        let pending = impatient
+            .call("GetOrders", &obj(json!({"userid": 7, "status": "Pending"})))
+            .await
+            .unwrap();
+        if pending["totalresults"] == 1 {
+            break;
+        }
+        assert_eq!(pending["totalresults"], 0, "{pending}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the order never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

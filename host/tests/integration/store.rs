@@ -672,7 +672,9 @@ mod suite {
         let uuid = random_uuid();
         ingest_jobs(&store, &lease, &[&uuid]).await;
 
-        let idle = ms(500);
+        // Wide enough that "not idle long enough yet" holds between two store calls on a
+        // loaded machine.
+        let idle = ms(2000);
         let first = store
             .claim(&ch, &options("w1", 1, Duration::ZERO, idle))
             .await
@@ -688,7 +690,7 @@ mod suite {
             "not idle long enough yet"
         );
 
-        tokio::time::sleep(ms(650)).await;
+        tokio::time::sleep(idle + ms(200)).await;
         let again = store
             .claim(&ch, &options("w2", 1, Duration::ZERO, idle))
             .await
@@ -733,25 +735,24 @@ mod suite {
         let store = h.open().await;
         let ch = h.channel("");
         let lease = leader(&store, &ch).await;
-        ingest_jobs(&store, &lease, &[&random_uuid()]).await;
-        let idle = ms(500);
+        ingest_jobs(&store, &lease, &[&random_uuid(), &random_uuid()]).await;
+        // Both claimed, both left idle past `idle`; then one is touched. Another consumer
+        // reclaims exactly the other one: the touch reset the idle time. (The touch and the
+        // reclaim are two store calls apart, far less than `idle` on any machine.)
+        let idle = ms(2000);
         let jobs = store
-            .claim(&ch, &options("w1", 1, Duration::ZERO, idle))
+            .claim(&ch, &options("w1", 2, Duration::ZERO, idle))
             .await
             .unwrap();
-        assert_eq!(jobs.len(), 1);
-        for _ in 0..4 {
-            tokio::time::sleep(ms(200)).await;
-            store.touch(&jobs[0], "w1").await.unwrap();
-        }
-        // 800 ms after the claim, but touched within the last 500 ms.
-        assert!(
-            store
-                .claim(&ch, &options("w2", 1, Duration::ZERO, idle))
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert_eq!(jobs.len(), 2);
+        tokio::time::sleep(idle + ms(200)).await;
+        store.touch(&jobs[0], "w1").await.unwrap();
+        let reclaimed = store
+            .claim(&ch, &options("w2", 2, Duration::ZERO, idle))
+            .await
+            .unwrap();
+        assert_eq!(reclaimed.len(), 1, "{reclaimed:?}");
+        assert_eq!(reclaimed[0].event_uuid, jobs[1].event_uuid);
         match store.touch(&jobs[0], "w2").await {
             Err(StoreError::NotFound(_)) => {}
             other => panic!("touch by a consumer that does not hold the job: {other:?}"),
@@ -1041,12 +1042,13 @@ mod suite {
     }
 
     /// A run renews its holds while it holds them, even while a writer waits for the name; a
-    /// holder that holds nothing there renews nothing. Without the renewal the reader's 300 ms
+    /// holder that holds nothing there renews nothing. Without the renewal the reader's 2 s
     /// hold would have run out before the writer's second attempt.
     pub async fn holds_are_renewed_by_their_holder_only(h: &Harness) {
         let store = h.open().await;
         let name = format!("whmcs-client:{}", h.tag);
-        let short = Duration::from_millis(300);
+        // Wide enough that the steps before the renewal fit in it on a loaded machine.
+        let short = Duration::from_millis(2000);
         assert!(
             store
                 .try_hold(&name, "run-a", HoldMode::Shared, short)
@@ -1061,7 +1063,7 @@ mod suite {
         );
         assert!(store.renew_hold(&name, "run-a", LONG).await.unwrap());
         assert!(!store.renew_hold(&name, "run-c", LONG).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(short + Duration::from_millis(200)).await;
         assert!(
             !store
                 .try_hold(&name, "run-b", HoldMode::Exclusive, short)
@@ -1083,7 +1085,8 @@ mod suite {
     pub async fn holds_expire_and_a_holder_never_waits_for_itself(h: &Harness) {
         let store = h.open().await;
         let name = format!("whmcs-client:{}", h.tag);
-        let short = Duration::from_millis(300);
+        // Wide enough that "another job waits" holds between store calls on a loaded machine.
+        let short = Duration::from_millis(2000);
         // A job that died holding its shared hold: the same job, delivered again, is the same
         // holder and does not wait for it; another job waits until it expires.
         assert!(
@@ -1111,7 +1114,7 @@ mod suite {
                 .await
                 .unwrap()
         );
-        tokio::time::sleep(Duration::from_millis(450)).await;
+        tokio::time::sleep(short + Duration::from_millis(300)).await;
         // Both the dead reader and the writer's waiting registration have run out.
         assert!(
             store
