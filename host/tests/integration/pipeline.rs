@@ -125,7 +125,7 @@ impl Rig {
         (uuid, replay)
     }
 
-    fn publish_with_uuid(&self, order_id: &str, uuid: &str) -> ReplayId {
+    pub(crate) fn publish_with_uuid(&self, order_id: &str, uuid: &str) -> ReplayId {
         self.sandbox
             .pubsub()
             .bus()
