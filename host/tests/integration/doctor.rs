@@ -103,6 +103,37 @@ async fn doctor_passes_every_check_against_the_sandbox() {
     assert!(report.contains("all 9 checks passed"), "{report}");
     // Reading settings that carry secrets prints none of them.
     assert!(!report.contains(&rig.env["WHMCS_SECRET"]), "{report}");
+
+    // It changes nothing anywhere: Salesforce got reads (and the token grant), WHMCS read-only
+    // actions, and the store (a Redis of this test's own) holds no key.
+    for request in rig.sandbox.salesforce().requests() {
+        assert!(
+            request.method == "GET" || request.path.ends_with("/oauth2/token"),
+            "doctor wrote to Salesforce: {request:?}"
+        );
+    }
+    let actions: Vec<String> = rig
+        .sandbox
+        .whmcs()
+        .requests()
+        .iter()
+        .filter_map(|form| {
+            form.iter()
+                .find(|(k, _)| k == "action")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    assert!(!actions.is_empty());
+    for action in &actions {
+        assert!(
+            action.starts_with("Get") || action == "WhmcsDetails",
+            "doctor called WHMCS {action}: {actions:?}"
+        );
+    }
+    let client = ::redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: i64 = ::redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+    assert_eq!(keys, 0, "doctor wrote to the store");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

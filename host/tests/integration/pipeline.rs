@@ -437,6 +437,22 @@ async fn the_same_event_uuid_twice_creates_one_whmcs_order() {
     let record = store.job_record(&uuid).await.unwrap().unwrap();
     assert_eq!(record.outcome, "completed");
     assert_eq!(record.order_id.as_deref(), Some(orders[0].as_str()));
+    // The EventUuid is remembered for 7 days (longer than Salesforce's 72 h retention).
+    let key = format!(
+        "{}:{{sf:pe:replay:{}}}:dedupe:{uuid}",
+        rig.env["FULFILLD_REDIS_NAMESPACE"], rig.channel
+    );
+    let client = ::redis::Client::open(redis_url().as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = ::redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        (7 * 24 * 3600 - 600..=7 * 24 * 3600).contains(&ttl),
+        "{key}: TTL {ttl}"
+    );
     host.shutdown().await;
 }
 
