@@ -407,3 +407,39 @@ async fn over_tls_with_a_client_certificate_the_pipeline_runs_and_bad_trust_is_n
         );
     }
 }
+
+/// With its only replica gone, a Sentinel primary still takes every write: the host waits
+/// 500 ms for a replica once, says so (WARN), and does not wait again for 5 s, so the Orders
+/// run at the primary's pace and the WARN comes at most once per 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_replica_the_writes_go_on_with_one_warning_per_five_seconds() {
+    let mut sentinel = OwnSentinel::start().await;
+    sentinel.replica.kill9();
+    let mut rig = Rig::new().await.with_redis(&sentinel.url());
+    rig.env
+        .insert("FULFILLD_REDIS_MODE".into(), "sentinel".into());
+    rig.env
+        .insert("FULFILLD_REDIS_SENTINEL_MASTER".into(), "mymaster".into());
+    let started = Instant::now();
+    let host = ServeProcess::start(&rig, "replica-a", &[]);
+    wait_leader(&[&host]).await;
+    let orders = rig.orders(1, 8);
+    let mut uuids = Vec::new();
+    publish_all(&rig, &orders, &mut uuids);
+    wait_activated(&rig, &orders, &[&host], Duration::from_secs(120)).await;
+    let (events, jobs, whmcs, _) = assert_each_once(&rig, &orders, &uuids).await;
+    assert_eq!((events, jobs, whmcs), (8, 8, 8));
+
+    let log = host.log_text();
+    let warnings = log
+        .matches("no Redis replica confirmed the write within 500 ms")
+        .count();
+    let allowed = 1 + started.elapsed().as_secs() / 5;
+    assert!(
+        (1..=allowed as usize).contains(&warnings),
+        "{warnings} warnings in {:?} (at most {allowed}):\n{log}",
+        started.elapsed()
+    );
+    // The primary never moved: no failover was asked for.
+    assert_eq!(sentinel.named_primary(), Some(sentinel.primary.port));
+}
