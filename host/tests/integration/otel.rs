@@ -458,3 +458,35 @@ async fn serve_refuses_bad_trace_settings_and_names_each() {
         assert!(stderr.contains(setting), "{setting} not in:\n{stderr}");
     }
 }
+
+/// A collector nobody answers at: the jobs run as without export, the exporter's failures are
+/// WARNs, and the graceful stop still ends (exit 0) instead of waiting on the collector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_collector_costs_no_job_anything() {
+    let endpoint = format!("http://127.0.0.1:{}", crate::pipeline::free_port());
+    let rig = Rig::new().await;
+    let orders = rig.orders(1, 5);
+    let mut serve = ServeProcess::start(
+        &rig,
+        "otel-nobody",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            // Export while the jobs run, not only at the stop.
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    serve.wait_role("leader", Duration::from_secs(60)).await;
+    for order in &orders {
+        rig.publish(order);
+    }
+    rig.wait_activated(&orders, Duration::from_secs(60)).await;
+    rig.assert_exactly_once(&orders);
+    // At least one batch was tried and failed, and said so at WARN.
+    serve
+        .wait_log("WARN opentelemetry", Duration::from_secs(30))
+        .await;
+    serve.signal("TERM");
+    let status = serve.wait_exit(Duration::from_secs(60)).await;
+    assert!(status.success(), "{status:?}\n{}", serve.log_text());
+    assert!(serve.log_text().contains("stopped"), "{}", serve.log_text());
+}
