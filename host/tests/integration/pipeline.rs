@@ -846,6 +846,11 @@ async fn two_hosts_one_subscriber_takeover_and_a_paused_leader_is_fenced() {
     a.wait_role("leader", Duration::from_secs(60)).await;
     let b = ServeProcess::start(&rig, "replica-b", &[]);
     b.wait_role("follower", Duration::from_secs(60)).await;
+    b.wait_log(
+        "another replica holds the subscriber lease; this one runs workers only",
+        Duration::from_secs(30),
+    )
+    .await;
     for order in &orders[..20] {
         rig.publish(order);
     }
@@ -1484,7 +1489,42 @@ async fn sigterm_finishes_the_job_in_flight_releases_the_lease_and_exits_zero() 
         "the lease is released"
     );
     assert_eq!(store.queue_depth(&rig.channel).await.unwrap(), 0);
-    assert!(serve.log_text().contains("stopped"));
+    // The log lines the guide names for start-up and stop, in order.
+    let log = serve.log_text();
+    let mut at = 0;
+    for line in [
+        "component loaded",
+        "fulfilld serving",
+        "subscriber lease acquired: this replica reads the channel",
+        "subscription starting",
+        "shutting down: no new events or jobs",
+        "stopped",
+    ] {
+        let found = log[at..]
+            .find(line)
+            .unwrap_or_else(|| panic!("{line:?} missing after byte {at}:\n{log}"));
+        at += found + line.len();
+    }
+    let loaded = log
+        .lines()
+        .find(|l| l.contains("component loaded"))
+        .unwrap();
+    assert!(loaded.contains("digest="), "{loaded}");
+    let serving = log
+        .lines()
+        .find(|l| l.contains("fulfilld serving"))
+        .unwrap();
+    for field in [
+        "channel=",
+        "events_enabled=",
+        "store=",
+        "workers=",
+        "http=",
+        "component=",
+        "replica=",
+    ] {
+        assert!(serving.contains(field), "{field} missing: {serving}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
