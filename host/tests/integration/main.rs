@@ -27,6 +27,7 @@ mod journal;
 mod listeners;
 mod live;
 mod manifest;
+mod operator_commands;
 mod otel;
 mod pipeline;
 mod pubsub;
