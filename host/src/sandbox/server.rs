@@ -202,6 +202,9 @@ impl Sandbox {
         )
         .await
         .context("starting the Pub/Sub server")?;
+        // Every listener is bound before the state directory is written: a sandbox that cannot
+        // start (a port in use) leaves the files of the one already running there as they were.
+        let admin_listener = bind(config.bind, config.admin_port).await?;
 
         let mut env = BTreeMap::new();
         let login = salesforce.url().as_str().trim_end_matches('/').to_owned();
@@ -261,7 +264,6 @@ impl Sandbox {
             whmcs,
             env: env.clone(),
         });
-        let admin_listener = bind(config.bind, config.admin_port).await?;
         let admin_url = url::Url::parse(&format!("http://{}", admin_listener.local_addr()?))
             .context("admin URL")?;
         let app = Router::new()

@@ -279,13 +279,22 @@ async fn junk_queue_entries_are_dead_lettered_and_the_jobs_around_them_run() {
     let (code, out, err) = run(&["dead-letters", "show", &junk.id]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("\"raw:hello\": \"world\""), "{out}");
+    // Refused: exit 1 (docs/operations.md, Operator commands), the reason on stdout.
     let (code, out, err) = run(&["dead-letters", "requeue", &junk.id]);
-    assert_ne!(code, Some(0), "{out}{err}");
-    assert!(out.contains("cannot be requeued"), "{out}{err}");
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.starts_with(&format!("cannot requeue {}: ", junk.id))
+            && out.contains("cannot be requeued"),
+        "{out}{err}"
+    );
     // The junk entry written straight into the dead letters is refused the same way.
     let (code, out, err) = run(&["dead-letters", "requeue", &bogus.id]);
-    assert_ne!(code, Some(0), "{out}{err}");
-    assert!(out.contains("cannot be requeued"), "{out}{err}");
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.starts_with(&format!("cannot requeue {}: ", bogus.id))
+            && out.contains("cannot be requeued"),
+        "{out}{err}"
+    );
     assert_eq!(
         store.dead_letters(&rig.channel, 100).await.unwrap().len(),
         5

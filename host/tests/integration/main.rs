@@ -28,6 +28,7 @@ mod listeners;
 mod live;
 mod manifest;
 mod metrics;
+mod operator_commands;
 mod otel;
 mod pipeline;
 mod pubsub;

@@ -1968,6 +1968,117 @@ async fn two_replicas_on_one_redis_converge_on_a_newly_activated_version() {
     }
 }
 
+/// docs/deploying-components.md, section 6: an activation Redis cannot record answers 503 (`the
+/// store could not record this for the other replicas`) and is live on that replica only; as
+/// soon as Redis answers again that replica goes back to the replicas' shared version (the other
+/// never left it), and the activation repeated then reaches every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_activation_redis_cannot_record_answers_503_and_the_replica_returns_to_the_shared_one() {
+    const TOKEN: &str = "admin-token-for-the-unrecorded-activation-test";
+    // An append-only file: the shared version outlives the stop, as a production Redis's does.
+    let mut redis = OwnRedis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).await;
+    let rig = Rig::new().await.with_redis(&redis.url);
+    let dir_a = rig._dir.path().join("registry-a").display().to_string();
+    let dir_b = rig._dir.path().join("registry-b").display().to_string();
+    let poll = ("FULFILLD_COMPONENT_POLL_MS", "100");
+    let a = rig
+        .host(&[
+            ("FULFILLD_REGISTRY_DIR", dir_a.as_str()),
+            ("FULFILLD_ADMIN_TOKEN", TOKEN),
+            ("FULFILLD_REPLICA_ID", "replica-a"),
+            poll,
+        ])
+        .await;
+    let b = rig
+        .host(&[
+            ("FULFILLD_REGISTRY_DIR", dir_b.as_str()),
+            ("FULFILLD_REPLICA_ID", "replica-b"),
+            poll,
+        ])
+        .await;
+    let v1_wasm = std::fs::read(common::component("fulfillment")).unwrap();
+    let v1 = fulfilld::registry::sha256_hex(&v1_wasm);
+    let v2_wasm = with_custom_section(&v1_wasm, "unrecorded");
+    let v2 = fulfilld::registry::sha256_hex(&v2_wasm);
+    // A connection of its own each time: one opened before the stop breaks with it.
+    let shared_active = || async {
+        let store = rig.store().await;
+        store
+            .component_share()
+            .expect("Redis shares components")
+            .shared_active()
+            .await
+            .unwrap()
+            .map(|active| active.sha256)
+    };
+    assert_eq!(shared_active().await.as_deref(), Some(v1.as_str()));
+
+    // Deployed on A (stored, not activated) while Redis answers.
+    let base = format!("http://{}/admin", a.admin_addr().unwrap());
+    let http = reqwest::Client::new();
+    let deployed = http
+        .post(format!("{base}/components"))
+        .bearer_auth(TOKEN)
+        .body(v2_wasm)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
+    assert_eq!(a.shared().component.load().digest(), v1);
+
+    // Redis down: the activation goes live on A, is not recorded, and says so with 503.
+    redis.stop().await;
+    let refused = http
+        .post(format!("{base}/components/{v2}/activate"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("the store could not record this for the other replicas: ")
+            && error.ends_with(
+                "; an activation is live on this replica only until the store answers again: \
+                 then activate it again"
+            ),
+        "{body}"
+    );
+    assert_eq!(a.shared().component.load().digest(), v2, "live on A only");
+    assert_eq!(b.shared().component.load().digest(), v1);
+
+    // Redis back (its record still names v1): A returns to v1 by itself; B never left it.
+    redis.start_again().await;
+    let took = wait_running(&a, &v1, Duration::from_secs(60)).await;
+    eprintln!(
+        "replica A was back on the shared version {} ms after Redis answered",
+        took.as_millis()
+    );
+    assert_eq!(shared_active().await.as_deref(), Some(v1.as_str()));
+    assert_eq!(b.shared().component.load().digest(), v1);
+
+    // The activation repeated now is recorded, and every replica runs it.
+    let activated = http
+        .post(format!("{base}/components/{v2}/activate"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        activated.status(),
+        200,
+        "{}",
+        activated.text().await.unwrap()
+    );
+    assert_eq!(shared_active().await.as_deref(), Some(v2.as_str()));
+    wait_running(&b, &v2, Duration::from_secs(60)).await;
+    assert_eq!(a.shared().component.load().digest(), v2);
+    for host in [a, b] {
+        host.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_deploy_directory_deploys_good_files_and_rejects_bad_ones() {
     let rig = Rig::new().await;
@@ -2059,6 +2170,15 @@ async fn refused_start(
     registry: Option<&std::path::Path>,
     extra: &[(&str, &std::ffi::OsStr)],
 ) -> String {
+    refused_start_status(rig, registry, extra).await.1
+}
+
+/// [`refused_start`], with the exit status too.
+async fn refused_start_status(
+    rig: &Rig,
+    registry: Option<&std::path::Path>,
+    extra: &[(&str, &std::ffi::OsStr)],
+) -> (std::process::ExitStatus, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fulfilld"));
     command
         .arg("serve")
@@ -2092,7 +2212,74 @@ async fn refused_start(
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(!status.success(), "registry {registry:?}: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
+    (status, stderr)
+}
+
+/// docs/operations.md, Configuration and Capability policy: a FULFILLD_POLICY_FILE that cannot
+/// be read stops `serve` and `fulfill` at start with exit status 2, naming the setting and the
+/// file, before anything is contacted; an empty (or blank) FULFILLD_COMPONENT counts as unset
+/// and stops `serve` with the message the settings table quotes. All run as the built binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_fulfill_stop_on_a_missing_policy_file_and_serve_on_an_empty_component() {
+    let rig = Rig::new().await;
+    let sf = rig.sandbox.salesforce();
+    let requests_before = sf.requests().len();
+    let missing = rig._dir.path().join("no-such-policy.toml");
+    let named = format!("FULFILLD_POLICY_FILE: cannot read {}: ", missing.display());
+    let error_line = |stderr: &str| -> String {
+        stderr
+            .lines()
+            .find(|l| l.starts_with("fulfilld: "))
+            .unwrap_or_else(|| panic!("no `fulfilld: ` line in:\n{stderr}"))
+            .to_owned()
+    };
+
+    let (status, stderr) =
+        refused_start_status(&rig, None, &[("FULFILLD_POLICY_FILE", missing.as_os_str())]).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let line = error_line(&stderr);
+    assert!(
+        line.starts_with("fulfilld: invalid configuration: ") && line.contains(&named),
+        "{stderr}"
+    );
+
+    let order = rig.orders(1, 1).remove(0);
+    let output = Command::new(env!("CARGO_BIN_EXE_fulfilld"))
+        .args(["fulfill", "--order-id", &order])
+        .envs(&rig.env)
+        .env("FULFILLD_POLICY_FILE", &missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{}", common::text(&output));
+    assert!(output.stdout.is_empty(), "{}", common::text(&output));
+    let line = error_line(&stderr);
+    assert!(
+        line.starts_with("fulfilld: invalid configuration: ") && line.contains(&named),
+        "{stderr}"
+    );
+    assert_eq!(
+        sf.requests().len(),
+        requests_before,
+        "Salesforce was contacted"
+    );
+    assert_eq!(rig.status(&order).0, "Activating");
+
+    for blank in ["", "  "] {
+        let (status, stderr) =
+            refused_start_status(&rig, None, &[("FULFILLD_COMPONENT", blank.as_ref())]).await;
+        assert_eq!(status.code(), Some(2), "{blank:?}: {stderr}");
+        assert_eq!(
+            error_line(&stderr),
+            "fulfilld: FULFILLD_COMPONENT: is required by `serve` but not set",
+            "{blank:?}: {stderr}"
+        );
+    }
+    assert_eq!(
+        sf.requests().len(),
+        requests_before,
+        "Salesforce was contacted"
+    );
 }
 
 /// `serve` (the built binary) under FULFILLD_REQUIRE_SIGNED refuses an unsigned
@@ -2143,12 +2330,15 @@ async fn require_signed_refuses_an_unsigned_start_up_component_with_or_without_a
 }
 
 /// Under FULFILLD_REQUIRE_SIGNED a replica verifies a version the replicas share before it runs
-/// it: one written into Redis by hand without a signature is not adopted, and the replica says
-/// why in its log and on `/health`.
+/// it: one written into Redis by hand without a signature, and then one with a signature of
+/// another key, are not adopted. The replica says why in its log and on `/health`, and logs the
+/// ERROR `cannot follow …` once per version however often it polls (docs/deploying-components.md,
+/// section 4).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn require_signed_replicas_do_not_adopt_an_unsigned_version_written_into_redis() {
     use fulfilld::store::{SharedActive, SharedComponent};
 
+    const CANNOT_FOLLOW: &str = "cannot follow the component version another replica activated";
     let rig = Rig::new().await.with_redis(&redis_url());
     let dir = rig._dir.path();
     let (private_pem, public_pem) = write_key_pair(dir, 13);
@@ -2158,6 +2348,11 @@ async fn require_signed_replicas_do_not_adopt_an_unsigned_version_written_into_r
     assert!(fulfilld::cli::component_sign(&v1_path, &private_pem, None, &mut out).unwrap());
     let v1 = fulfilld::registry::sha256_hex(&std::fs::read(&v1_path).unwrap());
     let registry_dir = dir.join("registry");
+    // The deploy directory is scanned in the same loop, right after the shared version is
+    // checked, and takes a file only once it is unchanged for one poll: each file it rejects
+    // proves at least two more polls.
+    let deploy_dir = dir.join("deploy");
+    std::fs::create_dir_all(&deploy_dir).unwrap();
     let serve = ServeProcess::start(
         &rig,
         "signed-replica",
@@ -2170,49 +2365,87 @@ async fn require_signed_replicas_do_not_adopt_an_unsigned_version_written_into_r
             ),
             ("FULFILLD_REQUIRE_SIGNED", "true"),
             ("FULFILLD_COMPONENT_POLL_MS", "100"),
+            ("FULFILLD_DEPLOY_DIR", deploy_dir.to_str().unwrap()),
+            ("NO_COLOR", "1"),
         ],
     );
     serve.wait_role("leader", Duration::from_secs(30)).await;
+    let mut witnesses = 0;
+    let mut several_polls = async || {
+        for _ in 0..3 {
+            witnesses += 1;
+            let name = format!("poll-witness-{witnesses}.wasm");
+            std::fs::write(deploy_dir.join(&name), b"not a component").unwrap();
+            let rejected = deploy_dir.join("rejected");
+            wait_for(&format!("{name} rejected"), Duration::from_secs(30), || {
+                std::fs::read_dir(&rejected).is_ok_and(|entries| {
+                    entries.flatten().any(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .ends_with(&format!("-{name}.error"))
+                    })
+                })
+            })
+            .await;
+        }
+    };
 
-    // Someone with write access to Redis publishes an unsigned version as the replicas' own.
-    let v2_wasm = with_custom_section(&std::fs::read(&v1_path).unwrap(), "hand-written");
-    let v2 = fulfilld::registry::sha256_hex(&v2_wasm);
-    let meta = serde_json::json!({
-        "sha256": v2, "name": "fulfillment", "version": "0.1.0", "size": v2_wasm.len(),
-        "deployed_by": "mallory", "deployed_at_ms": 0, "source": "redis-cli", "signed": true,
-    });
+    // Someone with write access to Redis publishes a version as the replicas' own.
     let store = rig.store().await;
     let share = store.component_share().expect("Redis shares components");
-    share
-        .share_component(&SharedComponent {
-            sha256: v2.clone(),
-            meta_json: meta.to_string(),
-            wasm: v2_wasm,
-            signature: None,
-        })
-        .await
-        .unwrap();
-    share
-        .set_shared_active(&SharedActive {
-            sha256: v2.clone(),
-            by: "mallory".into(),
-            at_ms: 0,
-        })
-        .await
-        .unwrap();
-
-    let start = Instant::now();
-    let body = loop {
-        let body = serve.health().await.unwrap_or_default();
-        if body["component"]["refused_shared"]["sha256"] == v2.as_str() {
-            break body;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the refusal never reached /health: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let v1_wasm = std::fs::read(&v1_path).unwrap();
+    let publish = async |tag: &str, signature: Option<String>| {
+        let wasm = with_custom_section(&v1_wasm, tag);
+        let sha256 = fulfilld::registry::sha256_hex(&wasm);
+        let meta = serde_json::json!({
+            "sha256": sha256, "name": "fulfillment", "version": "0.1.0", "size": wasm.len(),
+            "deployed_by": "mallory", "deployed_at_ms": 0, "source": "redis-cli", "signed": true,
+        });
+        share
+            .share_component(&SharedComponent {
+                sha256: sha256.clone(),
+                meta_json: meta.to_string(),
+                wasm,
+                signature,
+            })
+            .await
+            .unwrap();
+        share
+            .set_shared_active(&SharedActive {
+                sha256: sha256.clone(),
+                by: "mallory".into(),
+                at_ms: 0,
+            })
+            .await
+            .unwrap();
+        sha256
     };
+    let refused = async |sha256: &str| {
+        let start = Instant::now();
+        loop {
+            let body = serve.health().await.unwrap_or_default();
+            if body["component"]["refused_shared"]["sha256"] == sha256 {
+                return body;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the refusal of {sha256} never reached /health: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let cannot_follow = |sha256: &str| {
+        serve
+            .log_text()
+            .lines()
+            .filter(|l| l.contains(CANNOT_FOLLOW) && l.contains(sha256))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+
+    // Unsigned.
+    let v2 = publish("hand-written", None).await;
+    let body = refused(&v2).await;
     assert_eq!(body["status"], "degraded", "{body}");
     assert_eq!(body["component"]["sha256"], v1.as_str(), "{body}");
     let reason = body["component"]["refused_shared"]["reason"]
@@ -2223,12 +2456,48 @@ async fn require_signed_replicas_do_not_adopt_an_unsigned_version_written_into_r
         body["problems"].to_string().contains(&v2),
         "the refusal is not among the problems: {body}"
     );
-    let log = std::fs::read_to_string(&serve.log).unwrap();
+    several_polls().await;
+    let lines = cannot_follow(&v2);
+    assert_eq!(lines.len(), 1, "{}", serve.log_text());
     assert!(
-        log.contains("cannot follow the component version another replica activated")
-            && log.contains("unsigned"),
-        "{log}"
+        lines[0].contains(" ERROR ") && lines[0].contains("unsigned"),
+        "{}",
+        lines[0]
     );
+
+    // Signed, but with another key: refused too, and logged once for this version.
+    let other_keys = dir.join("other-keys");
+    std::fs::create_dir_all(&other_keys).unwrap();
+    let (other_private, _) = write_key_pair(&other_keys, 14);
+    let v3_path = other_keys.join("v3.wasm");
+    std::fs::write(&v3_path, with_custom_section(&v1_wasm, "other-key")).unwrap();
+    let mut out = Vec::new();
+    assert!(fulfilld::cli::component_sign(&v3_path, &other_private, None, &mut out).unwrap());
+    let signature = std::fs::read_to_string(other_keys.join("v3.wasm.sig")).unwrap();
+    let v3 = publish("other-key", Some(signature)).await;
+    let body = refused(&v3).await;
+    assert_eq!(body["component"]["sha256"], v1.as_str(), "{body}");
+    let reason = body["component"]["refused_shared"]["reason"]
+        .as_str()
+        .unwrap();
+    assert!(reason.contains("bad signature"), "{body}");
+    several_polls().await;
+    let lines = cannot_follow(&v3);
+    assert_eq!(lines.len(), 1, "{}", serve.log_text());
+    assert!(
+        lines[0].contains(" ERROR ") && lines[0].contains("bad signature"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(cannot_follow(&v2).len(), 1, "{}", serve.log_text());
+    assert_eq!(
+        serve.log_text().matches(CANNOT_FOLLOW).count(),
+        2,
+        "{}",
+        serve.log_text()
+    );
+    let body = serve.health().await.unwrap();
+    assert_eq!(body["component"]["sha256"], v1.as_str(), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

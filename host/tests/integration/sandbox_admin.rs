@@ -254,3 +254,188 @@ async fn the_env_file_and_admin_api_give_a_complete_stand_in() {
     assert!(overview["pubsub"]["subscribe_calls"].as_u64().unwrap() >= 2);
     assert_eq!(overview["env"]["WHMCS_URL"], env["WHMCS_URL"].as_str());
 }
+
+/// `fulfilld sandbox` as the binary, the way docs/sandbox.md runs it (every port but the admin
+/// API's picked free): its admin API answers, `sandbox.env` holds every setting a host needs and
+/// is enough for `fulfilld fulfill` to provision the seeded Order, a second sandbox on the same
+/// port cannot run (exit 2, naming the address), and SIGTERM stops it with exit status 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_its_env_file_and_admin_api_and_stops_on_sigterm_with_0() {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let admin_port = crate::pipeline::free_port();
+    /// Killed if the test fails before it stops.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let sandbox_command = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fulfilld"));
+        command
+            .arg("sandbox")
+            .args(["--admin-port", &admin_port.to_string()])
+            .args([
+                "--salesforce-port",
+                "0",
+                "--whmcs-port",
+                "0",
+                "--pubsub-port",
+                "0",
+            ])
+            .arg("--state-dir")
+            .arg(&state)
+            .env("NO_COLOR", "1");
+        command
+    };
+    let mut running = Running(
+        sandbox_command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("sandbox.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut running.0;
+    let log = || std::fs::read_to_string(dir.path().join("sandbox.log")).unwrap_or_default();
+
+    fulfilld::http::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let start = Instant::now();
+    let overview: Value = loop {
+        if let Ok(response) = http.get(format!("{admin}/sandbox")).send().await
+            && let Ok(body) = response.json::<Value>().await
+        {
+            break body;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the sandbox exited; log:\n{}",
+            log()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the admin API never answered; log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        log().contains(&format!(
+            "sandbox ready admin=http://127.0.0.1:{admin_port}/"
+        )),
+        "{}",
+        log()
+    );
+
+    let env = read_env_file(&state.join("sandbox.env"));
+    for key in [
+        "SF_LOGIN_URL",
+        "SF_CLIENT_ID",
+        "SF_USERNAME",
+        "SF_PRIVATE_KEY_PATH",
+        "SF_AUDIENCE",
+        "SF_PUBSUB_ENDPOINT",
+        "SF_PROVISION_EVENT_CHANNEL",
+        "PORTAL_PRICEBOOK_ID",
+        "WHMCS_URL",
+        "WHMCS_IDENTIFIER",
+        "WHMCS_SECRET",
+    ] {
+        assert!(
+            env.contains_key(key),
+            "{key} missing from sandbox.env: {env:?}"
+        );
+        assert_eq!(overview["env"][key], env[key].as_str(), "{overview}");
+    }
+    assert_eq!(
+        std::path::PathBuf::from(&env["SF_PRIVATE_KEY_PATH"]),
+        state.join("sf-private.key")
+    );
+    assert!(state.join("sf-private.key").is_file());
+
+    // The port is taken: a second sandbox on the same state directory cannot run, says where,
+    // and leaves the running one's files as they were.
+    let files = || {
+        (
+            std::fs::read(state.join("sandbox.env")).unwrap(),
+            std::fs::read(state.join("sf-private.key")).unwrap(),
+        )
+    };
+    let before = files();
+    let (code, _, stderr) = tokio::task::spawn_blocking({
+        let second = sandbox_command();
+        let dir = dir.path().to_owned();
+        move || crate::thirdparty::run_bounded(second, &dir, "second", Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "fulfilld: cannot listen on 127.0.0.1:{admin_port}: Address already in use"
+        )),
+        "{stderr}"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "{}", log());
+    assert!(
+        files() == before,
+        "the refused sandbox rewrote the state directory"
+    );
+
+    // The docs' next step: `fulfilld fulfill` on sandbox.env alone, against the running sandbox.
+    let mut fulfill = Command::new(env!("CARGO_BIN_EXE_fulfilld"));
+    fulfill
+        .args(["fulfill", "--order-id", SEEDED_ORDER, "--component"])
+        .arg(crate::common::component("fulfillment"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(read_env_file(&state.join("sandbox.env")));
+    let (code, stdout, stderr) = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || crate::thirdparty::run_bounded(fulfill, &dir, "fulfill", Duration::from_secs(120))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "fulfill:\n{stdout}\n{stderr}");
+    let result: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(result["result"]["disposition"], "completed", "{result}");
+    let order: Value = http
+        .get(format!("{admin}/sandbox/orders/{SEEDED_ORDER}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order["Activation_Status__c"], "Activated", "{order}");
+
+    // SIGTERM: a clean stop, exit status 0, the admin API gone.
+    let signalled = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("still running 30 s after SIGTERM; log:\n{}", log());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}; log:\n{}", log());
+    assert!(
+        http.get(format!("{admin}/sandbox")).send().await.is_err(),
+        "the admin API still answers"
+    );
+}
