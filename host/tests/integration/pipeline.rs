@@ -2631,3 +2631,141 @@ async fn serve_refuses_a_start_up_component_whose_manifest_asks_beyond_the_polic
         );
     }
 }
+
+/// docs/operations.md, "Stopping", step 3: a job still running when `FULFILLD_SHUTDOWN_GRACE_MS`
+/// runs out is stopped with a WARN and stays claimed in the store; the process still exits 0,
+/// and another replica reclaims the job after `FULFILLD_JOB_RECLAIM_MS` and finishes it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_still_running_after_the_shutdown_grace_is_stopped_and_another_replica_finishes_it_once()
+ {
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let orders = rig.orders(1, 1);
+    let mut a = ServeProcess::start(
+        &rig,
+        "replica-a",
+        &[
+            ("FULFILLD_SHUTDOWN_GRACE_MS", "500"),
+            ("FULFILLD_WORKERS", "1"),
+        ],
+    );
+    a.wait_role("leader", Duration::from_secs(60)).await;
+    let sf = rig.sandbox.salesforce();
+    // The job's first REST call (the Order query) hangs far beyond the grace.
+    sf.delay_next(1, Duration::from_secs(120));
+    let before = sf.requests().len();
+    let (uuid, _) = rig.publish(&orders[0]);
+    wait_for("the job to start", Duration::from_secs(30), || {
+        sf.requests()
+            .iter()
+            .skip(before)
+            .any(|r| r.path.contains("/query"))
+    })
+    .await;
+    a.signal("TERM");
+    let status = a.wait_exit(Duration::from_secs(30)).await;
+    let log = a.log_text();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    let at = |found: &dyn Fn(&str) -> bool, what: &str| {
+        lines
+            .iter()
+            .position(|l| found(l))
+            .unwrap_or_else(|| panic!("no {what} line in the log:\n{log}"))
+    };
+    let shutting_down = at(
+        &|l| l.contains("shutting down: no new events or jobs"),
+        "shutting down",
+    );
+    let warned = at(
+        &|l| l.contains("jobs still running after the shutdown grace; they will be reclaimed"),
+        "grace",
+    );
+    let stopped = at(&|l| l.trim_end().ends_with(": stopped"), "stopped");
+    assert!(shutting_down < warned && warned < stopped, "{log}");
+    assert!(
+        lines[warned].contains(" WARN ") && lines[warned].contains("grace_ms=500"),
+        "{}",
+        lines[warned]
+    );
+    assert!(!log.contains("fulfillment finished"), "{log}");
+
+    // Nothing was provisioned, and the job is still claimed by the stopped replica's worker.
+    assert_eq!(rig.status(&orders[0]), ("Activating".into(), String::new()));
+    assert_eq!(rig.whmcs_orders(), 0);
+    let store = rig.store().await;
+    assert!(store.job_record(&uuid).await.unwrap().is_none());
+    let running = store.waiting_jobs(&rig.channel, true, 10).await.unwrap();
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_eq!(running[0].event_uuid, uuid);
+    assert_eq!(running[0].worker.as_deref(), Some("replica-a-w0"));
+    assert_eq!(running[0].deliveries, 1);
+
+    // Another replica reclaims it and finishes it: one WHMCS order, the second delivery.
+    let b = ServeProcess::start(&rig, "replica-b", &[]);
+    rig.wait_activated(&orders, Duration::from_secs(60)).await;
+    rig.assert_exactly_once(&orders);
+    let record = wait_record(&store, &uuid).await;
+    assert_eq!(record.outcome, "completed", "{record:?}");
+    assert_eq!(record.deliveries, 2, "{record:?}\n{}", b.log_text());
+}
+
+/// docs/operations.md, "Stopping": a second SIGTERM during the shutdown grace does not shorten
+/// it. The job in flight when both arrive still finishes and is recorded, and the process exits
+/// 0 without the grace's WARN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_sigterm_during_the_shutdown_grace_does_not_shorten_it() {
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let orders = rig.orders(1, 1);
+    let mut serve = ServeProcess::start(
+        &rig,
+        "replica-t",
+        &[
+            ("FULFILLD_SHUTDOWN_GRACE_MS", "60000"),
+            ("FULFILLD_WORKERS", "1"),
+        ],
+    );
+    serve.wait_role("leader", Duration::from_secs(60)).await;
+    let sf = rig.sandbox.salesforce();
+    // The job's first REST call takes 5 s: both signals arrive while it is in flight.
+    sf.delay_next(1, Duration::from_secs(5));
+    let before = sf.requests().len();
+    let (uuid, _) = rig.publish(&orders[0]);
+    wait_for("the job to start", Duration::from_secs(30), || {
+        sf.requests()
+            .iter()
+            .skip(before)
+            .any(|r| r.path.contains("/query"))
+    })
+    .await;
+    serve.signal("TERM");
+    serve
+        .wait_log(
+            "shutting down: no new events or jobs",
+            Duration::from_secs(30),
+        )
+        .await;
+    serve.signal("TERM");
+    // The second signal reached a process whose job was still in flight.
+    assert_eq!(rig.status(&orders[0]).0, "Activating");
+    let status = serve.wait_exit(Duration::from_secs(90)).await;
+    let log = serve.log_text();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(rig.status(&orders[0]).0, "Activated", "{log}");
+    rig.assert_exactly_once(&orders);
+    let store = rig.store().await;
+    let record = wait_record(&store, &uuid).await;
+    assert_eq!(record.outcome, "completed", "{record:?}");
+    assert_eq!(record.deliveries, 1, "{record:?}");
+    assert!(!log.contains("after the shutdown grace"), "{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    let finished = lines
+        .iter()
+        .position(|l| l.contains("fulfillment finished"));
+    let stopped = lines
+        .iter()
+        .position(|l| l.trim_end().ends_with(": stopped"));
+    assert!(
+        matches!((finished, stopped), (Some(f), Some(s)) if f < s),
+        "{log}"
+    );
+}
