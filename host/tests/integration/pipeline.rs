@@ -16,7 +16,7 @@ use fulfilld::config::Config;
 use fulfilld::domain::{ReplayId, random_uuid};
 use fulfilld::pipeline::Host;
 use fulfilld::sandbox::{
-    ACME_ACCOUNT, PubSubOptions, Sandbox, SandboxConfig, add_orders, order_event_schema_v1,
+    ACME_ACCOUNT, Fault, PubSubOptions, Sandbox, SandboxConfig, add_orders, order_event_schema_v1,
 };
 use fulfilld::store::{SharedStore, Store};
 
@@ -2768,4 +2768,59 @@ async fn a_second_sigterm_during_the_shutdown_grace_does_not_shorten_it() {
         matches!((finished, stopped), (Some(f), Some(s)) if f < s),
         "{log}"
     );
+}
+
+/// docs/operations.md, `/health` problems: while the leader cannot open its Pub/Sub stream,
+/// `/health` answers 503 saying so, with why the last stream ended; once a stream opens (and
+/// its first keepalive arrives) it answers 200 again, and the events flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_is_503_while_the_leader_cannot_open_its_stream_and_200_once_it_connects() {
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let orders = rig.orders(1, 1);
+    let pubsub = rig.sandbox.pubsub().control();
+    // The first Subscribe calls fail (the reconnect backoff spaces them: about 3 to 6 s in all).
+    const REFUSED: u64 = 4;
+    pubsub.fail_next_subscribes(REFUSED as usize, Fault::ServiceUnavailable);
+    let serve = ServeProcess::start(&rig, "replica-h", &[]);
+    let url = format!("{}/health", serve.http);
+    let problem = "this replica holds the lease but its Pub/Sub stream is not connected: \
+                   Internal (sfdc.platform.eventbus.grpc.service.unavailable): The service is \
+                   unavailable. Try again later. (injected)";
+    let start = Instant::now();
+    let degraded = loop {
+        if let Ok(response) = reqwest::get(&url).await {
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            if body["problems"].to_string().contains(problem) {
+                assert_eq!(status, 503, "{body}");
+                break body;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "/health never reported the stream down; log:\n{}",
+            serve.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(degraded["status"], "degraded", "{degraded}");
+    assert_eq!(degraded["subscription"]["role"], "leader", "{degraded}");
+    assert_eq!(degraded["subscription"]["connected"], false, "{degraded}");
+    assert_eq!(degraded["problems"].as_array().map(Vec::len), Some(1));
+
+    let healthy = wait_status(&url, 200, Duration::from_secs(60)).await;
+    let healthy: serde_json::Value = serde_json::from_str(&healthy).unwrap();
+    assert_eq!(healthy["status"], "ok", "{healthy}");
+    assert_eq!(healthy["subscription"]["role"], "leader", "{healthy}");
+    assert_eq!(healthy["subscription"]["connected"], true, "{healthy}");
+    assert_eq!(healthy["problems"], serde_json::json!([]), "{healthy}");
+    assert!(pubsub.stats().subscribe_calls > REFUSED);
+    let log = serve.log_text();
+    assert_eq!(
+        log.matches("Pub/Sub stream ended; reconnecting").count(),
+        REFUSED as usize,
+        "{log}"
+    );
+    rig.publish(&orders[0]);
+    rig.wait_activated(&orders, Duration::from_secs(60)).await;
 }
