@@ -2824,3 +2824,48 @@ async fn health_is_503_while_the_leader_cannot_open_its_stream_and_200_once_it_c
     rig.publish(&orders[0]);
     rig.wait_activated(&orders, Duration::from_secs(60)).await;
 }
+
+/// docs/operations.md, "What Redis must keep": at start `serve` logs a WARN when Redis may evict
+/// keys (any `maxmemory-policy` but `noeviction`) and an INFO when it keeps no append-only file;
+/// with AOF on and `noeviction` it logs neither. The refusal of a Redis older than 6.2 cannot
+/// run here (the test server is newer): `store::redis::tests` covers that comparison.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_warns_about_an_evicting_redis_and_notes_one_without_an_append_only_file() {
+    const EVICTION: &str = "Redis may evict keys under memory pressure; deduplication keys and \
+                            jobs can be lost: set maxmemory-policy noeviction";
+    const NO_AOF: &str = "Redis runs without an append-only file: a Redis restart loses what \
+                          changed since its last snapshot (cursor, queued jobs, deduplication \
+                          keys)";
+    let line = |log: &str, needle: &str| -> String {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in the log:\n{log}"))
+            .to_owned()
+    };
+
+    // OwnRedis runs without AOF unless told otherwise.
+    let evicting = OwnRedis::start_with(&["--maxmemory-policy", "allkeys-lru"]).await;
+    let rig = Rig::new().await.with_redis(&evicting.url);
+    let serve = ServeProcess::start(&rig, "replica-e", &[]);
+    serve.wait_role("leader", Duration::from_secs(60)).await;
+    let log = serve.log_text();
+    let warning = line(&log, EVICTION);
+    assert!(warning.contains(" WARN "), "{warning}");
+    assert!(
+        warning.contains("maxmemory_policy=\"allkeys-lru\""),
+        "{warning}"
+    );
+    let note = line(&log, NO_AOF);
+    assert!(note.contains(" INFO "), "{note}");
+    drop(serve);
+
+    // A Redis as the docs ask for: neither line.
+    let durable =
+        OwnRedis::start_with(&["--appendonly", "yes", "--maxmemory-policy", "noeviction"]).await;
+    let rig = Rig::new().await.with_redis(&durable.url);
+    let serve = ServeProcess::start(&rig, "replica-d", &[]);
+    serve.wait_role("leader", Duration::from_secs(60)).await;
+    let log = serve.log_text();
+    assert!(!log.contains("maxmemory-policy"), "{log}");
+    assert!(!log.contains("append-only"), "{log}");
+}
