@@ -2869,3 +2869,103 @@ async fn serve_warns_about_an_evicting_redis_and_notes_one_without_an_append_onl
     assert!(!log.contains("maxmemory-policy"), "{log}");
     assert!(!log.contains("append-only"), "{log}");
 }
+
+/// docs/operations.md, "What a worker does with a job": a component the sandbox stops (a spin
+/// loop past `FULFILLD_CPU_DEADLINE_MS`, a panic) under `serve` is dead-lettered with the reason
+/// `<code>: <message>`, logged at ERROR with its code, counted in `fulfilld_jobs_total` as
+/// `outcome="dead_lettered"` and in `fulfilld_jobs_dead_lettered_total`, and its Order is
+/// marked Failed with the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_component_the_sandbox_stops_under_serve_is_dead_lettered_logged_and_counted() {
+    for (fixture, code, says) in [
+        ("fixture-spin-loop", "COMPONENT_TIMEOUT", "CPU deadline"),
+        ("fixture-panic", "COMPONENT_TRAP", "panicked"),
+    ] {
+        let rig = Rig::new().await.with_redis(&redis_url());
+        let orders = rig.orders(1, 1);
+        let component = common::component(fixture).display().to_string();
+        let serve = ServeProcess::start(
+            &rig,
+            "replica-s",
+            &[
+                ("FULFILLD_COMPONENT", &component),
+                ("FULFILLD_CPU_DEADLINE_MS", "200"),
+                ("FULFILLD_WORKERS", "1"),
+            ],
+        );
+        serve.wait_role("leader", Duration::from_secs(60)).await;
+        let (uuid, replay_id) = rig.publish(&orders[0]);
+        let store = rig.store().await;
+        let start = Instant::now();
+        let letter = loop {
+            let letters = store.dead_letters(&rig.channel, 10).await.unwrap();
+            if let Some(letter) = letters.into_iter().find(|l| l.event_uuid == uuid) {
+                break letter;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{fixture}: no dead letter; log:\n{}",
+                serve.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            letter.reason.starts_with(&format!("{code}: ")) && letter.reason.contains(says),
+            "{fixture}: {letter:?}"
+        );
+        assert_eq!(letter.kind, fulfilld::store::DeadLetterKind::Job);
+        assert_eq!(letter.replay_id, replay_id);
+        assert_eq!(letter.deliveries, 1, "{letter:?}");
+        assert!(store.job_record(&uuid).await.unwrap().is_none());
+        assert_eq!(store.queue_depth(&rig.channel).await.unwrap(), 0);
+
+        let log = serve.log_text();
+        let error = log
+            .lines()
+            .find(|l| l.contains("the component was stopped by the sandbox; job dead-lettered"))
+            .unwrap_or_else(|| panic!("{fixture}: no ERROR line:\n{log}"));
+        assert!(error.contains(" ERROR "), "{error}");
+        assert!(error.contains(&format!("code={code}")), "{error}");
+        assert!(
+            error.contains(&format!("order_id={}", orders[0])),
+            "{error}"
+        );
+        assert!(error.contains(&format!("event_uuid={uuid}")), "{error}");
+
+        // The counters move after the dead letter is written: wait for them.
+        let series = format!("fulfilld_jobs_total{{outcome=\"dead_lettered\",code=\"{code}\",");
+        let start = Instant::now();
+        let metrics = loop {
+            let metrics = get(&format!("{}/metrics", serve.http)).await.1;
+            if metrics.contains("fulfilld_jobs_dead_lettered_total 1") {
+                break metrics;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{fixture}: {metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let counted: Vec<&str> = metrics.lines().filter(|l| l.starts_with(&series)).collect();
+        assert!(
+            counted.len() == 1 && counted[0].ends_with("} 1"),
+            "{fixture}: {metrics}"
+        );
+        assert!(
+            !metrics.contains("fulfilld_jobs_total{outcome=\"failed\""),
+            "{fixture}: {metrics}"
+        );
+        assert!(metrics.contains("fulfilld_dead_letters 1"), "{metrics}");
+
+        let org = rig.sandbox.salesforce().org();
+        let order = org
+            .lock()
+            .unwrap()
+            .get("Order", &orders[0])
+            .cloned()
+            .unwrap();
+        assert_eq!(order["Activation_Status__c"], "Failed", "{order:?}");
+        assert_eq!(order["Activation_Error_Code__c"], code, "{order:?}");
+        assert_eq!(rig.whmcs_orders(), 0);
+    }
+}
