@@ -873,6 +873,14 @@ async fn two_hosts_one_subscriber_takeover_and_a_paused_leader_is_fenced() {
         .any(|reason| log.contains(reason)),
         "{log}"
     );
+    // Its /metrics count the lost lease (the alert on lease losses reads this counter).
+    let metrics = get(&format!("{}/metrics", a.http)).await.1;
+    let lost: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fulfilld_lease_changes_total{change=\"lost\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no lease-lost counter:\n{metrics}"));
+    assert!(lost >= 1, "{metrics}");
     let cursor = store.cursor(&rig.channel).await.unwrap().unwrap();
     assert_eq!(cursor, before_resume, "the paused leader moved the cursor");
     let lease = store.lease(&rig.channel).await.unwrap().unwrap();
