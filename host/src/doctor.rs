@@ -873,8 +873,8 @@ async fn check_redis(target: &RedisTarget, name: &str) -> Finding {
     let policy = field("maxmemory_policy");
     let mut problems = Vec::new();
     let mut fixes = Vec::new();
-    if major_minor(&version).is_none_or(|v| v < (6, 2)) {
-        problems.push(format!("Redis {version} is older than 6.2"));
+    if let Err(problem) = crate::store::redis::check_redis_version(&version) {
+        problems.push(problem);
         fixes.push("upgrade Redis to 6.2 or newer");
     }
     if policy != "noeviction" {

@@ -16,7 +16,7 @@ use fulfilld::config::Config;
 use fulfilld::domain::{ReplayId, random_uuid};
 use fulfilld::pipeline::Host;
 use fulfilld::sandbox::{
-    ACME_ACCOUNT, PubSubOptions, Sandbox, SandboxConfig, add_orders, order_event_schema_v1,
+    ACME_ACCOUNT, Fault, PubSubOptions, Sandbox, SandboxConfig, add_orders, order_event_schema_v1,
 };
 use fulfilld::store::{SharedStore, Store};
 
@@ -894,6 +894,14 @@ async fn two_hosts_one_subscriber_takeover_and_a_paused_leader_is_fenced() {
         .any(|reason| log.contains(reason)),
         "{log}"
     );
+    // Its /metrics count the lost lease (the alert on lease losses reads this counter).
+    let metrics = get(&format!("{}/metrics", a.http)).await.1;
+    let lost: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fulfilld_lease_changes_total{change=\"lost\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no lease-lost counter:\n{metrics}"));
+    assert!(lost >= 1, "{metrics}");
     let cursor = store.cursor(&rig.channel).await.unwrap().unwrap();
     assert_eq!(cursor, before_resume, "the paused leader moved the cursor");
     let lease = store.lease(&rig.channel).await.unwrap().unwrap();
@@ -2957,5 +2965,343 @@ async fn serve_refuses_a_start_up_component_whose_manifest_asks_beyond_the_polic
             ),
             "registry {registry:?}: {stderr}"
         );
+    }
+}
+
+/// docs/operations.md, "Stopping", step 3: a job still running when `FULFILLD_SHUTDOWN_GRACE_MS`
+/// runs out is stopped with a WARN and stays claimed in the store; the process still exits 0,
+/// and another replica reclaims the job after `FULFILLD_JOB_RECLAIM_MS` and finishes it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_still_running_after_the_shutdown_grace_is_stopped_and_another_replica_finishes_it_once()
+ {
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let orders = rig.orders(1, 1);
+    let mut a = ServeProcess::start(
+        &rig,
+        "replica-a",
+        &[
+            ("FULFILLD_SHUTDOWN_GRACE_MS", "500"),
+            ("FULFILLD_WORKERS", "1"),
+        ],
+    );
+    a.wait_role("leader", Duration::from_secs(60)).await;
+    let sf = rig.sandbox.salesforce();
+    // The job's first REST call (the Order query) hangs far beyond the grace.
+    sf.delay_next(1, Duration::from_secs(120));
+    let before = sf.requests().len();
+    let (uuid, _) = rig.publish(&orders[0]);
+    wait_for("the job to start", Duration::from_secs(30), || {
+        sf.requests()
+            .iter()
+            .skip(before)
+            .any(|r| r.path.contains("/query"))
+    })
+    .await;
+    a.signal("TERM");
+    let status = a.wait_exit(Duration::from_secs(30)).await;
+    let log = a.log_text();
+    assert_eq!(status.code(), Some(0), "{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    let at = |found: &dyn Fn(&str) -> bool, what: &str| {
+        lines
+            .iter()
+            .position(|l| found(l))
+            .unwrap_or_else(|| panic!("no {what} line in the log:\n{log}"))
+    };
+    let shutting_down = at(
+        &|l| l.contains("shutting down: no new events or jobs"),
+        "shutting down",
+    );
+    let warned = at(
+        &|l| l.contains("jobs still running after the shutdown grace; they will be reclaimed"),
+        "grace",
+    );
+    let stopped = at(&|l| l.trim_end().ends_with(": stopped"), "stopped");
+    assert!(shutting_down < warned && warned < stopped, "{log}");
+    assert!(
+        lines[warned].contains(" WARN ") && lines[warned].contains("grace_ms=500"),
+        "{}",
+        lines[warned]
+    );
+    assert!(!log.contains("fulfillment finished"), "{log}");
+
+    // Nothing was provisioned, and the job is still claimed by the stopped replica's worker.
+    assert_eq!(rig.status(&orders[0]), ("Activating".into(), String::new()));
+    assert_eq!(rig.whmcs_orders(), 0);
+    let store = rig.store().await;
+    assert!(store.job_record(&uuid).await.unwrap().is_none());
+    let running = store.waiting_jobs(&rig.channel, true, 10).await.unwrap();
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_eq!(running[0].event_uuid, uuid);
+    assert_eq!(running[0].worker.as_deref(), Some("replica-a-w0"));
+    assert_eq!(running[0].deliveries, 1);
+
+    // Another replica reclaims it and finishes it: one WHMCS order, the second delivery.
+    let b = ServeProcess::start(&rig, "replica-b", &[]);
+    rig.wait_activated(&orders, Duration::from_secs(60)).await;
+    rig.assert_exactly_once(&orders);
+    let record = wait_record(&store, &uuid).await;
+    assert_eq!(record.outcome, "completed", "{record:?}");
+    assert_eq!(record.deliveries, 2, "{record:?}\n{}", b.log_text());
+}
+
+/// docs/operations.md, "Stopping": a second SIGTERM during the shutdown grace does not shorten
+/// it. The job in flight when both arrive still finishes and is recorded, and the process exits
+/// 0 without the grace's WARN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_sigterm_during_the_shutdown_grace_does_not_shorten_it() {
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let orders = rig.orders(1, 1);
+    let mut serve = ServeProcess::start(
+        &rig,
+        "replica-t",
+        &[
+            ("FULFILLD_SHUTDOWN_GRACE_MS", "60000"),
+            ("FULFILLD_WORKERS", "1"),
+        ],
+    );
+    serve.wait_role("leader", Duration::from_secs(60)).await;
+    let sf = rig.sandbox.salesforce();
+    // The job's first REST call takes 5 s: both signals arrive while it is in flight.
+    sf.delay_next(1, Duration::from_secs(5));
+    let before = sf.requests().len();
+    let (uuid, _) = rig.publish(&orders[0]);
+    wait_for("the job to start", Duration::from_secs(30), || {
+        sf.requests()
+            .iter()
+            .skip(before)
+            .any(|r| r.path.contains("/query"))
+    })
+    .await;
+    serve.signal("TERM");
+    serve
+        .wait_log(
+            "shutting down: no new events or jobs",
+            Duration::from_secs(30),
+        )
+        .await;
+    serve.signal("TERM");
+    // The second signal reached a process whose job was still in flight.
+    assert_eq!(rig.status(&orders[0]).0, "Activating");
+    let status = serve.wait_exit(Duration::from_secs(90)).await;
+    let log = serve.log_text();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(rig.status(&orders[0]).0, "Activated", "{log}");
+    rig.assert_exactly_once(&orders);
+    let store = rig.store().await;
+    let record = wait_record(&store, &uuid).await;
+    assert_eq!(record.outcome, "completed", "{record:?}");
+    assert_eq!(record.deliveries, 1, "{record:?}");
+    assert!(!log.contains("after the shutdown grace"), "{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    let finished = lines
+        .iter()
+        .position(|l| l.contains("fulfillment finished"));
+    let stopped = lines
+        .iter()
+        .position(|l| l.trim_end().ends_with(": stopped"));
+    assert!(
+        matches!((finished, stopped), (Some(f), Some(s)) if f < s),
+        "{log}"
+    );
+}
+
+/// docs/operations.md, `/health` problems: while the leader cannot open its Pub/Sub stream,
+/// `/health` answers 503 saying so, with why the last stream ended; once a stream opens (and
+/// its first keepalive arrives) it answers 200 again, and the events flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_is_503_while_the_leader_cannot_open_its_stream_and_200_once_it_connects() {
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let orders = rig.orders(1, 1);
+    let pubsub = rig.sandbox.pubsub().control();
+    // The first Subscribe calls fail (the reconnect backoff spaces them: about 3 to 6 s in all).
+    const REFUSED: u64 = 4;
+    pubsub.fail_next_subscribes(REFUSED as usize, Fault::ServiceUnavailable);
+    let serve = ServeProcess::start(&rig, "replica-h", &[]);
+    let url = format!("{}/health", serve.http);
+    let problem = "this replica holds the lease but its Pub/Sub stream is not connected: \
+                   Internal (sfdc.platform.eventbus.grpc.service.unavailable): The service is \
+                   unavailable. Try again later. (injected)";
+    let start = Instant::now();
+    let degraded = loop {
+        if let Ok(response) = reqwest::get(&url).await {
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            if body["problems"].to_string().contains(problem) {
+                assert_eq!(status, 503, "{body}");
+                break body;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "/health never reported the stream down; log:\n{}",
+            serve.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(degraded["status"], "degraded", "{degraded}");
+    assert_eq!(degraded["subscription"]["role"], "leader", "{degraded}");
+    assert_eq!(degraded["subscription"]["connected"], false, "{degraded}");
+    assert_eq!(degraded["problems"].as_array().map(Vec::len), Some(1));
+
+    let healthy = wait_status(&url, 200, Duration::from_secs(60)).await;
+    let healthy: serde_json::Value = serde_json::from_str(&healthy).unwrap();
+    assert_eq!(healthy["status"], "ok", "{healthy}");
+    assert_eq!(healthy["subscription"]["role"], "leader", "{healthy}");
+    assert_eq!(healthy["subscription"]["connected"], true, "{healthy}");
+    assert_eq!(healthy["problems"], serde_json::json!([]), "{healthy}");
+    assert!(pubsub.stats().subscribe_calls > REFUSED);
+    let log = serve.log_text();
+    assert_eq!(
+        log.matches("Pub/Sub stream ended; reconnecting").count(),
+        REFUSED as usize,
+        "{log}"
+    );
+    rig.publish(&orders[0]);
+    rig.wait_activated(&orders, Duration::from_secs(60)).await;
+}
+
+/// docs/operations.md, "What Redis must keep": at start `serve` logs a WARN when Redis may evict
+/// keys (any `maxmemory-policy` but `noeviction`) and an INFO when it keeps no append-only file;
+/// with AOF on and `noeviction` it logs neither. The refusal of a Redis older than 6.2 cannot
+/// run here (the test server is newer): `store::redis::tests` covers that comparison.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_warns_about_an_evicting_redis_and_notes_one_without_an_append_only_file() {
+    const EVICTION: &str = "Redis may evict keys under memory pressure; deduplication keys and \
+                            jobs can be lost: set maxmemory-policy noeviction";
+    const NO_AOF: &str = "Redis runs without an append-only file: a Redis restart loses what \
+                          changed since its last snapshot (cursor, queued jobs, deduplication \
+                          keys)";
+    let line = |log: &str, needle: &str| -> String {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in the log:\n{log}"))
+            .to_owned()
+    };
+
+    // OwnRedis runs without AOF unless told otherwise.
+    let evicting = OwnRedis::start_with(&["--maxmemory-policy", "allkeys-lru"]).await;
+    let rig = Rig::new().await.with_redis(&evicting.url);
+    let serve = ServeProcess::start(&rig, "replica-e", &[]);
+    serve.wait_role("leader", Duration::from_secs(60)).await;
+    let log = serve.log_text();
+    let warning = line(&log, EVICTION);
+    assert!(warning.contains(" WARN "), "{warning}");
+    assert!(
+        warning.contains("maxmemory_policy=\"allkeys-lru\""),
+        "{warning}"
+    );
+    let note = line(&log, NO_AOF);
+    assert!(note.contains(" INFO "), "{note}");
+    drop(serve);
+
+    // A Redis as the docs ask for: neither line.
+    let durable =
+        OwnRedis::start_with(&["--appendonly", "yes", "--maxmemory-policy", "noeviction"]).await;
+    let rig = Rig::new().await.with_redis(&durable.url);
+    let serve = ServeProcess::start(&rig, "replica-d", &[]);
+    serve.wait_role("leader", Duration::from_secs(60)).await;
+    let log = serve.log_text();
+    assert!(!log.contains("maxmemory-policy"), "{log}");
+    assert!(!log.contains("append-only"), "{log}");
+}
+
+/// docs/operations.md, "What a worker does with a job": a component the sandbox stops (a spin
+/// loop past `FULFILLD_CPU_DEADLINE_MS`, a panic) under `serve` is dead-lettered with the reason
+/// `<code>: <message>`, logged at ERROR with its code, counted in `fulfilld_jobs_total` as
+/// `outcome="dead_lettered"` and in `fulfilld_jobs_dead_lettered_total`, and its Order is
+/// marked Failed with the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_component_the_sandbox_stops_under_serve_is_dead_lettered_logged_and_counted() {
+    for (fixture, code, says) in [
+        ("fixture-spin-loop", "COMPONENT_TIMEOUT", "CPU deadline"),
+        ("fixture-panic", "COMPONENT_TRAP", "panicked"),
+    ] {
+        let rig = Rig::new().await.with_redis(&redis_url());
+        let orders = rig.orders(1, 1);
+        let component = common::component(fixture).display().to_string();
+        let serve = ServeProcess::start(
+            &rig,
+            "replica-s",
+            &[
+                ("FULFILLD_COMPONENT", &component),
+                ("FULFILLD_CPU_DEADLINE_MS", "200"),
+                ("FULFILLD_WORKERS", "1"),
+            ],
+        );
+        serve.wait_role("leader", Duration::from_secs(60)).await;
+        let (uuid, replay_id) = rig.publish(&orders[0]);
+        let store = rig.store().await;
+        let start = Instant::now();
+        let letter = loop {
+            let letters = store.dead_letters(&rig.channel, 10).await.unwrap();
+            if let Some(letter) = letters.into_iter().find(|l| l.event_uuid == uuid) {
+                break letter;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{fixture}: no dead letter; log:\n{}",
+                serve.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            letter.reason.starts_with(&format!("{code}: ")) && letter.reason.contains(says),
+            "{fixture}: {letter:?}"
+        );
+        assert_eq!(letter.kind, fulfilld::store::DeadLetterKind::Job);
+        assert_eq!(letter.replay_id, replay_id);
+        assert_eq!(letter.deliveries, 1, "{letter:?}");
+        assert!(store.job_record(&uuid).await.unwrap().is_none());
+        assert_eq!(store.queue_depth(&rig.channel).await.unwrap(), 0);
+
+        let log = serve.log_text();
+        let error = log
+            .lines()
+            .find(|l| l.contains("the component was stopped by the sandbox; job dead-lettered"))
+            .unwrap_or_else(|| panic!("{fixture}: no ERROR line:\n{log}"));
+        assert!(error.contains(" ERROR "), "{error}");
+        assert!(error.contains(&format!("code={code}")), "{error}");
+        assert!(
+            error.contains(&format!("order_id={}", orders[0])),
+            "{error}"
+        );
+        assert!(error.contains(&format!("event_uuid={uuid}")), "{error}");
+
+        // The counters move after the dead letter is written: wait for them.
+        let series = format!("fulfilld_jobs_total{{outcome=\"dead_lettered\",code=\"{code}\",");
+        let start = Instant::now();
+        let metrics = loop {
+            let metrics = get(&format!("{}/metrics", serve.http)).await.1;
+            if metrics.contains("fulfilld_jobs_dead_lettered_total 1") {
+                break metrics;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{fixture}: {metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let counted: Vec<&str> = metrics.lines().filter(|l| l.starts_with(&series)).collect();
+        assert!(
+            counted.len() == 1 && counted[0].ends_with("} 1"),
+            "{fixture}: {metrics}"
+        );
+        assert!(
+            !metrics.contains("fulfilld_jobs_total{outcome=\"failed\""),
+            "{fixture}: {metrics}"
+        );
+        assert!(metrics.contains("fulfilld_dead_letters 1"), "{metrics}");
+
+        let org = rig.sandbox.salesforce().org();
+        let order = org
+            .lock()
+            .unwrap()
+            .get("Order", &orders[0])
+            .cloned()
+            .unwrap();
+        assert_eq!(order["Activation_Status__c"], "Failed", "{order:?}");
+        assert_eq!(order["Activation_Error_Code__c"], code, "{order:?}");
+        assert_eq!(rig.whmcs_orders(), 0);
     }
 }

@@ -184,14 +184,14 @@ impl RedisStore {
                 .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
                 .map(str::trim)
         };
-        if let Some(version) = field("redis_version") {
-            let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-            let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-            if (major, minor) < (6, 2) {
-                return Err(StoreError::Invalid(format!(
-                    "REDIS_URL: Redis {version} is too old; 6.2 or newer is required"
-                )));
-            }
+        // Every server's (a cluster answers primary by primary); a server that does not say is
+        // taken as it is.
+        for version in info
+            .lines()
+            .filter_map(|line| line.strip_prefix("redis_version:"))
+        {
+            check_redis_version(version)
+                .map_err(|problem| StoreError::Invalid(format!("REDIS_URL: {problem}")))?;
         }
         if let Some(policy) = field("maxmemory_policy")
             && policy != "noeviction"
@@ -276,6 +276,32 @@ impl RedisStore {
     }
 }
 
+/// The oldest Redis the store runs on: `XPENDING ... IDLE` and `XAUTOCLAIM` as the queue uses
+/// them came with 6.2.
+pub const MIN_REDIS_VERSION: (u32, u32) = (6, 2);
+
+/// Whether a server whose `INFO` says `redis_version:<version>` is one the store runs on, and if
+/// not, why. Only `major.minor` counts (`7`, `7.0.15`, `7.2.0-rc1`); a version that does not
+/// start that way is refused too, as nothing says the commands the store needs are there.
+pub fn check_redis_version(version: &str) -> Result<(), String> {
+    let text = version.trim();
+    let mut parts = text.split(['.', '-']);
+    let number = |part: &str| part.parse::<u32>().ok();
+    let major = parts.next().and_then(number);
+    let minor = parts.next().map_or(Some(0), number);
+    let (want_major, want_minor) = MIN_REDIS_VERSION;
+    match major.zip(minor) {
+        Some(found) if found >= MIN_REDIS_VERSION => Ok(()),
+        Some(_) => Err(format!(
+            "Redis {text} is too old; {want_major}.{want_minor} or newer is required"
+        )),
+        None => Err(format!(
+            "Redis reports the version {text:?}, which is not a version number; \
+             {want_major}.{want_minor} or newer is required"
+        )),
+    }
+}
+
 /// The text of an `INFO` answer: one server's, or a cluster's answers (node by node) joined.
 fn info_text(value: Value) -> String {
     match value {
@@ -311,5 +337,60 @@ impl Store for RedisStore {
 
     fn component_share(&self) -> Option<&dyn ComponentShare> {
         Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_redis_version;
+
+    #[test]
+    fn redis_older_than_6_2_is_refused_with_the_version_it_reported() {
+        assert_eq!(
+            check_redis_version("6.0.16"),
+            Err("Redis 6.0.16 is too old; 6.2 or newer is required".to_owned())
+        );
+        for old in ["6.1.9", "5.0.14", "6", "2.8.24-rc1"] {
+            let refused = check_redis_version(old).unwrap_err();
+            assert!(
+                refused.starts_with(&format!("Redis {old} is too old")),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn redis_6_2_and_newer_is_accepted() {
+        for version in [
+            "6.2.0",
+            "7.0.15",
+            "6.2",
+            "7",
+            "10.0.0",
+            "7.2.0-rc1",
+            " 7.0.15\r",
+        ] {
+            assert_eq!(check_redis_version(version), Ok(()), "{version:?}");
+        }
+    }
+
+    #[test]
+    fn a_version_that_is_not_a_number_is_refused_as_unreadable() {
+        for odd in [
+            "",
+            "  ",
+            "seven",
+            "v7.0.15",
+            ".2",
+            "7.x",
+            "-1.0",
+            "99999999999.0",
+        ] {
+            let refused = check_redis_version(odd).unwrap_err();
+            assert!(
+                refused.contains("which is not a version number; 6.2 or newer is required"),
+                "{odd:?}: {refused}"
+            );
+        }
     }
 }
