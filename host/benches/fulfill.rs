@@ -18,6 +18,9 @@ use fulfilld::testkit::{FakeHost, order_event};
 use fulfillment_sdk::{ErrorKind as SdkErrorKind, Fulfillment, Host, HostError, Level};
 use serde_json::{Map, Value};
 
+#[path = "support/machine.rs"]
+mod machine;
+
 /// The native floor: the SDK's `Host` served by the same fake host, with the same JSON
 /// round trips the Wasm boundary has.
 struct NativeHost(Arc<FakeHost>);
@@ -117,6 +120,7 @@ fn main() {
         .expect("tokio");
     let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
     let component = tokio.block_on(runtime.load(&wasm)).expect("load");
+    machine::print_start("fulfill", Some(&component_dir.join("fulfillment.wasm")));
 
     println!(
         "fulfill: happy path (3 items, 8 host calls + logs), {} byte component, {iterations} iterations",
@@ -182,4 +186,5 @@ fn main() {
         wasm_p99.saturating_sub(native_p99).as_secs_f64() * 1e6,
         wasm_p50.as_secs_f64() / native_p50.as_secs_f64()
     );
+    machine::print_end("fulfill");
 }

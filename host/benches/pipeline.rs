@@ -25,6 +25,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+#[path = "support/machine.rs"]
+mod machine;
 #[path = "../tests/support/redis_servers.rs"]
 mod redis_servers;
 mod support;
@@ -616,9 +618,7 @@ async fn bench() {
             other => panic!("FULFILLD_BENCH_STORES: unknown store {other:?}"),
         }
     }
-    let _ = component("fulfillment.wasm");
-    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("load average at start: {}", load().trim());
+    machine::print_start("pipeline", Some(&component("fulfillment.wasm")));
 
     println!("pipeline: ingest, {events} events pre-published, FULFILLD_WORKERS=0");
     println!(
@@ -666,7 +666,7 @@ async fn bench() {
             );
         }
     }
-    println!("load average at end: {}", load().trim());
+    machine::print_end("pipeline");
 }
 
 fn main() {

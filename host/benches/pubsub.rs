@@ -24,6 +24,9 @@ use fulfilld::sandbox::{
 use fulfilld::secret::Secret;
 use tokio::net::TcpListener;
 
+#[path = "support/machine.rs"]
+mod machine;
+
 const PRIVATE_KEY: &str = include_str!("../../tests/keys/test_private.pem");
 const PUBLIC_KEY: &str = include_str!("../../tests/keys/test_public.pem");
 
@@ -209,6 +212,8 @@ fn main() {
     if std::env::args().any(|arg| arg == "--serve") {
         runtime.block_on(serve(events()));
     } else {
+        machine::print_start("pubsub", None);
         runtime.block_on(client(events()));
+        machine::print_end("pubsub");
     }
 }

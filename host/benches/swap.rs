@@ -26,6 +26,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+#[path = "support/machine.rs"]
+mod machine;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -546,8 +548,7 @@ async fn bench() {
     let reps: usize = setting("FULFILLD_BENCH_LOADS", 5);
     let rate: f64 = setting("FULFILLD_BENCH_SWAP_RATE", 150.0);
     let cycles: usize = setting("FULFILLD_BENCH_SWAPS", 5);
-    let loadavg = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("load average at start: {}", loadavg().trim());
+    machine::print_start("swap", Some(&component("fulfillment.wasm")));
 
     println!(
         "swap: compile (`Runtime::load`) versus cached load (`Runtime::load_cached`, warm cache), {reps} each"
@@ -632,7 +633,7 @@ async fn bench() {
         "p99 during swaps / p99 steady: {:.2}x",
         percentile(&run.during, 99.0) / percentile(&run.steady, 99.0)
     );
-    println!("load average at end: {}", loadavg().trim());
+    machine::print_end("swap");
 }
 
 fn main() {
