@@ -125,6 +125,24 @@ impl Rig {
         (uuid, replay)
     }
 
+    /// Holds the next Salesforce request for `delay`, publishes an event for `order_id` and
+    /// waits until its job has sent that request (the Order query): the job is then in flight.
+    /// Returns the event's EventUuid.
+    pub(crate) async fn publish_in_flight(&self, order_id: &str, delay: Duration) -> String {
+        let sf = self.sandbox.salesforce();
+        sf.delay_next(1, delay);
+        let before = sf.requests().len();
+        let (uuid, _) = self.publish(order_id);
+        wait_for("the job to start", Duration::from_secs(30), || {
+            sf.requests()
+                .iter()
+                .skip(before)
+                .any(|r| r.path.contains("/query"))
+        })
+        .await;
+        uuid
+    }
+
     pub(crate) fn publish_with_uuid(&self, order_id: &str, uuid: &str) -> ReplayId {
         self.sandbox
             .pubsub()
@@ -1469,18 +1487,9 @@ async fn sigterm_finishes_the_job_in_flight_releases_the_lease_and_exits_zero() 
     let orders = rig.orders(1, 1);
     let mut serve = ServeProcess::start(&rig, "replica-t", &[]);
     serve.wait_role("leader", Duration::from_secs(60)).await;
-    let sf = rig.sandbox.salesforce();
     // The job's first REST call takes 2 s: SIGTERM arrives while it is in flight.
-    sf.delay_next(1, Duration::from_secs(2));
-    let before = sf.requests().len();
-    rig.publish(&orders[0]);
-    wait_for("the job to start", Duration::from_secs(30), || {
-        sf.requests()
-            .iter()
-            .skip(before)
-            .any(|r| r.path.contains("/query"))
-    })
-    .await;
+    rig.publish_in_flight(&orders[0], Duration::from_secs(2))
+        .await;
     serve.signal("TERM");
     let status = serve.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}\n{}", serve.log_text());
@@ -1539,20 +1548,11 @@ async fn sigterm_finishes_the_job_in_flight_releases_the_lease_and_exits_zero() 
 async fn a_worker_whose_claim_was_taken_stops_before_provisioning() {
     let rig = Rig::new().await.with_redis(&redis_url());
     let orders = rig.orders(1, 1);
-    let sf = rig.sandbox.salesforce();
     // The job's first REST call takes 3 s; meanwhile its claim goes to another consumer, as
     // happens when a worker cannot reach Redis for longer than the reclaim time.
-    sf.delay_next(1, Duration::from_secs(3));
     let host = rig.host(&[("FULFILLD_WORKERS", "1")]).await;
-    let before = sf.requests().len();
-    rig.publish(&orders[0]);
-    wait_for("the job to start", Duration::from_secs(30), || {
-        sf.requests()
-            .iter()
-            .skip(before)
-            .any(|r| r.path.contains("/query"))
-    })
-    .await;
+    rig.publish_in_flight(&orders[0], Duration::from_secs(3))
+        .await;
     let store = rig.store().await;
     let stolen = store
         .claim(
@@ -2985,18 +2985,10 @@ async fn a_job_still_running_after_the_shutdown_grace_is_stopped_and_another_rep
         ],
     );
     a.wait_role("leader", Duration::from_secs(60)).await;
-    let sf = rig.sandbox.salesforce();
     // The job's first REST call (the Order query) hangs far beyond the grace.
-    sf.delay_next(1, Duration::from_secs(120));
-    let before = sf.requests().len();
-    let (uuid, _) = rig.publish(&orders[0]);
-    wait_for("the job to start", Duration::from_secs(30), || {
-        sf.requests()
-            .iter()
-            .skip(before)
-            .any(|r| r.path.contains("/query"))
-    })
-    .await;
+    let uuid = rig
+        .publish_in_flight(&orders[0], Duration::from_secs(120))
+        .await;
     a.signal("TERM");
     let status = a.wait_exit(Duration::from_secs(30)).await;
     let log = a.log_text();
@@ -3061,18 +3053,10 @@ async fn a_second_sigterm_during_the_shutdown_grace_does_not_shorten_it() {
         ],
     );
     serve.wait_role("leader", Duration::from_secs(60)).await;
-    let sf = rig.sandbox.salesforce();
     // The job's first REST call takes 5 s: both signals arrive while it is in flight.
-    sf.delay_next(1, Duration::from_secs(5));
-    let before = sf.requests().len();
-    let (uuid, _) = rig.publish(&orders[0]);
-    wait_for("the job to start", Duration::from_secs(30), || {
-        sf.requests()
-            .iter()
-            .skip(before)
-            .any(|r| r.path.contains("/query"))
-    })
-    .await;
+    let uuid = rig
+        .publish_in_flight(&orders[0], Duration::from_secs(5))
+        .await;
     serve.signal("TERM");
     serve
         .wait_log(
