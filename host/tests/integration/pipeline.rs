@@ -3197,23 +3197,39 @@ async fn serve_warns_about_an_evicting_redis_and_notes_one_without_an_append_onl
 /// marked Failed with the code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_component_the_sandbox_stops_under_serve_is_dead_lettered_logged_and_counted() {
-    for (fixture, code, says) in [
-        ("fixture-spin-loop", "COMPONENT_TIMEOUT", "CPU deadline"),
-        ("fixture-panic", "COMPONENT_TRAP", "panicked"),
+    // The third case: the default rules, whose Order query outlasts the job's wall-clock
+    // deadline (1 s; the query is held 5 s).
+    for (fixture, code, says, held) in [
+        (
+            "fixture-spin-loop",
+            "COMPONENT_TIMEOUT",
+            "CPU deadline",
+            None,
+        ),
+        ("fixture-panic", "COMPONENT_TRAP", "panicked", None),
+        (
+            "fulfillment",
+            "COMPONENT_TIMEOUT",
+            "job exceeded its wall-clock deadline of 1s",
+            Some(Duration::from_secs(5)),
+        ),
     ] {
         let rig = Rig::new().await.with_redis(&redis_url());
         let orders = rig.orders(1, 1);
         let component = common::component(fixture).display().to_string();
-        let serve = ServeProcess::start(
-            &rig,
-            "replica-s",
-            &[
-                ("FULFILLD_COMPONENT", &component),
-                ("FULFILLD_CPU_DEADLINE_MS", "200"),
-                ("FULFILLD_WORKERS", "1"),
-            ],
-        );
+        let mut settings = vec![
+            ("FULFILLD_COMPONENT", component.as_str()),
+            ("FULFILLD_CPU_DEADLINE_MS", "200"),
+            ("FULFILLD_WORKERS", "1"),
+        ];
+        if held.is_some() {
+            settings.push(("FULFILLD_JOB_DEADLINE_MS", "1000"));
+        }
+        let serve = ServeProcess::start(&rig, "replica-s", &settings);
         serve.wait_role("leader", Duration::from_secs(60)).await;
+        if let Some(held) = held {
+            rig.sandbox.salesforce().delay_next(1, held);
+        }
         let (uuid, replay_id) = rig.publish(&orders[0]);
         let store = rig.store().await;
         let start = Instant::now();
