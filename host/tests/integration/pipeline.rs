@@ -3305,3 +3305,50 @@ async fn a_component_the_sandbox_stops_under_serve_is_dead_lettered_logged_and_c
         assert_eq!(rig.whmcs_orders(), 0);
     }
 }
+
+/// docs/operations.md, "The Pub/Sub subscriber": a stored cursor Salesforce refuses (here one at
+/// an event retention has dropped) is logged by the pipeline at ERROR and counted in
+/// `fulfilld_replay_id_rejections_total`; the subscription falls back to LATEST and the events
+/// published from then on run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stored_cursor_salesforce_refuses_is_logged_counted_and_the_stream_goes_on() {
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let bus = rig.sandbox.pubsub().bus();
+    let gone = bus
+        .publish_order(&rig.channel, "801000000000000XXX", &random_uuid())
+        .unwrap();
+    bus.publish_order(&rig.channel, "801000000000000YYY", &random_uuid())
+        .unwrap();
+    assert_eq!(bus.expire_through(&rig.channel, &gone), 1);
+    let store = rig.store().await;
+    store.set_cursor(&rig.channel, Some(&gone)).await.unwrap();
+
+    // The rig replays from EARLIEST (ALL); the stored cursor is used with LATEST.
+    let serve = ServeProcess::start(&rig, "replica-r", &[("SF_EVENTS_REPLAY", "LATEST")]);
+    serve
+        .wait_log(
+            "Salesforce refused the stored replay id; events between it and the fallback position may need a backfill",
+            Duration::from_secs(60),
+        )
+        .await;
+    let log = serve.log_text();
+    let error = log
+        .lines()
+        .find(|l| l.contains("Salesforce refused the stored replay id; events between"))
+        .unwrap();
+    assert!(error.contains(" ERROR "), "{error}");
+    assert!(error.contains(&format!("replay_id={gone}")), "{error}");
+    let metrics = get(&format!("{}/metrics", serve.http)).await.1;
+    assert!(
+        metrics.contains("fulfilld_replay_id_rejections_total 1"),
+        "{metrics}"
+    );
+
+    serve.wait_role("leader", Duration::from_secs(60)).await;
+    let orders = rig.orders(1, 2);
+    for order in &orders {
+        rig.publish(order);
+    }
+    rig.wait_activated(&orders, Duration::from_secs(60)).await;
+    rig.assert_exactly_once(&orders);
+}
