@@ -3352,3 +3352,52 @@ async fn a_stored_cursor_salesforce_refuses_is_logged_counted_and_the_stream_goe
     rig.wait_activated(&orders, Duration::from_secs(60)).await;
     rig.assert_exactly_once(&orders);
 }
+
+/// docs/operations.md, "The job journal": the journal is best effort. A journal write the store
+/// refuses (here the job's journal key already holds a string, so every append fails with
+/// WRONGTYPE) is a WARN, and the job still runs and is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_journal_write_the_store_refuses_is_a_warning_and_the_job_goes_on() {
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let orders = rig.orders(1, 1);
+    let uuid = random_uuid();
+    let key = format!("{}:journal:{uuid}", rig.env["FULFILLD_REDIS_NAMESPACE"]);
+    let client = ::redis::Client::open(redis_url().as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("SET")
+        .arg(&key)
+        .arg("not a journal")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let serve = ServeProcess::start(&rig, "replica-j", &[]);
+    serve.wait_role("leader", Duration::from_secs(60)).await;
+    rig.publish_with_uuid(&orders[0], &uuid);
+    rig.wait_activated(&orders, Duration::from_secs(60)).await;
+    rig.assert_exactly_once(&orders);
+    let store = rig.store().await;
+    let record = wait_record(&store, &uuid).await;
+    assert_eq!(record.outcome, "completed", "{record:?}");
+    serve
+        .wait_log(
+            "cannot write the job journal; the job goes on without these entries",
+            Duration::from_secs(30),
+        )
+        .await;
+    let log = serve.log_text();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("cannot write the job journal"))
+        .unwrap();
+    assert!(warning.contains(" WARN "), "{warning}");
+    assert!(warning.contains(&uuid), "{warning}");
+    let kept: String = ::redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, "not a journal");
+}
