@@ -3401,3 +3401,56 @@ async fn a_journal_write_the_store_refuses_is_a_warning_and_the_job_goes_on() {
         .unwrap();
     assert_eq!(kept, "not a journal");
 }
+
+/// docs/operations.md, "Job outcomes": when the store is unavailable as the outcome is to be
+/// written, the worker retries until it is recorded, and nothing is acknowledged before. The
+/// job here finds its Order already Activated (no hold, so nothing else waits for the store):
+/// its Order query is held 3 s, Redis is stopped meanwhile and started again 6 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outcome_the_store_cannot_take_is_retried_until_it_is_recorded() {
+    let mut redis = OwnRedis::start_with(&["--appendonly", "yes"]).await;
+    let rig = Rig::new().await.with_redis(&redis.url);
+    let orders = rig.orders(1, 1);
+    {
+        let org = rig.sandbox.salesforce().org();
+        let mut org = org.lock().unwrap();
+        let mut fields = serde_json::Map::new();
+        fields.insert("Activation_Status__c".into(), "Activated".into());
+        org.update("Order", &orders[0], &fields).unwrap();
+    }
+    let serve = ServeProcess::start(&rig, "replica-o", &[("FULFILLD_WORKERS", "1")]);
+    serve.wait_role("leader", Duration::from_secs(60)).await;
+    let uuid = rig
+        .publish_in_flight(&orders[0], Duration::from_secs(3))
+        .await;
+    redis.stop().await;
+    serve
+        .wait_log(
+            "cannot record the job's outcome; retrying",
+            Duration::from_secs(30),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.start_again().await;
+
+    let store = rig.store().await;
+    let record = wait_record(&store, &uuid).await;
+    assert_eq!(record.outcome, "skipped", "{record:?}");
+    assert_eq!(record.deliveries, 1, "{record:?}");
+    let start = Instant::now();
+    while store.queue_depth(&rig.channel).await.unwrap() != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        store
+            .dead_letters(&rig.channel, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(rig.whmcs_orders(), 0);
+}
