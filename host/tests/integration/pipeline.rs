@@ -3454,3 +3454,53 @@ async fn an_outcome_the_store_cannot_take_is_retried_until_it_is_recorded() {
     );
     assert_eq!(rig.whmcs_orders(), 0);
 }
+
+/// docs/operations.md, "Job outcomes": a job the host cannot run (`COMPONENT_UNAVAILABLE`, here
+/// no free component instance: one instance, two workers, the first job holding it) is left
+/// claimed with WARN `job not run; it will be retried after the reclaim time`, counted in
+/// `fulfilld_jobs_abandoned_total`, handed out again after `FULFILLD_JOB_RECLAIM_MS`, and then
+/// provisions its Order once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_without_a_free_instance_is_left_for_reclaim_and_then_runs_once() {
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let orders = rig.orders(1, 2);
+    let serve = ServeProcess::start(
+        &rig,
+        "replica-u",
+        &[
+            ("FULFILLD_MAX_INSTANCES", "1"),
+            ("FULFILLD_WORKERS", "2"),
+            ("FULFILLD_JOB_RECLAIM_MS", "1000"),
+        ],
+    );
+    serve.wait_role("leader", Duration::from_secs(60)).await;
+    rig.publish_in_flight(&orders[0], Duration::from_secs(3))
+        .await;
+    let (second, _) = rig.publish(&orders[1]);
+    serve
+        .wait_log(
+            "job not run; it will be retried after the reclaim time",
+            Duration::from_secs(30),
+        )
+        .await;
+    let log = serve.log_text();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("job not run; it will be retried"))
+        .unwrap();
+    assert!(warning.contains("COMPONENT_UNAVAILABLE"), "{warning}");
+
+    rig.wait_activated(&orders, Duration::from_secs(60)).await;
+    rig.assert_exactly_once(&orders);
+    let store = rig.store().await;
+    let record = wait_record(&store, &second).await;
+    assert_eq!(record.outcome, "completed", "{record:?}");
+    assert!(record.deliveries >= 2, "{record:?}");
+    let metrics = get(&format!("{}/metrics", serve.http)).await.1;
+    let abandoned = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fulfilld_jobs_abandoned_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(abandoned >= 1.0, "{metrics}");
+}
