@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::common;
-use crate::pipeline::{Rig, redis_url, wait_record};
+use crate::pipeline::{Rig, ServeProcess, redis_url, wait_record};
 
 /// The Order's three runbook fields: status, error code, error message.
 fn activation(rig: &Rig, order_id: &str) -> (String, String, String) {
@@ -133,7 +133,8 @@ async fn a_503_on_the_first_order_read_leaves_the_order_failed_with_503() {
 async fn when_the_org_stays_down_the_order_stays_activating_and_nothing_is_retried() {
     let rig = Rig::new().await.with_redis(&redis_url());
     let orders = rig.orders(1, 1);
-    let host = rig.host(&[("FULFILLD_WORKERS", "1")]).await;
+    let serve = ServeProcess::start(&rig, "replica-f", &[("FULFILLD_WORKERS", "1")]);
+    serve.wait_role("leader", Duration::from_secs(60)).await;
     let store = rig.store().await;
     // The component's read and the host's own read both answer 503.
     rig.sandbox.salesforce().fail_next(2, 503, String::new());
@@ -157,7 +158,22 @@ async fn when_the_org_stays_down_the_order_stays_activating_and_nothing_is_retri
         2,
         "one read by the component, one by the host: {rest:?}"
     );
-    host.shutdown().await;
+    // The host says it could not mark the Order, with the job's code.
+    serve
+        .wait_log(
+            "could not mark the Order Failed; it stays as it was (not retried)",
+            Duration::from_secs(30),
+        )
+        .await;
+    let log = serve.log_text();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("could not mark the Order Failed"))
+        .unwrap();
+    assert!(
+        warning.contains(" WARN ") && warning.contains("code=503"),
+        "{warning}"
+    );
 }
 
 /// `fulfilld fulfill` (the binary) with `component` on `order_id`: its JSON summary.
