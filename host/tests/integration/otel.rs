@@ -490,3 +490,80 @@ async fn an_unreachable_collector_costs_no_job_anything() {
     assert!(status.success(), "{status:?}\n{}", serve.log_text());
     assert!(serve.log_text().contains("stopped"), "{}", serve.log_text());
 }
+
+/// docs/operations.md, "One trace per Order": a job run again (here requeued from the dead
+/// letters after the sandbox stopped it) stays in its Order's trace: each run is a `job` span
+/// of its own under the same `ingest_event` root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_requeued_job_runs_again_in_its_orders_trace() {
+    let collector = Collector::default();
+    let endpoint = http_receiver(collector.clone()).await;
+    let rig = Rig::new().await.with_redis(&crate::pipeline::redis_url());
+    let orders = rig.orders(1, 1);
+    let panic = crate::common::component("fixture-panic")
+        .display()
+        .to_string();
+    let serve = ServeProcess::start(
+        &rig,
+        "otel-requeue",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("FULFILLD_COMPONENT", panic.as_str()),
+        ],
+    );
+    serve.wait_role("leader", Duration::from_secs(60)).await;
+    let (uuid, _) = rig.publish(&orders[0]);
+    let store = rig.store().await;
+    let jobs_of_order = || -> Vec<Received> {
+        collector
+            .spans()
+            .into_iter()
+            .filter(|s| {
+                s.name == "job"
+                    && s.attributes.get("order_id").map(String::as_str) == Some(orders[0].as_str())
+            })
+            .collect()
+    };
+    let start = Instant::now();
+    let letter = loop {
+        let letters = store.dead_letters(&rig.channel, 10).await.unwrap();
+        if let Some(letter) = letters.into_iter().find(|l| l.event_uuid == uuid) {
+            break letter;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            serve.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    store.requeue(&rig.channel, &letter.id).await.unwrap();
+    let start = Instant::now();
+    while jobs_of_order().len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{:#?}\n{}",
+            jobs_of_order(),
+            serve.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let jobs = jobs_of_order();
+    assert_eq!(jobs.len(), 2, "{jobs:#?}");
+    let spans = collector.spans();
+    let ingest: Vec<&Received> = spans
+        .iter()
+        .filter(|s| {
+            s.name == "ingest_event"
+                && s.attributes.get("order_id").map(String::as_str) == Some(orders[0].as_str())
+        })
+        .collect();
+    assert_eq!(ingest.len(), 1, "{ingest:#?}");
+    for job in &jobs {
+        assert_eq!(job.trace_id, ingest[0].trace_id, "{job:#?}");
+        assert_eq!(job.parent, ingest[0].span_id, "{job:#?}");
+        assert_eq!(job.attributes.get("event_uuid"), Some(&uuid));
+    }
+    assert_ne!(jobs[0].span_id, jobs[1].span_id);
+}
