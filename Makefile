@@ -3,7 +3,7 @@
 CARGO ?= cargo
 WASM_TARGET := wasm32-wasip2
 COMPONENT_DIR := $(CURDIR)/target/$(WASM_TARGET)/component
-FIXTURES := spin-loop memory-hog panic noop call-flood sandbox-escape forbidden-write loud wrong-world unknown-import future-major older-minor
+FIXTURES := spin-loop memory-hog panic noop contract call-flood sandbox-escape forbidden-write loud wrong-world unknown-import future-major older-minor
 COMPONENT_PACKAGES := -p fulfillment $(foreach f,$(FIXTURES),-p fixture-$(f))
 
 export FULFILLD_COMPONENT_DIR := $(COMPONENT_DIR)

@@ -97,3 +97,17 @@ fn an_older_compatible_minor_passes() {
         "{text}"
     );
 }
+
+/// docs/component-authoring.md 1.3: inside `info()` no I/O is possible. The `contract` fixture
+/// tries a Salesforce query, a WHMCS call (an action the policy allows) and a config read in
+/// `info()` and reports in its version what each gave: refused (`forbidden`, `no I/O is allowed
+/// in info()`) and no config value.
+#[test]
+fn info_can_do_no_io() {
+    let (code, text) = check(&common::component("fixture_contract"));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("ok: fixture-contract 0.1.0+sf-refused.whmcs-refused.config-none implements"),
+        "{text}"
+    );
+}

@@ -3504,3 +3504,28 @@ async fn a_job_without_a_free_instance_is_left_for_reclaim_and_then_runs_once() 
         .unwrap_or(0.0);
     assert!(abandoned >= 1.0, "{metrics}");
 }
+
+/// docs/component-authoring.md 1.3: every job runs on a fresh instance, so no state carries over
+/// between jobs. The `contract` fixture counts its runs in a static and says which run of its
+/// instance each job was: under `serve`, with one worker running the jobs one after another on
+/// pooled instances, every job is run 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_job_runs_on_a_fresh_instance() {
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let contract = common::component("fixture_contract").display().to_string();
+    let host = rig
+        .host(&[
+            ("FULFILLD_COMPONENT", contract.as_str()),
+            ("FULFILLD_WORKERS", "1"),
+        ])
+        .await;
+    let orders = rig.orders(1, 4);
+    let uuids: Vec<String> = orders.iter().map(|o| rig.publish(o).0).collect();
+    let store = rig.store().await;
+    for uuid in &uuids {
+        let record = wait_record(&store, uuid).await;
+        assert_eq!(record.outcome, "skipped", "{record:?}");
+        assert_eq!(record.message, "run 1 of this instance", "{record:?}");
+    }
+    host.shutdown().await;
+}
