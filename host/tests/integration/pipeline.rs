@@ -3529,3 +3529,66 @@ async fn every_job_runs_on_a_fresh_instance() {
     }
     host.shutdown().await;
 }
+
+/// docs/component-authoring.md 1.2: a hold that runs out while its run holds it (here its keys
+/// are removed from Redis during AddOrder, as if the store had lost them) stops the run at its
+/// next Salesforce or WHMCS call as `HOST_UNAVAILABLE`: the Order is not marked `Failed`, the
+/// job runs again and the Order ends `Activated` with one WHMCS order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_lost_while_held_stops_the_run_and_the_job_runs_again() {
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let orders = rig.orders(1, 1);
+    let serve = ServeProcess::start(
+        &rig,
+        "replica-h",
+        &[
+            ("FULFILLD_WORKERS", "1"),
+            ("FULFILLD_HOLD_TTL_MS", "3000"),
+            ("FULFILLD_JOB_RECLAIM_MS", "2000"),
+        ],
+    );
+    serve.wait_role("leader", Duration::from_secs(60)).await;
+    // GetPayMethods and AddOrder each take 4 s: the hold is taken before AddOrder and renewed
+    // every second meanwhile.
+    let whmcs = rig.sandbox.whmcs();
+    whmcs.delay_next(2, Duration::from_secs(4));
+    let (uuid, _) = rig.publish(&orders[0]);
+    wait_for("AddOrder to be sent", Duration::from_secs(30), || {
+        whmcs
+            .requests()
+            .iter()
+            .any(|form| form.iter().any(|(k, v)| k == "action" && v == "AddOrder"))
+    })
+    .await;
+    let namespace = &rig.env["FULFILLD_REDIS_NAMESPACE"];
+    let client = ::redis::Client::open(redis_url().as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let holds: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{namespace}:{{hold:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!holds.is_empty(), "no hold in the store during AddOrder");
+    let _: i64 = ::redis::cmd("DEL")
+        .arg(&holds)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    serve
+        .wait_log("ran out while this run held it", Duration::from_secs(30))
+        .await;
+    let log = serve.log_text();
+    let stopped = log
+        .lines()
+        .find(|l| l.contains("ran out while this run held it"))
+        .unwrap();
+    assert!(stopped.contains("HOST_UNAVAILABLE"), "{stopped}");
+    rig.wait_activated(&orders, Duration::from_secs(60)).await;
+    rig.assert_exactly_once(&orders);
+    let store = rig.store().await;
+    let record = wait_record(&store, &uuid).await;
+    assert_eq!(record.outcome, "completed", "{record:?}");
+    assert_eq!(record.deliveries, 2, "{record:?}");
+    assert!(!log.contains("the host marked it Failed"), "{log}");
+}
