@@ -234,3 +234,62 @@ async fn fulfill_marks_a_spinning_component_failed_with_component_timeout_and_le
     );
     assert_eq!(patches_since(&rig, before), 0);
 }
+
+/// docs/operations.md, "When the host marks the Order `Failed`": in a worker the host's read
+/// and write get at most a third of `FULFILLD_JOB_RECLAIM_MS` (the job's claim is not renewed
+/// meanwhile); past that it logs WARN `could not mark the Order Failed in time` and the Order
+/// stays as it was. Here the reclaim time is 3 s and the host's Order read is held 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mark_that_outlasts_a_third_of_the_reclaim_time_is_given_up() {
+    let rig = Rig::new().await.with_redis(&redis_url());
+    let orders = rig.orders(1, 1);
+    let panic = common::component("fixture-panic").display().to_string();
+    let serve = ServeProcess::start(
+        &rig,
+        "replica-m",
+        &[
+            ("FULFILLD_COMPONENT", panic.as_str()),
+            ("FULFILLD_WORKERS", "1"),
+            ("FULFILLD_JOB_RECLAIM_MS", "3000"),
+        ],
+    );
+    serve.wait_role("leader", Duration::from_secs(60)).await;
+    // The component panics before any call: the next Salesforce request is the host's read.
+    rig.sandbox
+        .salesforce()
+        .delay_next(1, Duration::from_secs(3));
+    let (uuid, _) = rig.publish(&orders[0]);
+    serve
+        .wait_log(
+            "could not mark the Order Failed in time; it stays as it was (not retried)",
+            Duration::from_secs(30),
+        )
+        .await;
+    let store = rig.store().await;
+    let start = std::time::Instant::now();
+    while !store
+        .dead_letters(&rig.channel, 10)
+        .await
+        .unwrap()
+        .iter()
+        .any(|l| l.event_uuid == uuid)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            serve.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past the held read's 3 s, nothing was written after all.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(activation(&rig, &orders[0]).0, "Activating");
+    let writes = rig
+        .sandbox
+        .salesforce()
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .count();
+    assert_eq!(writes, 0);
+}
