@@ -3592,3 +3592,44 @@ async fn a_hold_lost_while_held_stops_the_run_and_the_job_runs_again() {
     assert_eq!(record.deliveries, 2, "{record:?}");
     assert!(!log.contains("the host marked it Failed"), "{log}");
 }
+
+/// docs/operations.md, "Leader and followers": a leader that cannot renew its lease stops
+/// reading on its own clock (before the lease could pass to another replica), without waiting
+/// for the store to answer. Redis is frozen (SIGSTOP: connections stay open, nothing comes back);
+/// while it is still frozen the leader logs `stopped reading the channel` (its renewal deadline
+/// passed) and its Pub/Sub stream is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_that_cannot_renew_stops_reading_on_its_own_clock() {
+    let redis = OwnRedis::start().await;
+    let rig = Rig::new().await.with_redis(&redis.url);
+    let serve = ServeProcess::start(&rig, "replica-l", &[]);
+    serve.wait_role("leader", Duration::from_secs(60)).await;
+    let pubsub = rig.sandbox.pubsub();
+    wait_for("the stream to open", Duration::from_secs(30), || {
+        pubsub.stats().open_streams == 1
+    })
+    .await;
+
+    redis.signal("STOP");
+    serve
+        .wait_log("stopped reading the channel", Duration::from_secs(30))
+        .await;
+    wait_for("the stream to close", Duration::from_secs(30), || {
+        pubsub.stats().open_streams == 0
+    })
+    .await;
+    let log = serve.log_text();
+    let stopped = log
+        .lines()
+        .find(|l| l.contains("stopped reading the channel"))
+        .unwrap();
+    // Its own deadline ran out, or its renewal call timed out past it: either way no answer
+    // from the store ended the lease.
+    assert!(
+        stopped.contains("the lease could not be renewed in time")
+            || stopped.contains("cannot renew the lease: store unavailable"),
+        "{stopped}"
+    );
+    // All of it happened while Redis was still frozen.
+    redis.signal("CONT");
+}
