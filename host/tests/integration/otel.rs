@@ -567,3 +567,75 @@ async fn a_requeued_job_runs_again_in_its_orders_trace() {
     }
     assert_ne!(jobs[0].span_id, jobs[1].span_id);
 }
+
+/// docs/operations.md, "One trace per Order": a job reclaimed after its replica was killed
+/// (-9) mid-job runs on another replica in the same trace: its `job` span (delivery 2) is the
+/// child of the Order's `ingest_event` root, which the killed replica exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_reclaimed_after_a_crash_stays_in_its_orders_trace() {
+    let collector = Collector::default();
+    let endpoint = http_receiver(collector.clone()).await;
+    let rig = Rig::new().await.with_redis(&crate::pipeline::redis_url());
+    let orders = rig.orders(1, 1);
+    let settings = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("FULFILLD_JOB_RECLAIM_MS", "2000"),
+        ("FULFILLD_HOLD_TTL_MS", "3000"),
+    ];
+    let mut a = ServeProcess::start(&rig, "otel-killed", &settings);
+    a.wait_role("leader", Duration::from_secs(60)).await;
+    let uuid = rig
+        .publish_in_flight(&orders[0], Duration::from_secs(30))
+        .await;
+    let of_order = |name: &str| -> Vec<Received> {
+        collector
+            .spans()
+            .into_iter()
+            .filter(|s| {
+                s.name == name
+                    && s.attributes.get("order_id").map(String::as_str) == Some(orders[0].as_str())
+            })
+            .collect()
+    };
+    let start = Instant::now();
+    while of_order("ingest_event").is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.kill9();
+
+    let b = ServeProcess::start(&rig, "otel-reclaims", &settings);
+    rig.wait_activated(&orders, Duration::from_secs(60)).await;
+    rig.assert_exactly_once(&orders);
+    let start = Instant::now();
+    while of_order("job").is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The second replica reads the channel again from EARLIEST (the rig's SF_EVENTS_REPLAY=ALL):
+    // that read is an `ingest_event` of its own with outcome `duplicate`; the job belongs to the
+    // one that enqueued it.
+    let ingest: Vec<Received> = of_order("ingest_event")
+        .into_iter()
+        .filter(|s| s.attributes.get("outcome").map(String::as_str) == Some("enqueued"))
+        .collect();
+    let jobs = of_order("job");
+    assert_eq!((ingest.len(), jobs.len()), (1, 1), "{ingest:#?}\n{jobs:#?}");
+    assert_eq!(jobs[0].trace_id, ingest[0].trace_id, "{jobs:#?}");
+    assert_eq!(jobs[0].parent, ingest[0].span_id, "{jobs:#?}");
+    assert_eq!(jobs[0].attributes.get("event_uuid"), Some(&uuid));
+    assert_eq!(
+        jobs[0].attributes.get("delivery").map(String::as_str),
+        Some("2"),
+        "{jobs:#?}"
+    );
+}
