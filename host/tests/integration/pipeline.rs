@@ -3633,3 +3633,80 @@ async fn a_leader_that_cannot_renew_stops_reading_on_its_own_clock() {
     // All of it happened while Redis was still frozen.
     redis.signal("CONT");
 }
+
+/// docs/operations.md, `/health`: when the store answers its probe but a write of this replica
+/// failed with the store unavailable, `/health` names it (`a recent store write failed: …`), and
+/// the next successful store call clears it. Redis refuses writes (`maxmemory` 1 byte under
+/// `noeviction`: PING still answers, every write is `OOM`), then takes them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_store_write_is_named_by_health_until_the_next_success() {
+    let redis = OwnRedis::start().await;
+    let rig = Rig::new().await.with_redis(&redis.url);
+    let serve = ServeProcess::start(&rig, "replica-w", &[]);
+    serve.wait_role("leader", Duration::from_secs(60)).await;
+    let client = ::redis::Client::open(redis.url.as_str()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let maxmemory = |bytes: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            let _: () = ::redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory")
+                .arg(bytes)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    maxmemory("1").await;
+
+    let problem_of = |body: &serde_json::Value| -> Option<String> {
+        body["problems"].as_array()?.iter().find_map(|p| {
+            p.as_str()
+                .filter(|p| p.starts_with("a recent store write failed: "))
+                .map(str::to_owned)
+        })
+    };
+    let start = Instant::now();
+    let named = loop {
+        if let Some(body) = serve.health().await
+            && let Some(problem) = problem_of(&body)
+        {
+            break (problem, body);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never named ({:?}); log:\n{}",
+            serve.health().await,
+            serve.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(named.1["status"], "degraded", "{}", named.1);
+    assert_eq!(
+        named.1["integrations"]["redis"]["status"], "connected",
+        "{}",
+        named.1
+    );
+
+    assert!(named.0.contains("OOM"), "{}", named.0);
+
+    // Once Redis takes writes again the next one succeeds and clears it.
+    maxmemory("0").await;
+    let start = Instant::now();
+    loop {
+        if let Some(body) = serve.health().await
+            && problem_of(&body).is_none()
+            && body["status"] == "ok"
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{:?}\n{}",
+            serve.health().await,
+            serve.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
