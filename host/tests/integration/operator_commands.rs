@@ -298,3 +298,33 @@ async fn cursor_writes_are_refused_naming_the_leading_replica_and_force_writes()
         "{shown}"
     );
 }
+
+/// docs/operations.md, "Commands": every command exits 2 with one `fulfilld: …` line when the
+/// store cannot be reached. Operator commands pointed at a Redis nobody listens on say
+/// `REDIS_URL: cannot use the Redis store` and show no password.
+#[test]
+fn an_unreachable_redis_stops_operator_commands_naming_redis_url() {
+    let port = crate::pipeline::free_port();
+    let url = format!("redis://:hunter2-secret@127.0.0.1:{port}");
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("SF_PROVISION_EVENT_CHANNEL", DEFAULT_CHANNEL),
+    ];
+    for args in [
+        &["cursor", "show"][..],
+        &["dead-letters", "list"][..],
+        &["jobs", "list", "--state", "queued"][..],
+    ] {
+        let output = fulfilld_in(&env, args);
+        let line = could_not_run(&output);
+        assert!(
+            line.starts_with("fulfilld: REDIS_URL: cannot use the Redis store"),
+            "{args:?}: {line}"
+        );
+        assert!(
+            !text(&output).contains("hunter2-secret"),
+            "{}",
+            text(&output)
+        );
+    }
+}
