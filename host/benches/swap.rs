@@ -422,7 +422,7 @@ async fn swap_run(redis: bool, rate: f64, cycles: usize) -> SwapRun {
         swaps.push(swap);
         // The next call (or the end of the load) once this call's window is over, at an offset
         // that varies from call to call: a call does not land at the same phase of the load
-        // (the sandbox pauses its stream every 50 events, see docs/benchmarks.md) every time.
+        // (the subscriber renews its demand every 50 events, see docs/benchmarks.md) every time.
         let offset = Duration::from_millis((n as u64 * 157) % 400);
         let next =
             (started + SPACING + offset).max(clock.elapsed() + AFTER + Duration::from_millis(200));
