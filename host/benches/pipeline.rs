@@ -11,8 +11,9 @@
 //!   burst (all M events published at once, timed until every job is recorded), paced (at half
 //!   the burst rate) and light (100 events at 20/s). Latency per event: the job record's
 //!   `finished_at_ms` minus the publish time. Every Order is then checked Activated in the fake
-//!   org, with one WHMCS order each. The fake org indexes its records by id, so a lookup does
-//!   not grow with the number of Orders it holds (M + 50 here).
+//!   org, with one WHMCS order each. The fake org finds a record by id (`WHERE Id =`, and
+//!   relationships) through an index, so those lookups do not grow with the Orders it holds
+//!   (M + 50 here).
 //!
 //! The sandbox (Pub/Sub, the fake org, the fake WHMCS) runs in a child process (this binary with
 //! `--serve`), so the CPU figures separate the host from the sandbox; both share the machine.
