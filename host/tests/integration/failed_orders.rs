@@ -266,21 +266,7 @@ async fn a_mark_that_outlasts_a_third_of_the_reclaim_time_is_given_up() {
         )
         .await;
     let store = rig.store().await;
-    let start = std::time::Instant::now();
-    while !store
-        .dead_letters(&rig.channel, 10)
-        .await
-        .unwrap()
-        .iter()
-        .any(|l| l.event_uuid == uuid)
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{}",
-            serve.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::pipeline::wait_dead_letter(&store, &rig.channel, &uuid, || serve.log_text()).await;
     // Past the held read's 3 s, nothing was written after all.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(activation(&rig, &orders[0]).0, "Activating");

@@ -525,19 +525,8 @@ async fn a_requeued_job_runs_again_in_its_orders_trace() {
             })
             .collect()
     };
-    let start = Instant::now();
-    let letter = loop {
-        let letters = store.dead_letters(&rig.channel, 10).await.unwrap();
-        if let Some(letter) = letters.into_iter().find(|l| l.event_uuid == uuid) {
-            break letter;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{}",
-            serve.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let letter =
+        crate::pipeline::wait_dead_letter(&store, &rig.channel, &uuid, || serve.log_text()).await;
     store.requeue(&rig.channel, &letter.id).await.unwrap();
     let start = Instant::now();
     while jobs_of_order().len() < 2 {

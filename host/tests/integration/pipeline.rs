@@ -287,6 +287,28 @@ async fn metrics_text(host: &Host) -> String {
     get(&format!("http://{}/metrics", host.http_addr())).await.1
 }
 
+/// Waits (up to 60 s) for the dead letter of `uuid` on `channel`; panics with `log()` after.
+pub(crate) async fn wait_dead_letter(
+    store: &SharedStore,
+    channel: &str,
+    uuid: &str,
+    log: impl Fn() -> String,
+) -> fulfilld::store::DeadLetter {
+    let start = Instant::now();
+    loop {
+        let letters = store.dead_letters(channel, 10).await.unwrap();
+        if let Some(letter) = letters.into_iter().find(|l| l.event_uuid == uuid) {
+            return letter;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no dead letter for {uuid}; log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub(crate) async fn wait_for<F: Fn() -> bool>(what: &str, limit: Duration, check: F) {
     let start = Instant::now();
     while !check() {
@@ -3232,19 +3254,10 @@ async fn a_component_the_sandbox_stops_under_serve_is_dead_lettered_logged_and_c
         }
         let (uuid, replay_id) = rig.publish(&orders[0]);
         let store = rig.store().await;
-        let start = Instant::now();
-        let letter = loop {
-            let letters = store.dead_letters(&rig.channel, 10).await.unwrap();
-            if let Some(letter) = letters.into_iter().find(|l| l.event_uuid == uuid) {
-                break letter;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{fixture}: no dead letter; log:\n{}",
-                serve.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let letter = wait_dead_letter(&store, &rig.channel, &uuid, || {
+            format!("{fixture}\n{}", serve.log_text())
+        })
+        .await;
         assert!(
             letter.reason.starts_with(&format!("{code}: ")) && letter.reason.contains(says),
             "{fixture}: {letter:?}"
