@@ -704,15 +704,19 @@ impl ServeProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until the log holds `needle`; panics with the log after `limit`.
-    pub(crate) async fn wait_log(&self, needle: &str, limit: Duration) {
+    /// Waits until the log holds `needle`: the first line holding it. Panics with the log after
+    /// `limit`.
+    pub(crate) async fn wait_log(&self, needle: &str, limit: Duration) -> String {
         let start = Instant::now();
-        while !self.log_text().contains(needle) {
+        loop {
+            let log = self.log_text();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
             assert!(
                 start.elapsed() < limit,
-                "{} never logged {needle:?}; log:\n{}",
+                "{} never logged {needle:?}; log:\n{log}",
                 self.http,
-                self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -3338,17 +3342,9 @@ async fn a_stored_cursor_salesforce_refuses_is_logged_counted_and_the_stream_goe
 
     // The rig replays from EARLIEST (ALL); the stored cursor is used with LATEST.
     let serve = ServeProcess::start(&rig, "replica-r", &[("SF_EVENTS_REPLAY", "LATEST")]);
-    serve
-        .wait_log(
-            "Salesforce refused the stored replay id; events between it and the fallback position may need a backfill",
-            Duration::from_secs(60),
-        )
+    let error = serve
+        .wait_log("Salesforce refused the stored replay id; events between it and the fallback position may need a backfill", Duration::from_secs(60))
         .await;
-    let log = serve.log_text();
-    let error = log
-        .lines()
-        .find(|l| l.contains("Salesforce refused the stored replay id; events between"))
-        .unwrap();
     assert!(error.contains(" ERROR "), "{error}");
     assert!(error.contains(&format!("replay_id={gone}")), "{error}");
     let metrics = get(&format!("{}/metrics", serve.http)).await.1;
@@ -3394,17 +3390,12 @@ async fn a_journal_write_the_store_refuses_is_a_warning_and_the_job_goes_on() {
     let store = rig.store().await;
     let record = wait_record(&store, &uuid).await;
     assert_eq!(record.outcome, "completed", "{record:?}");
-    serve
+    let warning = serve
         .wait_log(
             "cannot write the job journal; the job goes on without these entries",
             Duration::from_secs(30),
         )
         .await;
-    let log = serve.log_text();
-    let warning = log
-        .lines()
-        .find(|l| l.contains("cannot write the job journal"))
-        .unwrap();
     assert!(warning.contains(" WARN "), "{warning}");
     assert!(warning.contains(&uuid), "{warning}");
     let kept: String = ::redis::cmd("GET")
@@ -3490,17 +3481,12 @@ async fn a_job_without_a_free_instance_is_left_for_reclaim_and_then_runs_once() 
     rig.publish_in_flight(&orders[0], Duration::from_secs(3))
         .await;
     let (second, _) = rig.publish(&orders[1]);
-    serve
+    let warning = serve
         .wait_log(
             "job not run; it will be retried after the reclaim time",
             Duration::from_secs(30),
         )
         .await;
-    let log = serve.log_text();
-    let warning = log
-        .lines()
-        .find(|l| l.contains("job not run; it will be retried"))
-        .unwrap();
     assert!(warning.contains("COMPONENT_UNAVAILABLE"), "{warning}");
 
     rig.wait_activated(&orders, Duration::from_secs(60)).await;
